@@ -1,0 +1,69 @@
+//! `densenet-zoo summary`: shapes, parameters and multiply-adds per stage.
+
+use densenet_zoo::{summary::summarize, VariantSpec};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Variant name (d2l, 121, densenet169, bc-100-12, ...) or a path to a JSON spec.
+    #[arg(long, default_value = "d2l")]
+    variant: String,
+    /// Square input side in pixels [default: the variant's].
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let spec = VariantSpec::resolve(&args.variant)?;
+    let summary = summarize(&spec, args.input_size.unwrap_or(spec.input_size))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "{} at {}×{}×{} ({})",
+        summary.variant, spec.in_channels, summary.input_size, summary.input_size, spec.description
+    );
+    println!(
+        "{:<14} {:>18} {:>14} {:>18}",
+        "stage", "output", "params", "mult-adds"
+    );
+    for stage in &summary.stages {
+        let shape = stage
+            .output_shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("×");
+        println!(
+            "{:<14} {:>18} {:>14} {:>18}",
+            stage.name,
+            shape,
+            group(stage.params),
+            group(stage.macs)
+        );
+    }
+    println!(
+        "{:<14} {:>18} {:>14} {:>18}",
+        "total",
+        "",
+        group(summary.params),
+        group(summary.macs)
+    );
+    Ok(())
+}
+
+/// 7978856 → "7,978,856".
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

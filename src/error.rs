@@ -1,0 +1,62 @@
+//! The library's error type: every failure names the file, the tensor, and the expected
+//! and found value where there are such things.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// A variant spec is malformed or describes a network that cannot work.
+    #[error("variant spec {origin}: {message}")]
+    Spec {
+        /// Where the spec came from: a path, or the embedded file's name.
+        origin: String,
+        /// Why it was refused.
+        message: String,
+    },
+
+    /// `--variant` named neither a built-in variant nor an existing file.
+    #[error("unknown variant `{name}`: not a built-in variant ({}) and no such file", known.join(", "))]
+    UnknownVariant {
+        /// What the user asked for.
+        name: String,
+        /// The built-in names.
+        known: Vec<String>,
+    },
+
+    /// A checkpoint could not be read, or does not fit the model.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file (or hub reference) it came from.
+        path: String,
+        /// Everything that is wrong with it.
+        message: String,
+    },
+
+    /// An input tensor does not fit the model.
+    #[error("input of shape {found:?} does not fit {variant}: {message}")]
+    BadInput {
+        /// The variant's name.
+        variant: String,
+        /// The shape that was passed.
+        found: Vec<usize>,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,31 @@
+//! # densenet-zoo
+//!
+//! DenseNets in Rust on [candle](https://github.com/huggingface/candle): the book's net
+//! (Dive into Deep Learning 8.7), torchvision's DenseNet-121/169/201/161, DenseNet-264 and the
+//! paper's CIFAR DenseNet-BC nets, all built by one generic constructor from a
+//! [`VariantSpec`], with torchvision's tensor names so that torchvision and timm checkpoints
+//! load unchanged.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use densenet_zoo::{DenseNet, VariantSpec};
+//!
+//! let spec = VariantSpec::resolve("d2l")?;
+//! let varmap = VarMap::new();
+//! let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+//! let images = Tensor::zeros((2, 1, 96, 96), DType::F32, &Device::Cpu)?;
+//! assert_eq!(model.forward_t(&images, false)?.dims(), &[2, 10]);
+//! # Ok::<(), densenet_zoo::Error>(())
+//! ```
+
+pub mod checkpoint;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod spec;
+pub mod summary;
+
+pub use error::{Error, Result};
+pub use model::{DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stem, Transition};
+pub use spec::VariantSpec;

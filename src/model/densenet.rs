@@ -1,0 +1,233 @@
+//! The DenseNet: one generic model for every variant spec.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use super::{DenseBlock, Stem, Transition};
+use crate::error::{Error, Result};
+use crate::ops::{self, BatchNorm2d};
+use crate::spec::VariantSpec;
+
+/// One level of [`DenseNet::features_only`], as timm's `feature_info` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FeatureInfo {
+    /// The level's name: `stem`, `block1`, `block2`, ...
+    pub name: String,
+    /// Channels of the level's feature map.
+    pub channels: usize,
+    /// How many input pixels one feature-map pixel spans, per side.
+    pub reduction: usize,
+    /// The checkpoint module the level is taken after, as timm names it.
+    pub module: String,
+}
+
+/// A DenseNet built from a [`VariantSpec`], with torchvision's tensor names:
+/// `features.conv0`, `features.norm0`, `features.denseblock{b}.denselayer{l}.{norm1,conv1,norm2,conv2}`,
+/// `features.transition{t}.{norm,conv}`, `features.norm5` and `classifier`.
+///
+/// Input (N, C, H, W) with C = `spec.in_channels`; output (N, `spec.num_classes`) logits.
+#[derive(Debug, Clone)]
+pub struct DenseNet {
+    spec: VariantSpec,
+    stem: Stem,
+    blocks: Vec<DenseBlock>,
+    transitions: Vec<Transition>,
+    norm5: BatchNorm2d,
+    classifier: Linear,
+}
+
+impl DenseNet {
+    /// Builds any variant from its spec. Tensors come from `vb`: a checkpoint to load, or a
+    /// `VarMap` to train, where new tensors get torchvision's initialisation.
+    pub fn new(spec: &VariantSpec, vb: VarBuilder) -> Result<Self> {
+        spec.validate().map_err(|message| Error::Spec {
+            origin: spec.name.clone(),
+            message,
+        })?;
+        let features = vb.pp("features");
+        let stem = Stem::new(
+            features.clone(),
+            spec.stem,
+            spec.in_channels,
+            spec.stem_features,
+            spec.conv_bias,
+        )?;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        let mut channels = spec.stem_features;
+        for (i, &num_layers) in spec.block_config.iter().enumerate() {
+            if i > 0 {
+                let out = spec.transition_channels(channels);
+                transitions.push(Transition::new(
+                    features.pp(format!("transition{i}")),
+                    channels,
+                    out,
+                    spec.conv_bias,
+                )?);
+                channels = out;
+            }
+            let block = DenseBlock::new(
+                features.pp(format!("denseblock{}", i + 1)),
+                spec.layer,
+                num_layers,
+                channels,
+                spec.growth_rate,
+                spec.conv_bias,
+                spec.drop_rate,
+            )?;
+            channels = block.out_channels();
+            blocks.push(block);
+        }
+        let norm5 = BatchNorm2d::new(features.pp("norm5"), channels)?;
+        let classifier = linear(vb.pp("classifier"), channels, spec.num_classes)?;
+        Ok(Self {
+            spec: spec.clone(),
+            stem,
+            blocks,
+            transitions,
+            norm5,
+            classifier,
+        })
+    }
+
+    /// The spec the model was built from.
+    pub fn spec(&self) -> &VariantSpec {
+        &self.spec
+    }
+
+    /// Logits (N, classes) for images (N, C, H, W); `train` uses batch statistics in every
+    /// batch norm and updates their running estimates, as PyTorch's `model.train()` does.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let features = self.forward_features(x, train)?;
+        self.forward_head(&features, false)
+    }
+
+    /// The final feature map (N, F, H/32, W/32 for ImageNet nets), taken **after** `norm5` and
+    /// its ReLU, as timm's `forward_features` returns it (torchvision's `.features` stops
+    /// before that ReLU).
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut x = self.stem.forward_t(x, train)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                x = self.transitions[i - 1].forward_t(&x, train)?;
+            }
+            x = block.forward_t(&x, train)?;
+        }
+        Ok(ops::relu(&self.norm5.forward_t(&x, train)?)?)
+    }
+
+    /// From a final feature map (N, F, h, w): the pooled embedding (N, F) when `pre_logits`,
+    /// else the logits (N, classes). Pooling is global, so any spatial size works.
+    pub fn forward_head(&self, features: &Tensor, pre_logits: bool) -> Result<Tensor> {
+        let pooled = ops::global_avg_pool(features)?;
+        if pre_logits {
+            Ok(pooled)
+        } else {
+            Ok(self.classifier.forward(&pooled)?)
+        }
+    }
+
+    /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
+    /// its pool, then every dense block's output (the last one after `norm5` and ReLU).
+    pub fn features_only(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.check_input(x)?;
+        let stem = self.stem.forward_unpooled(x, train)?;
+        let mut x = self.stem.pool(&stem)?;
+        let mut levels = vec![stem];
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                x = self.transitions[i - 1].forward_t(&x, train)?;
+            }
+            x = block.forward_t(&x, train)?;
+            if i + 1 == self.blocks.len() {
+                levels.push(ops::relu(&self.norm5.forward_t(&x, train)?)?);
+            } else {
+                levels.push(x.clone());
+            }
+        }
+        Ok(levels)
+    }
+
+    /// Channels and reduction of each [`DenseNet::features_only`] level; for DenseNet-121:
+    /// 64@2, 256@4, 512@8, 1024@16, 1024@32.
+    pub fn feature_info(&self) -> Vec<FeatureInfo> {
+        let channels = self.spec.stage_channels();
+        let stem_reduction = self.stem.unpooled_reduction();
+        let first_block_reduction = match self.spec.stem {
+            crate::spec::StemKind::Imagenet => 4,
+            crate::spec::StemKind::Cifar => 1,
+        };
+        let mut info = vec![FeatureInfo {
+            name: "stem".into(),
+            channels: channels[0],
+            reduction: stem_reduction,
+            module: if stem_reduction == 2 {
+                "features.norm0"
+            } else {
+                "features.conv0"
+            }
+            .into(),
+        }];
+        let last = self.blocks.len();
+        for (b, &channels) in channels.iter().enumerate().skip(1) {
+            info.push(FeatureInfo {
+                name: format!("block{b}"),
+                channels,
+                reduction: first_block_reduction << (b - 1),
+                module: if b == last {
+                    "features.norm5".into()
+                } else {
+                    format!("features.denseblock{b}")
+                },
+            });
+        }
+        info
+    }
+
+    /// Refuses an input that is not (N, in_channels, H, W) with H and W large enough.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let bad = |message: String| Error::BadInput {
+            variant: self.spec.name.clone(),
+            found: x.dims().to_vec(),
+            message,
+        };
+        let (_, c, h, w) = x
+            .dims4()
+            .map_err(|_| bad("expected (batch, channels, height, width)".into()))?;
+        if c != self.spec.in_channels {
+            return Err(bad(format!(
+                "expected {} input channels, found {c}",
+                self.spec.in_channels
+            )));
+        }
+        self.spec.check_input_size(h.min(w)).map_err(bad)
+    }
+
+    pub(crate) fn stem(&self) -> &Stem {
+        &self.stem
+    }
+
+    pub(crate) fn blocks(&self) -> &[DenseBlock] {
+        &self.blocks
+    }
+
+    pub(crate) fn transitions(&self) -> &[Transition] {
+        &self.transitions
+    }
+}
+
+/// The classifier, with torchvision's initialisation: uniform ±1/√in weights, zero bias.
+fn linear(vb: VarBuilder, in_features: usize, out_features: usize) -> candle_core::Result<Linear> {
+    let bound = 1.0 / (in_features as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (out_features, in_features),
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    let bias = vb.get_with_hints(out_features, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
+}

@@ -1,0 +1,68 @@
+//! The dense layer: what each layer of a dense block adds to the running concatenation.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::NormReluConv;
+use crate::spec::LayerKind;
+
+/// One dense layer: (N, C, H, W), the concatenation of every earlier feature map in the block,
+/// → (N, k, H, W), the k new feature maps (k = growth rate).
+///
+/// - Bottleneck (DenseNet-B): `norm1`-ReLU-`conv1` (1×1, to bn_size·k), `norm2`-ReLU-`conv2` (3×3, to k).
+/// - Plain (the book's conv block): `norm1`-ReLU-`conv1` (3×3, to k).
+///
+/// In training, dropout with the spec's `drop_rate` follows, as in torchvision.
+#[derive(Debug, Clone)]
+pub struct DenseLayer {
+    units: Vec<NormReluConv>,
+    drop_rate: f64,
+}
+
+impl DenseLayer {
+    /// Builds a layer that reads `in_channels` and adds `growth_rate` channels.
+    pub fn new(
+        vb: VarBuilder,
+        kind: LayerKind,
+        in_channels: usize,
+        growth_rate: usize,
+        conv_bias: bool,
+        drop_rate: f64,
+    ) -> Result<Self> {
+        let units = match kind {
+            LayerKind::Bottleneck { bn_size } => {
+                let width = bn_size * growth_rate;
+                vec![
+                    NormReluConv::new(&vb, ("norm1", "conv1"), in_channels, width, 1, conv_bias)?,
+                    NormReluConv::new(&vb, ("norm2", "conv2"), width, growth_rate, 3, conv_bias)?,
+                ]
+            }
+            LayerKind::Plain => vec![NormReluConv::new(
+                &vb,
+                ("norm1", "conv1"),
+                in_channels,
+                growth_rate,
+                3,
+                conv_bias,
+            )?],
+        };
+        Ok(Self { units, drop_rate })
+    }
+
+    /// The new feature maps for the concatenated input `x`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        for unit in &self.units {
+            y = unit.forward_t(&y, train)?;
+        }
+        if train && self.drop_rate > 0.0 {
+            y = candle_nn::ops::dropout(&y, self.drop_rate as f32)?;
+        }
+        Ok(y)
+    }
+
+    /// Multiply-adds for one image whose feature maps are `side`×`side`.
+    pub fn macs(&self, side: usize) -> u64 {
+        self.units.iter().map(|u| u.conv().macs(side)).sum()
+    }
+}

@@ -1,0 +1,16 @@
+//! The model, piece by piece as in the paper: stem, dense layer, dense block, transition,
+//! and the DenseNet that strings them together.
+
+mod block;
+mod densenet;
+mod layer;
+mod norm_relu_conv;
+mod stem;
+mod transition;
+
+pub use block::DenseBlock;
+pub use densenet::{DenseNet, FeatureInfo};
+pub use layer::DenseLayer;
+pub use norm_relu_conv::NormReluConv;
+pub use stem::Stem;
+pub use transition::Transition;

@@ -1,0 +1,52 @@
+//! The pre-activation unit every DenseNet is made of: batch norm, ReLU, then a convolution.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::ops::{self, BatchNorm2d, Conv2d};
+
+/// BN-ReLU-Conv: (N, in, H, W) → (N, out, H', W'), with stride 1 and "same" padding.
+///
+/// The norm and the conv are named by the caller (`norm1`/`conv1`, `norm`/`conv`, ...), so the
+/// checkpoint names match torchvision's.
+#[derive(Debug, Clone)]
+pub struct NormReluConv {
+    norm: BatchNorm2d,
+    conv: Conv2d,
+}
+
+impl NormReluConv {
+    /// Builds the unit from `vb.pp(norm)` and `vb.pp(conv)`; a k×k conv gets padding k/2.
+    pub fn new(
+        vb: &VarBuilder,
+        names: (&str, &str),
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: BatchNorm2d::new(vb.pp(names.0), in_channels)?,
+            conv: Conv2d::new(
+                vb.pp(names.1),
+                in_channels,
+                out_channels,
+                kernel,
+                1,
+                kernel / 2,
+                bias,
+            )?,
+        })
+    }
+
+    /// Applies the unit; `train` selects batch statistics in the norm.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = ops::relu(&self.norm.forward_t(x, train)?)?;
+        self.conv.forward(&x)
+    }
+
+    /// The convolution, for counting multiply-adds.
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+}

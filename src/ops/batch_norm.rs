@@ -1,0 +1,86 @@
+//! 2-D batch normalisation with PyTorch's semantics.
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+/// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
+const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+/// Batch normalisation over (N, C, H, W) → (N, C, H, W), per channel.
+///
+/// Parameters `weight` and `bias` (C) are learned; buffers `running_mean` and `running_var`
+/// (C) are estimated in training mode like PyTorch's `BatchNorm2d`: the batch mean, and the
+/// unbiased batch variance, mixed in with momentum 0.1. Evaluation mode normalises with them.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+impl BatchNorm2d {
+    /// Loads or creates `weight`, `bias`, `running_mean` and `running_var` under `vb`.
+    /// When `vb` is backed by a `VarMap`, training updates the map's running statistics.
+    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+        })
+    }
+
+    /// The running mean, (C).
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running variance, (C).
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// Normalises `x` (N, C, H, W). With `train`, uses the batch statistics and updates the
+    /// running ones; otherwise uses the running statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (scale, shift) = if train {
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+            let count = (n * h * w) as f64;
+            if count < 2.0 {
+                candle_core::bail!(
+                    "batch norm in training needs more than one value per channel, got input {:?}",
+                    x.dims()
+                );
+            }
+            self.update_running(&mean.detach(), &(var.detach() * (count / (count - 1.0)))?)?;
+            let scale = (self.weight.reshape((1, c, 1, 1))? / (var + EPS)?.sqrt()?)?;
+            let shift = (self.bias.reshape((1, c, 1, 1))? - mean.mul(&scale)?)?;
+            (scale, shift)
+        } else {
+            let mean = self.running_mean.as_detached_tensor().reshape((1, c, 1, 1))?;
+            let var = self.running_var.as_detached_tensor().reshape((1, c, 1, 1))?;
+            let scale = (self.weight.reshape((1, c, 1, 1))? / (var + EPS)?.sqrt()?)?;
+            let shift = (self.bias.reshape((1, c, 1, 1))? - mean.mul(&scale)?)?;
+            (scale, shift)
+        };
+        x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+
+    fn update_running(&self, batch_mean: &Tensor, batch_var: &Tensor) -> Result<()> {
+        let mix = |running: &Var, batch: &Tensor| -> Result<()> {
+            let batch = batch.flatten_all()?.to_dtype(running.dtype())?;
+            running.set(&((running.as_tensor() * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?)
+        };
+        mix(&self.running_mean, batch_mean)?;
+        mix(&self.running_var, batch_var)
+    }
+}

@@ -1,0 +1,74 @@
+//! 2-D convolution with square kernels, as every DenseNet uses them.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// A k×k convolution with stride, zero padding and an optional bias.
+///
+/// Weight shape (out, in, k, k), as in PyTorch. Input (N, in, H, W) → (N, out, H', W') with
+/// H' = floor((H + 2·padding − k) / stride) + 1.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads or creates `weight` (and `bias` when `bias` is true) under `vb`. New weights get
+    /// torchvision's initialisation: Kaiming-normal (fan-in, ReLU gain) and a zero bias.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (out_channels, in_channels, kernel, kernel),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// The weight, (out, in, k, k).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Output side for an input side of `n` pixels.
+    pub fn output_side(&self, n: usize) -> usize {
+        let k = self.weight.dim(3).unwrap_or(1);
+        (n + 2 * self.padding).saturating_sub(k) / self.stride + 1
+    }
+
+    /// Multiply-adds for one image of side `n`, bias excluded (as fvcore and timm count).
+    pub fn macs(&self, n: usize) -> u64 {
+        let out = self.output_side(n) as u64;
+        self.weight.elem_count() as u64 * out * out
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The kernels the model calls, and the only place they live: convolution, batch norm,
+//! ReLU, pooling and concatenation. The model code in `crate::model` calls nothing else, so
+//! faster kernels can replace these without touching it.
+
+mod batch_norm;
+mod conv;
+mod pool;
+
+pub use batch_norm::BatchNorm2d;
+pub use conv::Conv2d;
+pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
+
+use candle_core::{Result, Tensor};
+
+/// max(x, 0), elementwise; any shape.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.relu()
+}
+
+/// Concatenates feature maps along the channel axis: [(N, C_i, H, W)] → (N, ΣC_i, H, W).
+pub fn concat_channels(xs: &[Tensor]) -> Result<Tensor> {
+    Tensor::cat(xs, 1)
+}

@@ -1,0 +1,278 @@
+//! Pooling: the stem's max pool (with a backward candle lacks), the transitions' 2×2
+//! average pool, and the global average pool before the classifier.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+
+/// Max pooling with a k×k window, stride and implicit −∞ padding, like PyTorch's
+/// `MaxPool2d(k, stride, padding)` (floor mode): (N, C, H, W) → (N, C, H', W') with
+/// H' = floor((H + 2·padding − k) / stride) + 1.
+///
+/// The gradient flows to the first maximum of each window in row-major order, as in PyTorch,
+/// so ties (common after a ReLU) give the same gradients as torch.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let op = MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+/// 2×2 average pooling with stride 2 (floor mode): (N, C, H, W) → (N, C, H/2, W/2).
+///
+/// An odd last row or column is dropped, as in PyTorch. Built from a reshape and a mean,
+/// so its gradient is exact for every size.
+pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?
+    } else {
+        x.clone()
+    };
+    x.reshape((n, c, ho, 2, wo, 2))?.mean((3, 5))
+}
+
+/// Global average pooling: (N, C, H, W) → (N, C), for any H and W.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean((2, 3))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MaxPool2d {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+/// The geometry of one pooling call.
+struct Window {
+    n: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl MaxPool2d {
+    fn window(&self, layout: &Layout) -> Result<Window> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let out = |side: usize| {
+            (side + 2 * self.padding)
+                .checked_sub(self.kernel)
+                .map(|m| m / self.stride + 1)
+        };
+        match (out(h), out(w)) {
+            (Some(ho), Some(wo)) if self.padding * 2 <= self.kernel => Ok(Window {
+                n: n * c,
+                h,
+                w,
+                ho,
+                wo,
+            }),
+            _ => candle_core::bail!(
+                "max pool {k}×{k}/{s} with padding {p} does not fit an input of {h}×{w}",
+                k = self.kernel,
+                s = self.stride,
+                p = self.padding
+            ),
+        }
+    }
+
+    /// Calls `visit(plane, output index, input index of the window's first maximum)`.
+    fn for_each_argmax<T: WithDType>(&self, x: &[T], g: &Window, mut visit: impl FnMut(usize, usize, usize)) {
+        for plane in 0..g.n {
+            let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+            for oy in 0..g.ho {
+                let y0 = (oy * self.stride) as isize - self.padding as isize;
+                let ys = y0.max(0) as usize..((y0 + self.kernel as isize) as usize).min(g.h);
+                for ox in 0..g.wo {
+                    let x0 = (ox * self.stride) as isize - self.padding as isize;
+                    let xs = x0.max(0) as usize..((x0 + self.kernel as isize) as usize).min(g.w);
+                    let mut best = ys.start * g.w + xs.start;
+                    for iy in ys.clone() {
+                        for ix in xs.clone() {
+                            let v = src[iy * g.w + ix];
+                            #[allow(clippy::eq_op)]
+                            let is_nan = v != v;
+                            if v > src[best] || is_nan {
+                                best = iy * g.w + ix;
+                                if is_nan {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    visit(plane, oy * g.wo + ox, best);
+                }
+            }
+        }
+    }
+
+    fn forward<T: WithDType>(&self, x: &[T], g: &Window) -> Vec<T> {
+        let mut out = vec![T::zero(); g.n * g.ho * g.wo];
+        self.for_each_argmax(x, g, |plane, o, i| {
+            out[plane * g.ho * g.wo + o] = x[plane * g.h * g.w + i];
+        });
+        out
+    }
+
+    fn backward<T: WithDType>(&self, x: &[T], grad: &[T], g: &Window) -> Vec<T> {
+        let mut out = vec![T::zero(); g.n * g.h * g.w];
+        self.for_each_argmax(x, g, |plane, o, i| {
+            out[plane * g.h * g.w + i] += grad[plane * g.ho * g.wo + o];
+        });
+        out
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.window(layout)?;
+        let (n, c, _, _) = layout.shape().dims4()?;
+        let shape = Shape::from((n, c, g.ho, g.wo));
+        let out = match storage {
+            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, self.name())?, &g)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, self.name())?, &g)),
+            s => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2dBackward(*self))?;
+        Ok(Some(grad))
+    }
+}
+
+/// The gradient of [`MaxPool2d`] with respect to its input: (input, grad of output) → grad of input.
+struct MaxPool2dBackward(MaxPool2d);
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let pool = &self.0;
+        let g = pool.window(l1)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(pool.backward(
+                contiguous(x, l1, self.name())?,
+                contiguous(d, l2, self.name())?,
+                &g,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(pool.backward(
+                contiguous(x, l1, self.name())?,
+                contiguous(d, l2, self.name())?,
+                &g,
+            )),
+            (a, b) => candle_core::bail!(
+                "{}: unsupported dtypes {:?}, {:?}",
+                self.name(),
+                a.dtype(),
+                b.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The reference: max over explicitly padded shifted views, built from candle ops.
+    fn reference_max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+        let x = x.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
+        let (_, _, h, w) = x.dims4()?;
+        let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+        let mut rows = Vec::new();
+        for oy in 0..ho {
+            let mut cols = Vec::new();
+            for ox in 0..wo {
+                let win = x.narrow(2, oy * s, k)?.narrow(3, ox * s, k)?;
+                cols.push(win.flatten_from(2)?.max_keepdim(2)?);
+            }
+            rows.push(Tensor::cat(&cols, 2)?);
+        }
+        Tensor::stack(&rows, 2)?.squeeze(3)
+    }
+
+    #[test]
+    fn max_pool_matches_a_reference_on_odd_and_even_sizes() -> Result<()> {
+        for (h, w) in [(9, 9), (8, 11), (5, 4), (3, 3)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu)?;
+            let ours = max_pool2d(&x, 3, 2, 1)?;
+            // Replicate padding never changes a window's max, so it stands in for −∞.
+            let want = reference_max_pool(&x, 3, 2, 1)?;
+            assert_eq!(ours.dims(), want.dims());
+            let diff = (ours - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_first_maximum() -> Result<()> {
+        // A 4×4 plane of ties: every 3×3/2 window with padding 1 has its first max at its
+        // top-left real pixel, so only pixels (0,0), (0,1), (1,0), (1,1) of the 2×2 output's
+        // windows receive gradient.
+        let x = Var::from_tensor(&Tensor::zeros(
+            (1, 1, 4, 4),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?;
+        let y = max_pool2d(x.as_tensor(), 3, 2, 1)?;
+        assert_eq!(y.dims(), &[1, 1, 2, 2]);
+        let weights = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu)?;
+        let grads = (y * weights)?.sum_all()?.backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut want = vec![0f32; 16];
+        want[0] = 1.0; // window (0,0) covers rows 0..2, cols 0..2: first is (0,0)
+        want[1] = 2.0; // window (0,1) covers cols 1..4: first is (0,1)
+        want[4] = 3.0; // window (1,0) covers rows 1..4: first is (1,0)
+        want[5] = 4.0;
+        assert_eq!(g, want);
+        Ok(())
+    }
+
+    #[test]
+    fn avg_pool_drops_the_odd_edge_and_its_gradient() -> Result<()> {
+        let x = Var::from_tensor(&Tensor::arange(0f32, 15.0, &Device::Cpu)?.reshape((1, 1, 3, 5))?)?;
+        let y = avg_pool2x2(x.as_tensor())?;
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![3.0, 5.0]);
+        let grads = y.sum_all()?.backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let q = 0.25;
+        assert_eq!(g, vec![q, q, q, q, 0., q, q, q, q, 0., 0., 0., 0., 0., 0.]);
+        Ok(())
+    }
+}

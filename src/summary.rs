@@ -1,0 +1,101 @@
+//! Per-stage output shapes, parameters and multiply-adds, like torchinfo's summary.
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use crate::checkpoint::{expected_tensors, is_buffer};
+use crate::error::{Error, Result};
+use crate::model::DenseNet;
+use crate::spec::VariantSpec;
+
+/// One stage of the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageSummary {
+    /// `stem`, `denseblock1`, `transition1`, ..., `norm5`, `classifier`.
+    pub name: String,
+    /// Output shape for one image: (C, H, W), or (classes) for the classifier.
+    pub output_shape: Vec<usize>,
+    /// Learned parameters (batch-norm running statistics excluded).
+    pub params: u64,
+    /// Multiply-adds of convolutions and the classifier for one image.
+    pub macs: u64,
+}
+
+/// The whole network at one input size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// The variant's name.
+    pub variant: String,
+    /// The square input side in pixels.
+    pub input_size: usize,
+    /// Total learned parameters.
+    pub params: u64,
+    /// Total multiply-adds for one image.
+    pub macs: u64,
+    /// Stage by stage, in order.
+    pub stages: Vec<StageSummary>,
+}
+
+/// Summarises `spec` at a square input of `input_size` pixels, refusing a size too small.
+pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
+    let sides = spec.stage_sizes(input_size).map_err(|message| Error::Spec {
+        origin: spec.name.clone(),
+        message,
+    })?;
+    let model = DenseNet::new(spec, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
+    let tensors = expected_tensors(spec)?;
+    let params_under = |prefixes: &[String]| -> u64 {
+        tensors
+            .iter()
+            .filter(|t| !is_buffer(&t.name) && prefixes.iter().any(|p| t.name.starts_with(&format!("{p}."))))
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    };
+    let channels = spec.stage_channels();
+    let mut stages = vec![StageSummary {
+        name: "stem".into(),
+        output_shape: vec![channels[0], sides[0], sides[0]],
+        params: params_under(&["features.conv0".into(), "features.norm0".into()]),
+        macs: model.stem().macs(input_size),
+    }];
+    for (i, block) in model.blocks().iter().enumerate() {
+        if i > 0 {
+            let name = format!("transition{i}");
+            stages.push(StageSummary {
+                output_shape: vec![spec.transition_channels(channels[i]), sides[i + 1], sides[i + 1]],
+                params: params_under(&[format!("features.{name}")]),
+                macs: model.transitions()[i - 1].macs(sides[i]),
+                name,
+            });
+        }
+        let name = format!("denseblock{}", i + 1);
+        stages.push(StageSummary {
+            output_shape: vec![channels[i + 1], sides[i + 1], sides[i + 1]],
+            params: params_under(&[format!("features.{name}")]),
+            macs: block.macs(sides[i + 1]),
+            name,
+        });
+    }
+    let features = spec.num_features();
+    let last_side = *sides.last().expect("at least one stage");
+    stages.push(StageSummary {
+        name: "norm5".into(),
+        output_shape: vec![features, last_side, last_side],
+        params: params_under(&["features.norm5".into()]),
+        macs: 0,
+    });
+    stages.push(StageSummary {
+        name: "classifier".into(),
+        output_shape: vec![spec.num_classes],
+        params: params_under(&["classifier".into()]),
+        macs: (features * spec.num_classes) as u64,
+    });
+    Ok(Summary {
+        variant: spec.name.clone(),
+        input_size,
+        params: stages.iter().map(|s| s.params).sum(),
+        macs: stages.iter().map(|s| s.macs).sum(),
+        stages,
+    })
+}
