@@ -21,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod labels;
 pub mod model;
 pub mod ops;
 pub mod spec;

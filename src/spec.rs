@@ -88,6 +88,9 @@ pub struct VariantSpec {
     pub in_channels: usize,
     /// Outputs of the classifier.
     pub num_classes: usize,
+    /// A built-in class-name list (`imagenet-1k`, `fashion-mnist`, `cifar-10`), if the classes are those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
     /// The layers before the first dense block.
     pub stem: StemKind,
     /// Channels out of the stem (torchvision's `num_init_features`).
@@ -193,6 +196,14 @@ impl VariantSpec {
         for (field, value) in positive {
             if value > LIMIT {
                 return Err(format!("{field} is {value}, more than the limit of {LIMIT}"));
+            }
+        }
+        if let Some(list) = &self.labels {
+            if crate::labels::builtin(list).is_none() {
+                return Err(format!(
+                    "labels `{list}` is not a built-in list ({})",
+                    crate::labels::names().join(", ")
+                ));
             }
         }
         if self.block_config.is_empty() {

@@ -54,7 +54,10 @@ fn densenet121_multiply_adds_at_224() {
 }
 
 fn zoo(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet-zoo")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -92,7 +95,10 @@ fn summary_refuses_an_input_too_small_and_a_bad_spec_file() {
     let out = zoo(&["summary", "--variant", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("mine.json") && err.contains("at least one dense block"), "{err}");
+    assert!(
+        err.contains("mine.json") && err.contains("at least one dense block"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 

@@ -1,39 +1,194 @@
-//! Checkpoints: which tensors a variant has, and reading them from safetensors strictly.
+//! Checkpoints: safetensors in and out, every naming scheme users have, strict loading that
+//! names every problem, and the Hugging Face hub.
+//!
+//! ```no_run
+//! use candle_core::Device;
+//! use densenet_zoo::checkpoint::Checkpoint;
+//!
+//! // A path (.safetensors or .pth) or `hf:OWNER/REPO[:FILE]`.
+//! let ckpt = Checkpoint::open("hf:timm/densenet121.tv_in1k", &Device::Cpu)?;
+//! let spec = ckpt.spec(None)?;            // from the metadata, else from the tensor shapes
+//! let model = ckpt.into_model(&spec, &Device::Cpu)?;
+//! # Ok::<(), densenet_zoo::Error>(())
+//! ```
 
+mod adapt;
 mod expected;
+mod file;
+pub mod hub;
+mod metadata;
+mod names;
 
+pub use adapt::{adapt, adapt_input_conv};
 pub use expected::{expected_tensors, is_buffer, TensorSpec};
+pub use file::{write_atomic, write_safetensors};
+pub use metadata::{Metadata, PreprocessRecord};
+pub use names::{canonical_to_d2l, to_canonical, NamingScheme};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
 
-/// Reads every tensor of a safetensors file onto `device`.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::Checkpoint {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+/// A checkpoint read into memory, its tensors renamed to torchvision's names.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Where it came from, for messages: a path or `hf:OWNER/REPO:FILE`.
+    pub origin: String,
+    /// The naming scheme the file used.
+    pub scheme: NamingScheme,
+    /// Every tensor, by canonical name (`num_batches_tracked` included where the file has it).
+    pub tensors: HashMap<String, Tensor>,
+    /// This crate's metadata, when the file was written by it.
+    pub metadata: Option<Metadata>,
 }
 
-/// Checks that `tensors` are exactly the tensors of `spec`, by name and shape
-/// (`num_batches_tracked` entries are accepted and ignored). One error lists every missing
-/// tensor, every unexpected one and every shape mismatch.
-pub fn check_tensors(spec: &VariantSpec, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+impl Checkpoint {
+    /// Reads a path or `hf:OWNER/REPO[:FILE]` (downloaded through the hub cache).
+    pub fn open(source: &str, device: &Device) -> Result<Self> {
+        match hub::HubFile::parse(source)? {
+            Some(file) => {
+                let path = file.fetch()?;
+                let mut ckpt = Self::read(&path, device)?;
+                ckpt.origin = file.to_string();
+                Ok(ckpt)
+            }
+            None => Self::read(Path::new(source), device),
+        }
+    }
+
+    /// Reads a `.safetensors` or `.pth` file, detecting its naming scheme.
+    pub fn read(path: &Path, device: &Device) -> Result<Self> {
+        let origin = path.display().to_string();
+        let (raw, header) = file::read(path, device)?;
+        let (scheme, renamed) = to_canonical(raw);
+        let mut tensors = HashMap::with_capacity(renamed.len());
+        for (name, t) in renamed {
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(Error::Checkpoint {
+                    path: origin,
+                    message: format!("two tensors map to {name}"),
+                });
+            }
+        }
+        let metadata = match header.as_ref().map(Metadata::from_map).transpose() {
+            Ok(m) => m.flatten(),
+            Err(message) => {
+                return Err(Error::Checkpoint {
+                    path: origin,
+                    message: format!("bad metadata: {message}"),
+                })
+            }
+        };
+        Ok(Self {
+            origin,
+            scheme,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// The spec to build: `variant` when given (a name or a JSON path), else the one in the
+    /// metadata, else the built-in variant whose tensors these are (its number of classes and
+    /// input channels taken from `classifier` and `conv0`).
+    pub fn spec(&self, variant: Option<&str>) -> Result<VariantSpec> {
+        if let Some(v) = variant {
+            return VariantSpec::resolve(v);
+        }
+        if let Some(m) = &self.metadata {
+            return Ok(m.spec.clone());
+        }
+        let mut spec = None;
+        for mut candidate in VariantSpec::builtin() {
+            if let Some(w) = self.tensors.get("classifier.weight") {
+                candidate.num_classes = w.dim(0)?;
+            }
+            if let Some(w) = self.tensors.get("features.conv0.weight") {
+                if w.rank() == 4 && w.dim(1)? != candidate.in_channels {
+                    continue;
+                }
+            }
+            if check_tensors(&candidate, &self.tensors, &self.origin, &[]).is_ok() {
+                if candidate.num_classes != VariantSpec::resolve(&candidate.name)?.num_classes {
+                    candidate.labels = None;
+                }
+                spec = Some(candidate);
+                break;
+            }
+        }
+        spec.ok_or_else(|| Error::Checkpoint {
+            path: self.origin.clone(),
+            message: "matches no built-in variant and carries no spec: pass --variant".into(),
+        })
+    }
+
+    /// Fits the tensors to `spec` (timm's input-channel rule; with `new_classifier`, a
+    /// classifier of another size is dropped) and returns notices for the user.
+    pub fn adapt(&mut self, spec: &VariantSpec, new_classifier: bool) -> Result<Vec<String>> {
+        adapt(&mut self.tensors, spec, new_classifier)
+    }
+
+    /// Checks the tensors against `spec` strictly; see [`check_tensors`].
+    pub fn check(&self, spec: &VariantSpec) -> Result<()> {
+        check_tensors(spec, &self.tensors, &self.origin, &[])
+    }
+
+    /// Builds the model for inference: every tensor must be there, with the right shape.
+    pub fn into_model(self, spec: &VariantSpec, device: &Device) -> Result<DenseNet> {
+        self.check(spec)?;
+        let tensors = without_counters(self.tensors)
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()?;
+        DenseNet::new(spec, VarBuilder::from_tensors(tensors, DType::F32, device))
+    }
+
+    /// Puts the tensors into `varmap` as trainable variables and builds the model from it;
+    /// a classifier dropped by [`Checkpoint::adapt`] is initialised fresh.
+    pub fn into_varmap(self, spec: &VariantSpec, varmap: &VarMap, device: &Device) -> Result<DenseNet> {
+        let fresh = ["classifier.weight", "classifier.bias"];
+        let allowed: Vec<&str> = fresh
+            .into_iter()
+            .filter(|n| !self.tensors.contains_key(*n))
+            .collect();
+        check_tensors(spec, &self.tensors, &self.origin, &allowed)?;
+        {
+            let mut data = varmap.data().lock().expect("varmap lock");
+            for (name, t) in without_counters(self.tensors) {
+                data.insert(name, Var::from_tensor(&t.to_device(device)?)?);
+            }
+        }
+        DenseNet::new(spec, VarBuilder::from_varmap(varmap, DType::F32, device))
+    }
+}
+
+fn without_counters(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect()
+}
+
+/// Checks that `tensors` are exactly the tensors of `spec`: every name present with its shape
+/// and dtype F32, and nothing else (`num_batches_tracked` entries are accepted and ignored;
+/// names in `may_miss` may be absent). One error names `origin` and lists every missing
+/// tensor, every unexpected one and every shape or dtype mismatch.
+pub fn check_tensors(
+    spec: &VariantSpec,
+    tensors: &HashMap<String, Tensor>,
+    origin: &str,
+    may_miss: &[&str],
+) -> Result<()> {
     let expected = expected_tensors(spec)?;
     let mut problems = Vec::new();
     for t in &expected {
         match tensors.get(&t.name) {
+            None if may_miss.contains(&t.name.as_str()) => {}
             None => problems.push(format!("missing tensor {} {:?}", t.name, t.shape)),
             Some(found) if found.dims() != t.shape.as_slice() => problems.push(format!(
                 "tensor {}: expected shape {:?}, found {:?}",
@@ -41,10 +196,15 @@ pub fn check_tensors(spec: &VariantSpec, tensors: &HashMap<String, Tensor>, orig
                 t.shape,
                 found.dims()
             )),
+            Some(found) if found.dtype() != DType::F32 => problems.push(format!(
+                "tensor {}: expected dtype F32, found {:?}",
+                t.name,
+                found.dtype()
+            )),
             Some(_) => {}
         }
     }
-    let known: std::collections::HashSet<&str> = expected.iter().map(|t| t.name.as_str()).collect();
+    let known: HashSet<&str> = expected.iter().map(|t| t.name.as_str()).collect();
     let mut unexpected: Vec<&String> = tensors
         .keys()
         .filter(|k| !known.contains(k.as_str()) && !k.ends_with("num_batches_tracked"))
@@ -56,9 +216,42 @@ pub fn check_tensors(spec: &VariantSpec, tensors: &HashMap<String, Tensor>, orig
     } else {
         Err(Error::Checkpoint {
             path: origin.to_string(),
-            message: format!("does not fit variant {}:\n  {}", spec.name, problems.join("\n  ")),
+            message: format!(
+                "does not fit variant {} ({} problems):\n  {}",
+                spec.name,
+                problems.len(),
+                problems.join("\n  ")
+            ),
         })
     }
+}
+
+/// The state dict to write for `spec`: every expected tensor from `tensors` in torchvision's
+/// order, plus a `num_batches_tracked` (int64 scalar) after each batch norm's running variance,
+/// as torchvision's `state_dict()` has them, taken from `tensors` or else 0.
+pub fn state_dict(spec: &VariantSpec, tensors: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for t in expected_tensors(spec)? {
+        let tensor = tensors.get(&t.name).ok_or_else(|| Error::Checkpoint {
+            path: spec.name.clone(),
+            message: format!("missing tensor {}", t.name),
+        })?;
+        out.push((t.name.clone(), tensor.clone()));
+        if let Some(norm) = t.name.strip_suffix(".running_var") {
+            let name = format!("{norm}.num_batches_tracked");
+            let counter = match tensors.get(&name) {
+                Some(c) => c.to_dtype(DType::I64)?.reshape(())?,
+                None => Tensor::new(0i64, &Device::Cpu)?,
+            };
+            out.push((name, counter));
+        }
+    }
+    Ok(out)
+}
+
+/// Loads `spec` from a canonical-named safetensors file, strictly.
+pub fn load_model(spec: &VariantSpec, path: &Path, device: &Device) -> Result<DenseNet> {
+    Checkpoint::read(path, device)?.into_model(spec, device)
 }
 
 /// Builds `spec` from a map of canonical-named tensors, refusing any mismatch.
@@ -68,17 +261,19 @@ pub fn model_from_tensors(
     origin: &str,
     device: &Device,
 ) -> Result<DenseNet> {
-    check_tensors(spec, &tensors, origin)?;
-    let tensors = tensors
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-        .collect::<candle_core::Result<HashMap<_, _>>>()?;
-    DenseNet::new(spec, VarBuilder::from_tensors(tensors, DType::F32, device))
+    Checkpoint {
+        origin: origin.to_string(),
+        scheme: NamingScheme::Torchvision,
+        tensors,
+        metadata: None,
+    }
+    .into_model(spec, device)
 }
 
-/// Loads `spec` from a safetensors file with torchvision's names, strictly.
-pub fn load_model(spec: &VariantSpec, path: &Path, device: &Device) -> Result<DenseNet> {
-    let tensors = read_safetensors(path, device)?;
-    model_from_tensors(spec, tensors, &path.display().to_string(), device)
+/// The tensors of a `VarMap` (parameters and running statistics), by name.
+pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }

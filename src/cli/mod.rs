@@ -1,5 +1,6 @@
 //! Command-line parsing: one file per subcommand, each thin: parse, call the library, print.
 
+mod export;
 mod summary;
 
 use clap::{Parser, Subcommand};
@@ -16,11 +17,14 @@ pub struct Cli {
 enum Command {
     /// Print each stage's output shape, parameters and multiply-adds, then the totals.
     Summary(summary::Args),
+    /// Write a checkpoint as canonical safetensors (torchvision's names, or the book's).
+    Export(export::Args),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Summary(args) => summary::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

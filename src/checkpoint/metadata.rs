@@ -1,0 +1,114 @@
+//! What a checkpoint written by this crate carries besides its tensors, in the safetensors
+//! `__metadata__` (a map of strings): enough to use it without any flag.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::VariantSpec;
+
+const SPEC: &str = "densenet_zoo.spec";
+const CLASSES: &str = "densenet_zoo.classes";
+const PREPROCESS: &str = "densenet_zoo.preprocess";
+const VERSION: &str = "densenet_zoo.version";
+const TRAINING: &str = "densenet_zoo.training";
+
+/// The preprocessing recorded for other tools: resize, crop, mean, std and channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessRecord {
+    /// Shorter side after resizing.
+    pub resize: usize,
+    /// Side of the centre crop, the network's input size.
+    pub crop: usize,
+    /// Per-channel mean, after scaling to [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f32>,
+    /// Input channels: 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+}
+
+/// The metadata of a checkpoint written by this crate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata {
+    /// The variant spec the tensors belong to.
+    pub spec: VariantSpec,
+    /// Class names, one per classifier output.
+    pub classes: Vec<String>,
+    /// The crate version that wrote the file.
+    pub version: String,
+    /// Training facts (epoch, accuracy, ...), where there are any.
+    pub training: Option<serde_json::Value>,
+}
+
+impl Metadata {
+    /// Metadata for `spec` with its built-in class names, written by this version of the crate.
+    pub fn for_spec(spec: &VariantSpec) -> Self {
+        Self {
+            spec: spec.clone(),
+            classes: crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            training: None,
+        }
+    }
+
+    /// The preprocessing, as recorded in the file.
+    pub fn preprocess(&self) -> PreprocessRecord {
+        let p = &self.spec.preprocess;
+        PreprocessRecord {
+            resize: p.resize,
+            crop: p.crop,
+            mean: p.mean.clone(),
+            std: p.std.clone(),
+            channels: self.spec.in_channels,
+        }
+    }
+
+    /// The safetensors `__metadata__` map; `format: pt` keeps Hugging Face tools happy.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        let mut map = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            (SPEC.to_string(), to_json(&self.spec)),
+            (CLASSES.to_string(), to_json(&self.classes)),
+            (PREPROCESS.to_string(), to_json(&self.preprocess())),
+            (VERSION.to_string(), self.version.clone()),
+        ]);
+        if let Some(training) = &self.training {
+            map.insert(TRAINING.to_string(), training.to_string());
+        }
+        map
+    }
+
+    /// Reads our metadata back; `Ok(None)` when the file has none (e.g. a timm or torch file).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Option<Self>, String> {
+        let Some(spec_json) = map.get(SPEC) else {
+            return Ok(None);
+        };
+        let spec = VariantSpec::from_json(spec_json, SPEC).map_err(|e| e.to_string())?;
+        let classes: Vec<String> = match map.get(CLASSES) {
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("{CLASSES}: {e}"))?,
+            None => crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+        };
+        if classes.len() != spec.num_classes {
+            return Err(format!(
+                "{CLASSES} lists {} names, but the spec has {} classes",
+                classes.len(),
+                spec.num_classes
+            ));
+        }
+        let training = match map.get(TRAINING) {
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("{TRAINING}: {e}"))?),
+            None => None,
+        };
+        Ok(Some(Self {
+            spec,
+            classes,
+            version: map.get(VERSION).cloned().unwrap_or_default(),
+            training,
+        }))
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("metadata values serialise")
+}

@@ -1,0 +1,69 @@
+//! `densenet-zoo export`: any checkpoint in, canonical safetensors out, loadable by
+//! `torchvision.models.densenetXXX().load_state_dict(..., strict=True)`.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use densenet_zoo::checkpoint::{canonical_to_d2l, state_dict, write_safetensors, Checkpoint, Metadata};
+use densenet_zoo::spec::{LayerKind, StemKind};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// torchvision's (and timm's) names.
+    Torchvision,
+    /// The book's `nn.Sequential` names (`0.0.weight`, `1.net.0.0.weight`, ...).
+    D2l,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Input: a .safetensors or .pth file, or hf:OWNER/REPO[:FILE].
+    #[arg(long)]
+    weights: String,
+    /// Output .safetensors file (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Variant name or JSON spec [default: the input's metadata, else detected from its tensors].
+    #[arg(long)]
+    variant: Option<String>,
+    /// Naming scheme of the output.
+    #[arg(long, value_enum, default_value = "torchvision")]
+    format: Format,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut ckpt = Checkpoint::open(&args.weights, &Device::Cpu)?;
+    let spec = ckpt.spec(args.variant.as_deref())?;
+    for notice in ckpt.adapt(&spec, false)? {
+        eprintln!("note: {notice}");
+    }
+    ckpt.check(&spec)?;
+    let mut tensors = state_dict(&spec, &ckpt.tensors)?;
+    if let Format::D2l = args.format {
+        if spec.layer != LayerKind::Plain || spec.stem != StemKind::Imagenet || !spec.conv_bias {
+            anyhow::bail!(
+                "--format d2l needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
+                spec.name
+            );
+        }
+        tensors = canonical_to_d2l(tensors, &spec.block_config).map_err(anyhow::Error::msg)?;
+    }
+    let mut metadata = Metadata::for_spec(&spec);
+    if let Some(old) = ckpt.metadata.filter(|m| m.spec.num_classes == spec.num_classes) {
+        metadata.classes = old.classes;
+        metadata.training = old.training;
+    }
+    write_safetensors(&args.out, &tensors, Some(&metadata))?;
+    eprintln!(
+        "wrote {} ({} tensors of {}, {} names, read as {:?})",
+        args.out.display(),
+        tensors.len(),
+        spec.name,
+        match args.format {
+            Format::Torchvision => "torchvision",
+            Format::D2l => "the book's",
+        },
+        ckpt.scheme
+    );
+    Ok(())
+}
