@@ -46,6 +46,28 @@ pub enum Error {
         message: String,
     },
 
+    /// A data set file or folder is malformed.
+    #[error("data {}: {message}", path.display())]
+    Data {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// `--device` names no usable device.
+    #[error("device `{name}`: {message}")]
+    Device {
+        /// What was asked for.
+        name: String,
+        /// Why it cannot be used.
+        message: String,
+    },
+
+    /// Training stopped: a non-finite loss, or an inconsistent resume.
+    #[error("training: {0}")]
+    Training(String),
+
     /// An input tensor does not fit the model.
     #[error("input of shape {found:?} does not fit {variant}: {message}")]
     BadInput {

@@ -20,12 +20,16 @@
 //! ```
 
 pub mod checkpoint;
+pub mod data;
+pub mod device;
 pub mod error;
+pub mod image_io;
 pub mod labels;
 pub mod model;
 pub mod ops;
 pub mod spec;
 pub mod summary;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stem, Transition};

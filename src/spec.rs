@@ -60,6 +60,54 @@ pub struct Preprocess {
     pub std: Vec<f32>,
 }
 
+/// The training recipe `densenet-zoo train` defaults to for the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Epochs over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum (0 for plain SGD).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay on every parameter (never on batch-norm running statistics).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: crate::train::ScheduleKind,
+    /// Fractions of the run at which the step schedule divides the rate by 10.
+    pub milestones: Vec<f64>,
+    /// Update rule.
+    pub optimizer: crate::train::OptimizerKind,
+    /// Random crop with 4 pixels of padding and horizontal flips.
+    pub augment: bool,
+    /// Where the recipe comes from.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Default for Recipe {
+    /// The paper's CIFAR recipe (Huang et al. 2017, 3.4).
+    fn default() -> Self {
+        Self {
+            epochs: 300,
+            batch_size: 64,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            schedule: crate::train::ScheduleKind::Step,
+            milestones: vec![0.5, 0.75],
+            optimizer: crate::train::OptimizerKind::Sgd,
+            augment: true,
+            source: "Huang et al. 2017, 3.4".into(),
+        }
+    }
+}
+
 /// A published accuracy for the variant, to compare a trained or imported model against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
@@ -113,6 +161,9 @@ pub struct VariantSpec {
     pub input_size: usize,
     /// Image preprocessing for inference.
     pub preprocess: Preprocess,
+    /// The default training recipe [default: the paper's CIFAR recipe].
+    #[serde(default)]
+    pub recipe: Recipe,
     /// Published accuracy, where there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<Reference>,

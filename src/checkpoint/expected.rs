@@ -26,6 +26,11 @@ pub fn is_buffer(name: &str) -> bool {
 /// Every tensor of `spec`'s model in construction order, parameters and buffers, without
 /// `num_batches_tracked`. Nothing of the model's size is allocated.
 pub fn expected_tensors(spec: &VariantSpec) -> Result<Vec<TensorSpec>> {
+    Ok(expected_tensors_with_init(spec)?.into_iter().map(|(t, _)| t).collect())
+}
+
+/// [`expected_tensors`] with the initialisation each tensor gets in a new model.
+pub fn expected_tensors_with_init(spec: &VariantSpec) -> Result<Vec<(TensorSpec, Init)>> {
     let recorder = Recorder(Mutex::new(Vec::new()));
     {
         let vb = VarBuilder::from_backend(Box::new(&recorder), DType::F32, Device::Cpu);
@@ -34,22 +39,17 @@ pub fn expected_tensors(spec: &VariantSpec) -> Result<Vec<TensorSpec>> {
     Ok(recorder.0.into_inner().expect("recorder lock is never poisoned"))
 }
 
-/// A VarBuilder backend that notes every tensor asked for and returns zeros that take no memory.
-struct Recorder(Mutex<Vec<TensorSpec>>);
+/// A VarBuilder backend that notes every tensor asked for (with its initialisation) and
+/// returns zeros that take no memory.
+struct Recorder(Mutex<Vec<(TensorSpec, Init)>>);
 
 impl candle_nn::var_builder::SimpleBackend for &Recorder {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0.lock().expect("recorder lock").push(TensorSpec {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor = TensorSpec {
             name: name.to_string(),
             shape: shape.dims().to_vec(),
-        });
+        };
+        self.0.lock().expect("recorder lock").push((tensor, init));
         Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
     }
 

@@ -20,7 +20,7 @@ mod metadata;
 mod names;
 
 pub use adapt::{adapt, adapt_input_conv};
-pub use expected::{expected_tensors, is_buffer, TensorSpec};
+pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
 pub use file::{write_atomic, write_safetensors};
 pub use metadata::{Metadata, PreprocessRecord};
 pub use names::{canonical_to_d2l, to_canonical, NamingScheme};
@@ -46,6 +46,8 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
     /// This crate's metadata, when the file was written by it.
     pub metadata: Option<Metadata>,
+    /// Optimiser state saved with a training checkpoint (`optimizer.*` tensors), kept apart.
+    pub optimizer: HashMap<String, Tensor>,
 }
 
 impl Checkpoint {
@@ -68,7 +70,12 @@ impl Checkpoint {
         let (raw, header) = file::read(path, device)?;
         let (scheme, renamed) = to_canonical(raw);
         let mut tensors = HashMap::with_capacity(renamed.len());
+        let mut optimizer = HashMap::new();
         for (name, t) in renamed {
+            if name.starts_with("optimizer.") {
+                optimizer.insert(name, t);
+                continue;
+            }
             if tensors.insert(name.clone(), t).is_some() {
                 return Err(Error::Checkpoint {
                     path: origin,
@@ -90,6 +97,7 @@ impl Checkpoint {
             scheme,
             tensors,
             metadata,
+            optimizer,
         })
     }
 
@@ -266,6 +274,7 @@ pub fn model_from_tensors(
         scheme: NamingScheme::Torchvision,
         tensors,
         metadata: None,
+        optimizer: HashMap::new(),
     }
     .into_model(spec, device)
 }

@@ -1,7 +1,9 @@
 //! Command-line parsing: one file per subcommand, each thin: parse, call the library, print.
 
+mod eval;
 mod export;
 mod summary;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ enum Command {
     Summary(summary::Args),
     /// Write a checkpoint as canonical safetensors (torchvision's names, or the book's).
     Export(export::Args),
+    /// Train a variant on a data set (the book's recipe for d2l, the paper's for the others).
+    Train(train::Args),
+    /// Top-1, top-5 and loss of a checkpoint on a data set's test split.
+    Eval(eval::Args),
 }
 
 /// Runs the parsed command.
@@ -26,5 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Summary(args) => summary::run(args),
         Command::Export(args) => export::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

@@ -1,0 +1,69 @@
+//! `densenet-zoo eval`: top-1, top-5 and loss of a checkpoint on a data set's test split.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use densenet_zoo::checkpoint::Checkpoint;
+use densenet_zoo::data::{self, Split, Transform, DEFAULT_DATA};
+use densenet_zoo::device::parse_device;
+use densenet_zoo::train::evaluate;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint: a path or hf:OWNER/REPO[:FILE].
+    #[arg(long)]
+    weights: String,
+    /// Data set folder (its test split, or val/ for class folders).
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Variant name or JSON spec [default: the checkpoint's].
+    #[arg(long)]
+    variant: Option<String>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let ckpt = Checkpoint::open(&args.weights, &device)?;
+    let spec = ckpt.spec(args.variant.as_deref())?;
+    let model = ckpt.into_model(&spec, &device)?;
+    let test = Arc::new(data::open(&args.data, Split::Test)?);
+    let transform = Transform {
+        size: spec.preprocess.crop,
+        resize: spec.preprocess.resize,
+        channels: spec.in_channels,
+        mean: spec.preprocess.mean.clone(),
+        std: spec.preprocess.std.clone(),
+        augment: false,
+        pad: 0,
+    };
+    let result = evaluate(&model, test, &transform, args.batch_size.max(1), &device)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "weights": args.weights, "data": args.data, "variant": spec.name,
+                "top1": result.top1, "top5": result.top5, "loss": result.loss, "samples": result.samples,
+            })
+        );
+    } else {
+        println!(
+            "{} on {}: top-1 {:.4}, top-5 {:.4}, loss {:.4} ({} images)",
+            args.weights,
+            args.data.display(),
+            result.top1,
+            result.top5,
+            result.loss,
+            result.samples
+        );
+    }
+    Ok(())
+}

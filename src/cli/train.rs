@@ -1,0 +1,183 @@
+//! `densenet-zoo train`: train a variant on a data set, timm-style, with the book's plot.
+
+use std::path::PathBuf;
+
+use densenet_zoo::data::DEFAULT_DATA;
+use densenet_zoo::device::parse_device;
+use densenet_zoo::train::{self, saved_config, OptimizerKind, Outcome, ScheduleKind, TrainConfig};
+use densenet_zoo::VariantSpec;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Variant name (d2l, 121, bc-100-12, ...) or a JSON spec [default: d2l].
+    #[arg(long)]
+    variant: Option<String>,
+    /// Data set folder: IDX files, CIFAR binary batches, or train/ and val/ class folders.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Epochs [default: the variant's recipe].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step [default: the recipe's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate [default: the recipe's].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// SGD momentum [default: the recipe's].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Nesterov momentum: `--nesterov` or `--nesterov false` [default: the recipe's].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    nesterov: Option<bool>,
+    /// Weight decay on parameters, never on batch-norm statistics [default: the recipe's].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule: constant, step (÷10 at the recipe's milestones) or cosine.
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Epochs of linear warmup [default: 0].
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Update rule: sgd or adamw [default: the recipe's].
+    #[arg(long, value_enum)]
+    optimizer: Option<Optim>,
+    /// Square input side images are resized to [default: the variant's input size].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Random crop (padding 4) and horizontal flips: `--augment` or `--augment false`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    augment: Option<bool>,
+    /// Seed for weights, shuffling and augmentation [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output folder: metrics.jsonl, last/best.safetensors, curves.svg.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Continue from OUT/last.safetensors with its saved settings (flags given here override them).
+    #[arg(long)]
+    resume: bool,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Classifier outputs, when the data set's classes differ from the variant's.
+    #[arg(long)]
+    num_classes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Schedule {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Optim {
+    Sgd,
+    Adamw,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let config = if args.resume {
+        let mut config = saved_config(&args.out)?;
+        if let Some(v) = &args.variant {
+            anyhow::ensure!(
+                VariantSpec::resolve(v)?.name == config.spec.name,
+                "--resume: {} was trained as {}, not {v}",
+                args.out.display(),
+                config.spec.name
+            );
+        }
+        override_with(&mut config, &args);
+        config
+    } else {
+        let mut spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
+        if let Some(n) = args.num_classes {
+            if n != spec.num_classes {
+                spec.num_classes = n;
+                spec.labels = None;
+            }
+        }
+        let r = spec.recipe.clone();
+        let mut config = TrainConfig {
+            image_size: spec.input_size,
+            data: PathBuf::from(DEFAULT_DATA),
+            epochs: r.epochs,
+            batch_size: r.batch_size,
+            lr: r.lr,
+            momentum: r.momentum,
+            nesterov: r.nesterov,
+            weight_decay: r.weight_decay,
+            schedule: r.schedule,
+            milestones: r.milestones,
+            warmup_epochs: 0,
+            optimizer: r.optimizer,
+            augment: r.augment,
+            seed: 0,
+            spec,
+        };
+        override_with(&mut config, &args);
+        config
+    };
+    anyhow::ensure!(config.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(config.epochs > 0, "--epochs must be at least 1");
+    anyhow::ensure!(config.lr.is_finite() && config.lr > 0.0, "--lr must be positive, found {}", config.lr);
+    eprintln!(
+        "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
+         weight decay {}, augment {}, seed {}, device {:?}",
+        config.spec.name,
+        config.data.display(),
+        config.image_size,
+        config.image_size,
+        config.epochs,
+        config.optimizer,
+        config.lr,
+        config.schedule,
+        config.batch_size,
+        config.momentum,
+        if config.nesterov { " (Nesterov)" } else { "" },
+        config.weight_decay,
+        config.augment,
+        config.seed,
+        device
+    );
+    match train::train(&config, &args.out, args.resume, &device)? {
+        Outcome::Finished => eprintln!(
+            "done: {} (metrics.jsonl, last.safetensors, best.safetensors, curves.svg)",
+            args.out.display()
+        ),
+        Outcome::Interrupted => std::process::exit(130),
+    }
+    Ok(())
+}
+
+/// Applies the flags that were given; a new image size also becomes the saved spec's input
+/// size and preprocessing, so that inference with the checkpoint needs no flag.
+fn override_with(config: &mut TrainConfig, args: &Args) {
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
+    }
+    set!(data, epochs, batch_size, lr, momentum, nesterov, weight_decay, warmup_epochs, augment, seed, image_size);
+    if let Some(s) = args.schedule {
+        config.schedule = match s {
+            Schedule::Constant => ScheduleKind::Constant,
+            Schedule::Step => ScheduleKind::Step,
+            Schedule::Cosine => ScheduleKind::Cosine,
+        };
+    }
+    if let Some(o) = args.optimizer {
+        config.optimizer = match o {
+            Optim::Sgd => OptimizerKind::Sgd,
+            Optim::Adamw => OptimizerKind::Adamw,
+        };
+    }
+    let spec = &mut config.spec;
+    if spec.input_size != config.image_size {
+        let p = &mut spec.preprocess;
+        p.resize = ((config.image_size * p.resize) as f64 / p.crop as f64).round() as usize;
+        p.crop = config.image_size;
+        spec.input_size = config.image_size;
+    }
+}

@@ -1,0 +1,53 @@
+//! Data sets and the background loader that feeds training and evaluation.
+//!
+//! Three formats, detected from the folder's contents:
+//! - IDX (MNIST, Fashion-MNIST), gzipped or not: `train-images-idx3-ubyte[.gz]`, ...;
+//! - CIFAR-10 / CIFAR-100 binary batches: `data_batch_{1..5}.bin` + `test_batch.bin`, or
+//!   `train.bin` + `test.bin`;
+//! - an ImageFolder tree: `train/` and `val/`, one sub-folder per class, PNG/JPEG files.
+
+mod cifar;
+mod dataset;
+mod folder;
+mod idx;
+mod loader;
+mod transforms;
+
+pub use dataset::{Dataset, Samples, Split};
+pub use loader::{Batch, Loader};
+pub use transforms::Transform;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Where Debian's `dataset-fashion-mnist` package puts the official Fashion-MNIST files.
+pub const DEFAULT_DATA: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Opens the `split` of the data set in `dir`, whatever its format.
+pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
+    if !dir.is_dir() {
+        return Err(data_error(dir, "no such folder".into()));
+    }
+    if idx::looks_like(dir) {
+        idx::open(dir, split)
+    } else if cifar::looks_like(dir) {
+        cifar::open(dir, split)
+    } else if dir.join("train").is_dir() || dir.join("val").is_dir() {
+        folder::open(dir, split)
+    } else {
+        Err(data_error(
+            dir,
+            "not a data set: expected IDX files (train-images-idx3-ubyte[.gz], ...), CIFAR binary batches \
+             (data_batch_1.bin, ... or train.bin), or train/ and val/ class folders"
+                .into(),
+        ))
+    }
+}
+
+pub(crate) fn data_error(path: &Path, message: String) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        message,
+    }
+}

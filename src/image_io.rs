@@ -1,0 +1,30 @@
+//! Decoding image files safely: the format is read from the bytes, not the name, and
+//! dimensions are checked before any pixel memory is allocated.
+
+use std::path::Path;
+
+use image::{DynamicImage, ImageReader, Limits};
+
+/// Largest width or height accepted.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest decoded allocation accepted, in bytes.
+pub const MAX_ALLOC: u64 = 1 << 30;
+
+/// Opens and decodes an image, refusing files that are not images and images larger than
+/// [`MAX_SIDE`] on a side; the message says which.
+pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
+    let reader = ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("not an image in a known format (PNG, JPEG, BMP, GIF, WebP, TIFF)".into());
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    let mut reader = reader;
+    reader.limits(limits);
+    reader.decode().map_err(|e| format!("cannot decode: {e}"))
+}

@@ -1,0 +1,68 @@
+//! Accuracy and loss of a model on a data set split.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::data::{Dataset, Loader, Transform};
+use crate::error::Result;
+use crate::model::DenseNet;
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of samples whose top class is right.
+    pub top1: f64,
+    /// Fraction whose right class is among the top five (or all classes, if fewer).
+    pub top5: f64,
+    /// Samples seen.
+    pub samples: usize,
+}
+
+/// Evaluates `model` (in eval mode, without building a graph) on every sample of `dataset`.
+pub fn evaluate(
+    model: &DenseNet,
+    dataset: Arc<Dataset>,
+    transform: &Transform,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Evaluation> {
+    let order: Vec<usize> = (0..dataset.len()).collect();
+    let (mut loss_sum, mut top1, mut top5, mut seen) = (0f64, 0usize, 0usize, 0usize);
+    let size = transform.size;
+    for batch in Loader::new(dataset, order, batch_size, transform.clone(), 0, 0) {
+        let batch = batch?;
+        let n = batch.labels.len();
+        let x = Tensor::from_vec(batch.images, (n, transform.channels, size, size), device)?;
+        let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
+        let logits = model.forward_t(&x, false)?.detach();
+        loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
+        let (c1, c5) = top_k_hits(&logits, &batch.labels)?;
+        top1 += c1;
+        top5 += c5;
+        seen += n;
+    }
+    let n = seen.max(1) as f64;
+    Ok(Evaluation {
+        loss: loss_sum / n,
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        samples: seen,
+    })
+}
+
+/// Counts samples whose label is the top class, and among the top five.
+pub fn top_k_hits(logits: &Tensor, labels: &[u32]) -> Result<(usize, usize)> {
+    let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    let (mut top1, mut top5) = (0, 0);
+    for (row, &label) in rows.iter().zip(labels) {
+        let target = row[label as usize];
+        // Rank = how many classes score strictly higher than the label's.
+        let rank = row.iter().filter(|&&v| v > target).count();
+        top1 += usize::from(rank == 0);
+        top5 += usize::from(rank < 5);
+    }
+    Ok((top1, top5))
+}

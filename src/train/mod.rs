@@ -1,0 +1,18 @@
+//! Training: the paper's optimiser, schedules, seeded initialisation, the loop, evaluation,
+//! metrics and the book's plot.
+
+mod evaluate;
+mod init;
+mod metrics;
+mod optim;
+mod plot;
+mod schedule;
+mod trainer;
+
+pub use evaluate::{evaluate, top_k_hits, Evaluation};
+pub use init::seeded_varmap;
+pub use metrics::EpochMetrics;
+pub use optim::{Optimizer, OptimizerKind};
+pub use plot::curves_svg;
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{last_checkpoint, saved_config, train, Outcome, TrainConfig};

@@ -1,0 +1,135 @@
+//! Optimisers with state that can be saved: SGD with momentum, Nesterov and weight decay (the
+//! paper's), and AdamW. candle's own have neither Nesterov nor a way to save their state.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::checkpoint::is_buffer;
+use crate::error::Result;
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD: momentum, optional Nesterov, L2 weight decay, as `torch.optim.SGD`.
+    Sgd,
+    /// AdamW: decoupled weight decay, as `torch.optim.AdamW` (β = 0.9, 0.999, ε = 1e-8).
+    Adamw,
+}
+
+/// An optimiser over a model's parameters (never its batch-norm running statistics).
+pub struct Optimizer {
+    kind: OptimizerKind,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    params: Vec<(String, Var)>,
+    /// Per-parameter state: `momentum_buffer` for SGD, `exp_avg` and `exp_avg_sq` for AdamW.
+    state: HashMap<String, Tensor>,
+    steps: u64,
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+impl Optimizer {
+    /// An optimiser over every parameter of `varmap`, sorted by name.
+    pub fn new(kind: OptimizerKind, varmap: &VarMap, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut params: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        Self {
+            kind,
+            momentum,
+            nesterov,
+            weight_decay,
+            params,
+            state: HashMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// Updates every parameter that has a gradient, with learning rate `lr`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.steps += 1;
+        for (name, var) in &self.params {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let p = var.as_tensor();
+            match self.kind {
+                OptimizerKind::Sgd => {
+                    let mut d = if self.weight_decay != 0.0 {
+                        (grad + (p * self.weight_decay)?)?
+                    } else {
+                        grad.clone()
+                    };
+                    if self.momentum != 0.0 {
+                        let key = format!("momentum_buffer.{name}");
+                        let buf = match self.state.get(&key) {
+                            Some(buf) => ((buf * self.momentum)? + &d)?,
+                            None => d.clone(),
+                        };
+                        d = if self.nesterov {
+                            (d + (&buf * self.momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        self.state.insert(key, buf);
+                    }
+                    var.set(&(p - (d * lr)?)?)?;
+                }
+                OptimizerKind::Adamw => {
+                    let (k1, k2) = (format!("exp_avg.{name}"), format!("exp_avg_sq.{name}"));
+                    let m = match self.state.get(&k1) {
+                        Some(m) => ((m * BETA1)? + (grad * (1.0 - BETA1))?)?,
+                        None => (grad * (1.0 - BETA1))?,
+                    };
+                    let v = match self.state.get(&k2) {
+                        Some(v) => ((v * BETA2)? + (grad.sqr()? * (1.0 - BETA2))?)?,
+                        None => (grad.sqr()? * (1.0 - BETA2))?,
+                    };
+                    let t = self.steps as i32;
+                    let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
+                    let decayed = (p * (1.0 - lr * self.weight_decay))?;
+                    let update = (m_hat / (v_hat.sqrt()? + EPS)?)?;
+                    var.set(&(decayed - (update * lr)?)?)?;
+                    self.state.insert(k1, m);
+                    self.state.insert(k2, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The state to save, as tensors named `optimizer.<buffer>.<parameter>`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> =
+            self.state.iter().map(|(k, t)| (format!("optimizer.{k}"), t.clone())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores state saved by [`Optimizer::state`], taking the `optimizer.` entries of `tensors`.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) {
+        self.steps = steps;
+        self.state = tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("optimizer.").map(|k| (k.to_string(), t.clone())))
+            .collect();
+    }
+}
