@@ -24,6 +24,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod image_io;
+pub mod infer;
 pub mod labels;
 pub mod model;
 pub mod ops;

@@ -28,15 +28,20 @@ pub(super) fn read(path: &Path, device: &Device) -> Result<RawCheckpoint> {
     if bytes.starts_with(b"PK\x03\x04") {
         return Ok((read_pth(path, device)?, None));
     }
+    parse_safetensors(&bytes, path, device)
+}
+
+/// Parses safetensors bytes; `path` names them in errors.
+pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<RawCheckpoint> {
     if bytes.len() < 8 {
         return Err(bad(
             path,
             format!("truncated: {} bytes, not a safetensors or .pth file", bytes.len()),
         ));
     }
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(path, e))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(path, e))?;
     Ok((tensors.into_iter().collect(), header.metadata().clone()))
 }
 

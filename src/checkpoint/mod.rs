@@ -66,8 +66,15 @@ impl Checkpoint {
 
     /// Reads a `.safetensors` or `.pth` file, detecting its naming scheme.
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
-        let origin = path.display().to_string();
-        let (raw, header) = file::read(path, device)?;
+        Self::from_raw(path.display().to_string(), file::read(path, device)?)
+    }
+
+    /// Parses safetensors bytes held in memory (such as the embedded default model).
+    pub fn from_bytes(bytes: &[u8], origin: &str, device: &Device) -> Result<Self> {
+        Self::from_raw(origin.to_string(), file::parse_safetensors(bytes, Path::new(origin), device)?)
+    }
+
+    fn from_raw(origin: String, (raw, header): file::RawCheckpoint) -> Result<Self> {
         let (scheme, renamed) = to_canonical(raw);
         let mut tensors = HashMap::with_capacity(renamed.len());
         let mut optimizer = HashMap::new();

@@ -2,6 +2,9 @@
 
 mod eval;
 mod export;
+mod features;
+mod images;
+mod infer;
 mod summary;
 mod train;
 
@@ -21,6 +24,10 @@ enum Command {
     Summary(summary::Args),
     /// Write a checkpoint as canonical safetensors (torchvision's names, or the book's).
     Export(export::Args),
+    /// Classify images: top-k classes per image (the embedded Fashion-MNIST model by default).
+    Infer(infer::Args),
+    /// Write embeddings or feature maps of images to a safetensors file.
+    Features(features::Args),
     /// Train a variant on a data set (the book's recipe for d2l, the paper's for the others).
     Train(train::Args),
     /// Top-1, top-5 and loss of a checkpoint on a data set's test split.
@@ -33,6 +40,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Summary(args) => summary::run(args),
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
+        Command::Infer(args) => infer::run(args),
+        Command::Features(args) => features::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }

@@ -54,31 +54,51 @@ impl Transform {
         }
     }
 
-    /// Resizes the shorter side of an image to `resize` (bilinear, antialiased) and keeps the
-    /// centre `size` square, in the transform's channels, as planar 8-bit pixels.
+    /// torchvision's `Resize(resize)` then `CenterCrop(size)`, in the transform's channels, as
+    /// planar 8-bit pixels: the shorter side becomes `resize` and the longer
+    /// `floor(resize · long / short)`, bilinear with antialiasing; the crop offset is
+    /// `round((side − size) / 2)`, ties to even. A color image for a 1-channel model is first
+    /// converted to luma as PIL does. An image already of the target size is not resampled.
     pub fn fit_image(&self, image: &DynamicImage) -> Vec<u8> {
+        let image = if self.channels == 1 {
+            DynamicImage::ImageLuma8(luma_pil(image))
+        } else {
+            DynamicImage::ImageRgb8(image.to_rgb8())
+        };
         let (w, h) = image.dimensions();
-        let target = self.resize.max(self.size);
-        let scale = target as f64 / w.min(h) as f64;
-        let (nw, nh) = (
-            ((w as f64 * scale).round() as u32).max(target as u32),
-            ((h as f64 * scale).round() as u32).max(target as u32),
-        );
+        let target = self.resize.max(self.size) as u64;
+        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+        let long_new = (target * long / short).max(target) as u32;
+        let (nw, nh) = if w <= h { (target as u32, long_new) } else { (long_new, target as u32) };
         let resized = if (nw, nh) == (w, h) {
-            image.clone()
+            image
         } else {
             image.resize_exact(nw, nh, FilterType::Triangle)
         };
-        let (x0, y0) = ((nw - self.size as u32) / 2, (nh - self.size as u32) / 2);
-        let cropped = resized.crop_imm(x0, y0, self.size as u32, self.size as u32);
+        let offset = |side: u32| ((side - self.size as u32) as f64 / 2.0).round_ties_even() as u32;
+        let cropped = resized.crop_imm(offset(nw), offset(nh), self.size as u32, self.size as u32);
         planar(&cropped, self.channels)
     }
 }
 
-/// An image's pixels as planar 8-bit channels: 1 (luma) or 3 (RGB).
+/// PIL's `convert("L")`: L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (ITU-R 601-2 luma);
+/// gray images pass unchanged.
+fn luma_pil(image: &DynamicImage) -> image::GrayImage {
+    if let DynamicImage::ImageLuma8(gray) = image {
+        return gray.clone();
+    }
+    let rgb = image.to_rgb8();
+    image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        let p = rgb.get_pixel(x, y);
+        let l = (19595 * p[0] as u32 + 38470 * p[1] as u32 + 7471 * p[2] as u32 + 0x8000) >> 16;
+        image::Luma([l as u8])
+    })
+}
+
+/// An image's pixels as planar 8-bit channels: 1 (luma, as PIL) or 3 (RGB).
 pub fn planar(image: &DynamicImage, channels: usize) -> Vec<u8> {
     if channels == 1 {
-        return image.to_luma8().into_raw();
+        return luma_pil(image).into_raw();
     }
     let rgb = image.to_rgb8();
     let (w, h) = rgb.dimensions();

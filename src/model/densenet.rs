@@ -33,7 +33,7 @@ pub struct DenseNet {
     blocks: Vec<DenseBlock>,
     transitions: Vec<Transition>,
     norm5: BatchNorm2d,
-    classifier: Linear,
+    classifier: Option<Linear>,
 }
 
 impl DenseNet {
@@ -86,7 +86,7 @@ impl DenseNet {
             blocks,
             transitions,
             norm5,
-            classifier,
+            classifier: Some(classifier),
         })
     }
 
@@ -114,18 +114,30 @@ impl DenseNet {
             }
             x = block.forward_t(&x, train)?;
         }
-        Ok(ops::relu(&self.norm5.forward_t(&x, train)?)?)
+        Ok(self.norm5.forward_relu_t(&x, train)?)
     }
 
     /// From a final feature map (N, F, h, w): the pooled embedding (N, F) when `pre_logits`,
     /// else the logits (N, classes). Pooling is global, so any spatial size works.
     pub fn forward_head(&self, features: &Tensor, pre_logits: bool) -> Result<Tensor> {
         let pooled = ops::global_avg_pool(features)?;
-        if pre_logits {
-            Ok(pooled)
-        } else {
-            Ok(self.classifier.forward(&pooled)?)
+        match &self.classifier {
+            Some(classifier) if !pre_logits => Ok(classifier.forward(&pooled)?),
+            _ => Ok(pooled),
         }
+    }
+
+    /// Replaces the classifier with a new one of `num_classes` outputs, taken or created under
+    /// `vb.pp("classifier")`, as timm's `reset_classifier`; 0 removes it, and the head then
+    /// returns the pooled embedding (N, F).
+    pub fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        self.classifier = if num_classes == 0 {
+            None
+        } else {
+            Some(linear(vb.pp("classifier"), self.spec.num_features(), num_classes)?)
+        };
+        self.spec.num_classes = num_classes;
+        Ok(())
     }
 
     /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
@@ -141,7 +153,7 @@ impl DenseNet {
             }
             x = block.forward_t(&x, train)?;
             if i + 1 == self.blocks.len() {
-                levels.push(ops::relu(&self.norm5.forward_t(&x, train)?)?);
+                levels.push(self.norm5.forward_relu_t(&x, train)?);
             } else {
                 levels.push(x.clone());
             }

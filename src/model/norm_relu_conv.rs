@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{self, BatchNorm2d, Conv2d};
+use crate::ops::{BatchNorm2d, Conv2d};
 
 /// BN-ReLU-Conv: (N, in, H, W) → (N, out, H', W'), with stride 1 and "same" padding.
 ///
@@ -41,7 +41,7 @@ impl NormReluConv {
 
     /// Applies the unit; `train` selects batch statistics in the norm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = ops::relu(&self.norm.forward_t(x, train)?)?;
+        let x = self.norm.forward_relu_t(x, train)?;
         self.conv.forward(&x)
     }
 

@@ -41,7 +41,7 @@ impl Stem {
     pub fn forward_unpooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.conv0.forward(x)?;
         match &self.norm0 {
-            Some(norm) => ops::relu(&norm.forward_t(&x, train)?),
+            Some(norm) => norm.forward_relu_t(&x, train),
             None => Ok(x),
         }
     }

@@ -1,7 +1,11 @@
 //! 2-D batch normalisation with PyTorch's semantics.
 
-use candle_core::{Result, Tensor, Var};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+
+use super::bn_relu_op::{BatchStats, BnReluTrain};
 
 /// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
 const EPS: f64 = 1e-5;
@@ -73,6 +77,36 @@ impl BatchNorm2d {
             (scale, shift)
         };
         x.broadcast_mul(&scale)?.broadcast_add(&shift)
+    }
+
+    /// max(0, batch norm of `x`): what every DenseNet does with a batch norm. On the CPU in
+    /// training mode, one fused kernel with an analytical backward; elsewhere,
+    /// [`BatchNorm2d::forward_t`] then ReLU. Same semantics either way.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = train && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+        if !fused {
+            return self.forward_t(x, train)?.relu();
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        if count < 2.0 {
+            candle_core::bail!(
+                "batch norm in training needs more than one value per channel, got input {:?}",
+                x.dims()
+            );
+        }
+        let stats = Arc::new(Mutex::new(BatchStats::default()));
+        let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(BnReluTrain {
+            eps: EPS,
+            stats: stats.clone(),
+        }));
+        let y = x.contiguous()?.apply_op3_arc(&self.weight, &self.bias, op)?;
+        let BatchStats { mean, var } = stats.lock().expect("stats lock").clone();
+        let device = x.device();
+        let mean = Tensor::from_vec(mean, var.len(), device)?;
+        let var = (Tensor::from_vec(var.clone(), var.len(), device)? * (count / (count - 1.0)))?;
+        self.update_running(&mean, &var)?;
+        Ok(y)
     }
 
     fn update_running(&self, batch_mean: &Tensor, batch_var: &Tensor) -> Result<()> {

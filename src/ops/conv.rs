@@ -1,7 +1,10 @@
 //! 2-D convolution with square kernels, as every DenseNet uses them.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+
+use super::conv_op::ConvOp;
+use super::im2col::Window;
 
 /// A k×k convolution with stride, zero padding and an optional bias.
 ///
@@ -65,10 +68,26 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
+}
+
+/// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W'), without bias.
+///
+/// On the CPU (f32, f64), our GEMM-per-image kernel with its own backward (`conv_op`);
+/// elsewhere, candle's `conv2d`.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    let window = Window {
+        kernel: weight.dim(3)?,
+        stride,
+        padding,
+    };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, ConvOp(window))
 }

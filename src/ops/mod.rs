@@ -3,11 +3,14 @@
 //! faster kernels can replace these without touching it.
 
 mod batch_norm;
+mod bn_relu_op;
 mod conv;
+mod conv_op;
+mod im2col;
 mod pool;
 
 pub use batch_norm::BatchNorm2d;
-pub use conv::Conv2d;
+pub use conv::{conv2d, Conv2d};
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
 
 use candle_core::{Result, Tensor};

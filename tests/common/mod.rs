@@ -62,6 +62,9 @@ pub fn relative_error(ours: &Tensor, want: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap();
     let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    if diff == 0.0 {
+        return 0.0;
+    }
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
@@ -69,4 +72,47 @@ pub fn relative_error(ours: &Tensor, want: &Tensor) -> f64 {
 pub fn assert_close(ours: &Tensor, want: &Tensor, tol: f64, what: &str) {
     let err = relative_error(ours, want);
     assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+}
+
+/// n uniforms in [0, 1) from SplitMix64 with state seed + i·γ (i from 1), as
+/// `splitmix_uniform` in make_fixtures.py.
+pub fn splitmix_uniform(seed: u64, n: usize) -> Vec<f64> {
+    (1..=n as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+
+/// The generated weights of `generated_state` in make_fixtures.py, for any spec.
+pub fn generated_state(spec: &VariantSpec) -> HashMap<String, Tensor> {
+    let mut out = HashMap::new();
+    for (t, info) in densenet_zoo::checkpoint::expected_tensors(spec).unwrap().into_iter().enumerate() {
+        let n: usize = info.shape.iter().product();
+        let name = info.name.as_str();
+        let fan_in: usize = info.shape[1..].iter().product();
+        let values: Vec<f32> = splitmix_uniform(t as u64, n)
+            .into_iter()
+            .map(|u| {
+                let v = if name.ends_with("running_var") {
+                    0.5 + 1.5 * u
+                } else if name.ends_with("running_mean") || (name.ends_with("bias") && name.contains("norm")) {
+                    (u - 0.5) * 0.4
+                } else if name.ends_with("bias") {
+                    (u - 0.5) * 0.2
+                } else if name.contains("norm") {
+                    0.5 + u
+                } else {
+                    (2.0 * u - 1.0) * 3f64.sqrt() * (2.0 / fan_in as f64).sqrt()
+                };
+                v as f32
+            })
+            .collect();
+        out.insert(info.name.clone(), Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).unwrap());
+    }
+    out
 }

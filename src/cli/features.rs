@@ -1,0 +1,132 @@
+//! `densenet-zoo features IMAGES... --out feats.safetensors`: embeddings and feature maps.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use densenet_zoo::checkpoint::{write_atomic, Metadata};
+use densenet_zoo::device::parse_device;
+use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
+
+use super::images::expand_inputs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+enum Layer {
+    /// The pooled embedding (N, F), before the classifier.
+    Pooled,
+    /// The logits (N, classes).
+    Logits,
+    /// The stem's output before its pool (features_only level 0).
+    Stem,
+    Block1,
+    Block2,
+    Block3,
+    Block4,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image files or folders.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Output .safetensors: one tensor per level, one row per image in the order given.
+    #[arg(long)]
+    out: PathBuf,
+    /// Level to write; repeat for several [default: pooled].
+    #[arg(long = "layer", value_enum)]
+    layers: Vec<Layer>,
+    /// Variant name or JSON spec [default: the checkpoint's].
+    #[arg(long)]
+    variant: Option<String>,
+    /// Checkpoint: a path or hf:OWNER/REPO[:FILE] [default: as for infer].
+    #[arg(long)]
+    weights: Option<String>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn name(layer: Layer) -> &'static str {
+    match layer {
+        Layer::Pooled => "pooled",
+        Layer::Logits => "logits",
+        Layer::Stem => "stem",
+        Layer::Block1 => "block1",
+        Layer::Block2 => "block2",
+        Layer::Block3 => "block3",
+        Layer::Block4 => "block4",
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
+    let model = &loaded.model;
+    let layers = if args.layers.is_empty() { vec![Layer::Pooled] } else { args.layers.clone() };
+    let blocks = model.spec().block_config.len();
+    for &layer in &layers {
+        let b = match layer {
+            Layer::Block1 => 1,
+            Layer::Block2 => 2,
+            Layer::Block3 => 3,
+            Layer::Block4 => 4,
+            _ => 0,
+        };
+        anyhow::ensure!(b <= blocks, "--layer {}: {} has only {blocks} dense blocks", name(layer), model.spec().name);
+    }
+    let transform = eval_transform(model.spec());
+    let (files, failures) = expand_inputs(&args.images);
+    if let Some((path, e)) = failures.first() {
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
+    for chunk in files.chunks(args.batch_size.max(1)) {
+        let images = chunk
+            .iter()
+            .map(|p| preprocess_file(p, &transform).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let x = batch(&images, &transform, &device)?;
+        let levels = model.features_only(&x, false)?;
+        let last = levels.last().expect("at least one level").clone();
+        for &layer in &layers {
+            let t = match layer {
+                Layer::Pooled => model.forward_head(&last, true)?,
+                Layer::Logits => model.forward_head(&last, false)?,
+                Layer::Stem => levels[0].clone(),
+                Layer::Block1 => levels[1].clone(),
+                Layer::Block2 => levels[2].clone(),
+                Layer::Block3 => levels[3].clone(),
+                Layer::Block4 => levels[4].clone(),
+            };
+            rows.entry(layer).or_default().push(t);
+        }
+    }
+    let mut tensors = Vec::new();
+    for &layer in &layers {
+        if let Some(parts) = rows.get(&layer) {
+            if !tensors.iter().any(|(n, _): &(String, Tensor)| n == name(layer)) {
+                tensors.push((name(layer).to_string(), Tensor::cat(parts, 0)?));
+            }
+        }
+    }
+    let mut metadata = Metadata::for_spec(model.spec()).to_map();
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    metadata.insert("densenet_zoo.files".into(), serde_json::to_string(&names)?);
+    metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))?;
+    write_atomic(&args.out, &bytes)?;
+    eprintln!(
+        "wrote {} ({} images; {})",
+        args.out.display(),
+        files.len(),
+        contiguous.iter().map(|(n, t)| format!("{n} {:?}", t.dims())).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}

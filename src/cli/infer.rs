@@ -1,0 +1,91 @@
+//! `densenet-zoo infer IMAGES...`: top-k classes per image.
+
+use std::path::PathBuf;
+
+use densenet_zoo::device::parse_device;
+use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file, top_k};
+
+use super::images::expand_inputs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image files or folders (PNG, JPEG, BMP, GIF, WebP, TIFF) [default: the shipped examples].
+    images: Vec<PathBuf>,
+    /// Variant name or JSON spec [default: the checkpoint's].
+    #[arg(long)]
+    variant: Option<String>,
+    /// Checkpoint: a path or hf:OWNER/REPO[:FILE] [default: the variant's published weights, or
+    /// the embedded Fashion-MNIST model].
+    #[arg(long)]
+    weights: Option<String>,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    /// One JSON object per line and image.
+    #[arg(long)]
+    json: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// The Fashion-MNIST test images shipped with the crate, for `infer` with no argument.
+fn shipped_examples() -> Vec<PathBuf> {
+    vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/examples")]
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
+    for notice in &loaded.notices {
+        eprintln!("note: {notice}");
+    }
+    let spec = loaded.model.spec().clone();
+    let transform = eval_transform(&spec);
+    let inputs = if args.images.is_empty() { shipped_examples() } else { args.images.clone() };
+    let (files, mut failures) = expand_inputs(&inputs);
+    let total = files.len() + failures.len();
+    for (path, error) in &failures {
+        report_error(path, error, args.json);
+    }
+    for chunk in files.chunks(args.batch_size.max(1)) {
+        let mut ready = Vec::new();
+        for path in chunk {
+            match preprocess_file(path, &transform) {
+                Ok(pixels) => ready.push((path, pixels)),
+                Err(e) => {
+                    report_error(path, &e, args.json);
+                    failures.push((path.clone(), e));
+                }
+            }
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        let images: Vec<Vec<f32>> = ready.iter().map(|(_, p)| p.clone()).collect();
+        let logits = loaded.model.forward_t(&batch(&images, &transform, &device)?, false)?;
+        for ((path, _), top) in ready.iter().zip(top_k(&logits, &loaded.classes, args.topk)?) {
+            if args.json {
+                println!("{}", serde_json::json!({"path": path.display().to_string(), "top": top}));
+            } else {
+                let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
+                println!("{}: {}", path.display(), shown.join(", "));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} of {total} inputs could not be classified", failures.len());
+    }
+    Ok(())
+}
+
+fn report_error(path: &std::path::Path, error: &str, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({"path": path.display().to_string(), "error": error}));
+    } else {
+        eprintln!("{}: {error}", path.display());
+    }
+}

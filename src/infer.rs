@@ -1,0 +1,128 @@
+//! Inference: which model to run (a checkpoint, a hub repo, or the embedded default), image
+//! preprocessing from the checkpoint or spec, and top-k with class names.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::ops::softmax;
+
+use crate::checkpoint::Checkpoint;
+use crate::data::Transform;
+use crate::error::{Error, Result};
+use crate::model::DenseNet;
+use crate::spec::VariantSpec;
+
+/// The embedded default: the book's net trained on Fashion-MNIST at 32×32 by this crate.
+pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../weights/d2l-fashion-mnist.safetensors");
+/// How the embedded default is named in messages.
+pub const DEFAULT_WEIGHTS_NAME: &str = "weights/d2l-fashion-mnist.safetensors (embedded)";
+
+/// A model ready for inference, with its preprocessing and class names.
+pub struct Loaded {
+    /// The model, built from plain tensors: no autograd graph is ever recorded.
+    pub model: DenseNet,
+    /// Class name per output.
+    pub classes: Vec<String>,
+    /// Where the weights came from.
+    pub origin: String,
+    /// Notices for the user (adapted tensors, ...).
+    pub notices: Vec<String>,
+}
+
+/// Loads what `--weights` and `--variant` ask for: a checkpoint (path or `hf:`), else the
+/// variant's published checkpoint, else, with neither flag (or `--variant d2l`), the embedded
+/// default. A variant without a published checkpoint is refused with a plain message.
+pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Result<Loaded> {
+    let mut ckpt = match (weights, variant) {
+        (Some(w), _) => Checkpoint::open(w, device)?,
+        (None, None) => Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?,
+        (None, Some(v)) => {
+            let spec = VariantSpec::resolve(v)?;
+            match &spec.pretrained {
+                Some(repo) => Checkpoint::open(&format!("hf:{repo}"), device)?,
+                None if spec.name == "d2l" => Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?,
+                None => {
+                    return Err(Error::Checkpoint {
+                        path: spec.name.clone(),
+                        message: "has no published pretrained weights: pass --weights".into(),
+                    })
+                }
+            }
+        }
+    };
+    let spec = ckpt.spec(if weights.is_some() { variant } else { None })?;
+    let notices = ckpt.adapt(&spec, false)?;
+    let classes = match &ckpt.metadata {
+        Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
+        _ => crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+    };
+    let origin = ckpt.origin.clone();
+    Ok(Loaded {
+        model: ckpt.into_model(&spec, device)?,
+        classes,
+        origin,
+        notices,
+    })
+}
+
+/// The inference preprocessing of `spec`: torchvision's resize, centre crop and normalisation.
+pub fn eval_transform(spec: &VariantSpec) -> Transform {
+    Transform {
+        size: spec.preprocess.crop,
+        resize: spec.preprocess.resize,
+        channels: spec.in_channels,
+        mean: spec.preprocess.mean.clone(),
+        std: spec.preprocess.std.clone(),
+        augment: false,
+        pad: 0,
+    }
+}
+
+/// Reads and preprocesses one image file into (C, S, S) floats; the message says why not.
+pub fn preprocess_file(path: &Path, transform: &Transform) -> std::result::Result<Vec<f32>, String> {
+    let image = crate::image_io::open_image(path)?;
+    let mut out = Vec::with_capacity(transform.channels * transform.size * transform.size);
+    // Without augmentation the generator is never drawn from.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    transform.apply_planar(&transform.fit_image(&image), &mut rng, &mut out);
+    Ok(out)
+}
+
+/// Stacks preprocessed images into a batch (N, C, S, S).
+pub fn batch(images: &[Vec<f32>], transform: &Transform, device: &Device) -> Result<Tensor> {
+    let s = transform.size;
+    let data: Vec<f32> = images.concat();
+    Ok(Tensor::from_vec(data, (images.len(), transform.channels, s, s), device)?)
+}
+
+/// One entry of a top-k list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// Class index.
+    pub index: usize,
+    /// Class name.
+    pub label: String,
+    /// Softmax probability.
+    pub prob: f32,
+}
+
+/// The `k` most probable classes of each row of `logits` (N, classes), most probable first.
+pub fn top_k(logits: &Tensor, classes: &[String], k: usize) -> Result<Vec<Vec<Prediction>>> {
+    let probs = softmax(&logits.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?;
+    Ok(probs
+        .into_iter()
+        .map(|row| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            order
+                .into_iter()
+                .take(k)
+                .map(|i| Prediction {
+                    index: i,
+                    label: classes.get(i).cloned().unwrap_or_else(|| format!("class{i}")),
+                    prob: row[i],
+                })
+                .collect()
+        })
+        .collect())
+}

@@ -1,0 +1,86 @@
+//! Our CPU kernels against candle's reference ops, forward and backward, on random shapes
+//! including odd sizes, strides and padding.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use common::assert_close;
+use densenet_zoo::ops::{conv2d, BatchNorm2d};
+
+fn randn(shape: &[usize]) -> Var {
+    Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+#[test]
+fn conv2d_matches_candle_forward_and_backward() {
+    // (batch, in, out, height, width, kernel, stride, padding)
+    let cases = [
+        (2, 3, 4, 9, 11, 3, 1, 1),
+        (2, 4, 6, 13, 13, 7, 2, 3),
+        (3, 5, 7, 8, 8, 1, 1, 0),
+        (1, 2, 3, 5, 7, 3, 2, 1),
+        (5, 6, 2, 1, 1, 3, 1, 1),
+        (1, 8, 4, 4, 6, 1, 1, 0),
+    ];
+    for (n, cin, cout, h, w, k, s, p) in cases {
+        let what = format!("conv {n}x{cin}x{h}x{w} k{k} s{s} p{p}");
+        let x = randn(&[n, cin, h, w]);
+        let wt = randn(&[cout, cin, k, k]);
+        let r = randn(&[n, cout, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1]);
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+        let reference = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
+        assert_close(&ours, &reference, 1e-12, &what);
+        let g_ours = (ours * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let a = g_ours.get(v.as_tensor()).unwrap();
+            let b = g_ref.get(v.as_tensor()).unwrap();
+            assert_close(a, b, 1e-12, &format!("{what}: grad of {name}"));
+        }
+    }
+}
+
+#[test]
+fn fused_batch_norm_relu_matches_the_composed_reference() {
+    for dims in [[4, 3, 5, 7], [2, 6, 1, 1], [1, 2, 3, 3]] {
+        let values: Vec<Tensor> = (0..4)
+            .map(|i| (Tensor::rand(0.5f64, 1.5, dims[1], &Device::Cpu).unwrap() - (i % 2) as f64).unwrap())
+            .collect();
+        let make = || {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+            let bn = BatchNorm2d::new(vb, dims[1]).unwrap();
+            // Non-trivial affine parameters and running statistics.
+            let data = varmap.data().lock().unwrap();
+            for (i, name) in ["weight", "bias", "running_mean", "running_var"].iter().enumerate() {
+                let t = if *name == "running_var" { values[i].abs().unwrap() } else { values[i].clone() };
+                data[*name].set(&t).unwrap();
+            }
+            drop(data);
+            (bn, varmap)
+        };
+        let (fused, fused_map) = make();
+        let (reference, ref_map) = make();
+        let x = randn(&dims);
+        let y1 = fused.forward_relu_t(x.as_tensor(), true).unwrap();
+        let y2 = reference.forward_t(x.as_tensor(), true).unwrap().relu().unwrap();
+        assert_close(&y1, &y2, 1e-12, &format!("{dims:?} output"));
+        assert_close(fused.running_mean(), reference.running_mean(), 1e-12, "running mean");
+        assert_close(fused.running_var(), reference.running_var(), 1e-12, "running var");
+        let r = randn(&dims);
+        let g1 = (y1 * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap(), 1e-10, "grad x");
+        let (m1, m2) = (fused_map.data().lock().unwrap(), ref_map.data().lock().unwrap());
+        for p in ["weight", "bias"] {
+            let a = g1.get(m1[p].as_tensor()).unwrap();
+            let b = g2.get(m2[p].as_tensor()).unwrap();
+            assert_close(a, b, 1e-10, &format!("{dims:?} grad {p}"));
+        }
+        // Eval mode after the update uses the running statistics, fused or not.
+        let e1 = fused.forward_relu_t(x.as_tensor(), false).unwrap();
+        let e2 = reference.forward_t(x.as_tensor(), false).unwrap().relu().unwrap();
+        assert_close(&e1, &e2, 1e-12, "eval");
+    }
+}

@@ -1,0 +1,173 @@
+//! `densenet-zoo train` on the real Fashion-MNIST files (Debian's `dataset-fashion-mnist`, which
+//! `.ci/run` installs): the loss falls, a killed or interrupted run resumes exactly, a NaN stops.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use densenet_zoo::checkpoint::Checkpoint;
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Writes the first `train` and `test` samples of the real data set as plain IDX files.
+fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf {
+    // The folder name tells the IDX reader these are Fashion-MNIST, not MNIST, classes.
+    let dir = std::env::temp_dir().join(format!("zoo-fashion-mnist-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (stem, n) in [
+        ("train-images-idx3-ubyte", train),
+        ("train-labels-idx1-ubyte", train),
+        ("t10k-images-idx3-ubyte", test),
+        ("t10k-labels-idx1-ubyte", test),
+    ] {
+        let path = Path::new(FASHION).join(format!("{stem}.gz"));
+        let file = std::fs::File::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; install Debian's dataset-fashion-mnist", path.display()));
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(file).read_to_end(&mut raw).unwrap();
+        let rank = raw[3] as usize;
+        let per: usize = (1..rank)
+            .map(|i| u32::from_be_bytes(raw[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+            .product();
+        let header = 4 + 4 * rank;
+        let mut out = raw[..header].to_vec();
+        out[4..8].copy_from_slice(&(n as u32).to_be_bytes());
+        out.extend_from_slice(&raw[header..header + n * per]);
+        std::fs::write(dir.join(stem), out).unwrap();
+    }
+    dir
+}
+
+fn zoo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet-zoo")).args(args).output().unwrap()
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--variant", "d2l", "--data", data, "--image-size", "32", "--epochs", epochs, "--batch-size", "64",
+        "--out", out, "--seed", "3",
+    ]
+}
+
+fn weights_of(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = Checkpoint::read(path, &candle_core::Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = ckpt
+        .tensors
+        .iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn the_books_net_learns_real_fashion_mnist() {
+    let data = slice_of_fashion_mnist("learn", 3072, 1000);
+    let out = data.join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let result = zoo(&train_args(d, o, "2"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let stdout = String::from_utf8(result.stdout).unwrap();
+    assert!(stdout.contains("epoch 2: loss"), "{stdout}");
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    for key in ["epoch", "loss", "train_acc", "test_acc", "examples_per_s", "wall_s"] {
+        assert!(m[1].get(key).is_some(), "metrics.jsonl lacks {key}");
+    }
+    let (l1, l2) = (m[0]["loss"].as_f64().unwrap(), m[1]["loss"].as_f64().unwrap());
+    assert!(l2 < l1, "loss did not fall: {l1} then {l2}");
+    // Ten classes: chance is 0.1.
+    assert!(m[1]["test_acc"].as_f64().unwrap() > 0.5, "{:?}", m[1]);
+    for file in ["last.safetensors", "best.safetensors", "curves.svg"] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+
+    // The best checkpoint carries everything needed to use it, and evaluates to what training saw.
+    let best = Checkpoint::read(&out.join("best.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let meta = best.metadata.unwrap();
+    assert_eq!(meta.spec.input_size, 32);
+    assert_eq!(meta.classes[9], "Ankle boot");
+    let eval = zoo(&["eval", "--weights", out.join("best.safetensors").to_str().unwrap(), "--data", d, "--json"]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let best_acc = m.iter().map(|m| m["test_acc"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!((e["top1"].as_f64().unwrap() - best_acc).abs() < 1e-9, "{e} vs {best_acc}");
+    assert!(e["top5"].as_f64().unwrap() >= e["top1"].as_f64().unwrap());
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let data = slice_of_fashion_mnist("resume", 640, 128);
+    let d = data.to_str().unwrap();
+    let (a, b) = (data.join("straight"), data.join("resumed"));
+    let straight = zoo(&train_args(d, a.to_str().unwrap(), "2"));
+    assert!(straight.status.success(), "{}", String::from_utf8_lossy(&straight.stderr));
+    let first = zoo(&train_args(d, b.to_str().unwrap(), "1"));
+    assert!(first.status.success());
+    let resumed = zoo(&["train", "--resume", "--epochs", "2", "--out", b.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming from"));
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(mb.len(), 2);
+    for key in ["loss", "train_acc", "test_acc"] {
+        assert_eq!(ma[1][key], mb[1][key], "epoch 2 {key}");
+    }
+    assert_eq!(weights_of(&a.join("last.safetensors")), weights_of(&b.join("last.safetensors")));
+}
+
+#[test]
+fn ctrl_c_saves_mid_epoch_and_resume_finishes_the_same_run() {
+    let data = slice_of_fashion_mnist("ctrlc", 4096, 128);
+    let d = data.to_str().unwrap();
+    let (a, b) = (data.join("straight"), data.join("interrupted"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(train_args(d, b.to_str().unwrap(), "1"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    if status.success() {
+        panic!("the run finished before Ctrl-C; make the slice larger: {stderr}");
+    }
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: saved"), "{stderr}");
+    let resumed = zoo(&["train", "--resume", "--out", b.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains(", batch "));
+    let straight = zoo(&train_args(d, a.to_str().unwrap(), "1"));
+    assert!(straight.status.success());
+    assert_eq!(metrics(&a)[0]["loss"], metrics(&b)[0]["loss"]);
+    assert_eq!(weights_of(&a.join("last.safetensors")), weights_of(&b.join("last.safetensors")));
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let data = slice_of_fashion_mnist("nan", 512, 64);
+    let d = data.to_str().unwrap();
+    let out = data.join("run");
+    let o = out.to_str().unwrap();
+    let first = zoo(&train_args(d, o, "1"));
+    assert!(first.status.success());
+    let before = std::fs::read(out.join("last.safetensors")).unwrap();
+    let result = zoo(&["train", "--resume", "--epochs", "2", "--lr", "1e30", "--out", o]);
+    assert!(!result.status.success());
+    let err = String::from_utf8(result.stderr).unwrap();
+    assert!(err.contains("error: training: the loss is NaN at epoch 2") || err.contains("the loss is inf"), "{err}");
+    assert!(err.contains("last.safetensors"), "{err}");
+    assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before);
+}
