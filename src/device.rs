@@ -28,7 +28,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
                 None => return Err(bad("expected auto, cpu, cuda or cuda:N".into())),
             };
             if !candle_core::utils::cuda_is_available() {
-                return Err(bad("this build has no CUDA support: rebuild with `--features cuda`".into()));
+                return Err(bad(
+                    "this build has no CUDA support: rebuild with `--features cuda`".into(),
+                ));
             }
             Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
         }

@@ -15,13 +15,16 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 /// [`MAX_SIDE`] on a side; the message says which.
 pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let format = image::guess_format(&bytes)
-        .map_err(|_| "not an image: its bytes match no known format (PNG, JPEG, BMP, GIF, WebP, TIFF)".to_string())?;
+    let format = image::guess_format(&bytes).map_err(|_| {
+        "not an image: its bytes match no known format (PNG, JPEG, BMP, GIF, WebP, TIFF)".to_string()
+    })?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    reader.decode().map_err(|e| format!("cannot decode {format:?}: {e}"))
+    reader
+        .decode()
+        .map_err(|e| format!("cannot decode {format:?}: {e}"))
 }

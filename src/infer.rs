@@ -40,7 +40,9 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
             let spec = VariantSpec::resolve(v)?;
             match &spec.pretrained {
                 Some(repo) => Checkpoint::open(&format!("hf:{repo}"), device)?,
-                None if spec.name == "d2l" => Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?,
+                None if spec.name == "d2l" => {
+                    Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?
+                }
                 None => {
                     return Err(Error::Checkpoint {
                         path: spec.name.clone(),
@@ -92,7 +94,11 @@ pub fn preprocess_file(path: &Path, transform: &Transform) -> std::result::Resul
 pub fn batch(images: &[Vec<f32>], transform: &Transform, device: &Device) -> Result<Tensor> {
     let s = transform.size;
     let data: Vec<f32> = images.concat();
-    Ok(Tensor::from_vec(data, (images.len(), transform.channels, s, s), device)?)
+    Ok(Tensor::from_vec(
+        data,
+        (images.len(), transform.channels, s, s),
+        device,
+    )?)
 }
 
 /// One entry of a top-k list.

@@ -13,7 +13,10 @@ use densenet_zoo::infer::{eval_transform, preprocess_file};
 use densenet_zoo::VariantSpec;
 
 fn photos(size: u32) -> Vec<PathBuf> {
-    ["chelsea", "coffee"].iter().map(|n| fixtures_dir().join(format!("images/{n}-{size}.png"))).collect()
+    ["chelsea", "coffee"]
+        .iter()
+        .map(|n| fixtures_dir().join(format!("images/{n}-{size}.png")))
+        .collect()
 }
 
 fn preprocessed(spec: &VariantSpec, files: &[PathBuf]) -> Tensor {
@@ -36,20 +39,46 @@ fn densenet121_matches_torchvision_on_photos() {
     let model = model_from_tensors(&spec, generated_state(&spec), "generated", &Device::Cpu).unwrap();
     let features = model.forward_features(&x, false).unwrap();
     assert_eq!(features.dims(), &[2, 1024, 7, 7]);
-    assert_close(&model.forward_head(&features, true).unwrap(), &want["pooled"], 1e-4, "pooled");
-    assert_close(&model.forward_head(&features, false).unwrap(), &want["logits"], 1e-4, "logits");
-    assert_close(&model.forward_t(&x, false).unwrap(), &want["logits"], 1e-4, "forward_t");
+    assert_close(
+        &model.forward_head(&features, true).unwrap(),
+        &want["pooled"],
+        1e-4,
+        "pooled",
+    );
+    assert_close(
+        &model.forward_head(&features, false).unwrap(),
+        &want["logits"],
+        1e-4,
+        "logits",
+    );
+    assert_close(
+        &model.forward_t(&x, false).unwrap(),
+        &want["logits"],
+        1e-4,
+        "forward_t",
+    );
     let levels = model.features_only(&x.narrow(0, 0, 1).unwrap(), false).unwrap();
     assert_eq!(levels.len(), 5);
     for (i, level) in levels.iter().enumerate() {
         let step = want[&format!("level{i}.step")].to_vec1::<i64>().unwrap()[0] as usize;
         let (_, c, h, w) = level.dims4().unwrap();
-        let rows: Vec<Tensor> = (0..h).step_by(step).map(|y| level.narrow(2, y, 1).unwrap()).collect();
+        let rows: Vec<Tensor> = (0..h)
+            .step_by(step)
+            .map(|y| level.narrow(2, y, 1).unwrap())
+            .collect();
         let grid = Tensor::cat(&rows, 2).unwrap();
-        let cols: Vec<Tensor> = (0..w).step_by(step).map(|x| grid.narrow(3, x, 1).unwrap()).collect();
+        let cols: Vec<Tensor> = (0..w)
+            .step_by(step)
+            .map(|x| grid.narrow(3, x, 1).unwrap())
+            .collect();
         let grid = Tensor::cat(&cols, 3).unwrap();
         assert_eq!(grid.dim(1).unwrap(), c);
-        assert_close(&grid, &want[&format!("level{i}")], 1e-4, &format!("features_only level {i}"));
+        assert_close(
+            &grid,
+            &want[&format!("level{i}")],
+            1e-4,
+            &format!("features_only level {i}"),
+        );
     }
 }
 
@@ -60,7 +89,12 @@ fn the_books_net_matches_on_gray_photos() {
     let x = preprocessed(&f.spec, &photos(96));
     assert_close(&x, &want["input"], 1e-6, "grayscale as PIL");
     let model = model_from_tensors(&f.spec, f.state(), "d2l", &Device::Cpu).unwrap();
-    assert_close(&model.forward_t(&x, false).unwrap(), &want["logits"], 1e-4, "book logits");
+    assert_close(
+        &model.forward_t(&x, false).unwrap(),
+        &want["logits"],
+        1e-4,
+        "book logits",
+    );
 }
 
 #[test]
@@ -74,7 +108,12 @@ fn reset_classifier_and_any_input_size() {
     model.reset_classifier(7, vb).unwrap();
     assert_eq!(model.forward_t(&x, false).unwrap().dims(), &[1, 7]);
     assert_eq!(varmap.all_vars().len(), 2);
-    model.reset_classifier(0, candle_nn::VarBuilder::zeros(candle_core::DType::F32, &Device::Cpu)).unwrap();
+    model
+        .reset_classifier(
+            0,
+            candle_nn::VarBuilder::zeros(candle_core::DType::F32, &Device::Cpu),
+        )
+        .unwrap();
     // No classifier: the head returns the pooled embedding, as timm's reset_classifier(0).
     assert_eq!(model.forward_t(&x, false).unwrap().dims(), &[1, 1024]);
 }
@@ -88,7 +127,10 @@ fn zoo(args: &[&str]) -> std::process::Output {
 }
 
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -125,13 +167,20 @@ fn a_folder_with_a_non_image_reports_it_and_goes_on() {
     }
     std::fs::write(dir.join("notes.png"), "not an image at all").unwrap();
     let out = zoo(&["infer", dir.to_str().unwrap(), "--json"]);
-    assert!(!out.status.success(), "a failed image must make the exit status non-zero");
+    assert!(
+        !out.status.success(),
+        "a failed image must make the exit status non-zero"
+    );
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 3);
     let bad: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
     assert_eq!(bad.len(), 1);
     assert!(bad[0]["path"].as_str().unwrap().ends_with("notes.png"));
-    assert!(bad[0]["error"].as_str().unwrap().contains("not an image"), "{}", bad[0]);
+    assert!(
+        bad[0]["error"].as_str().unwrap().contains("not an image"),
+        "{}",
+        bad[0]
+    );
     assert_eq!(lines.iter().filter(|l| l.get("top").is_some()).count(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 3 inputs could not be classified"));
 }
@@ -141,10 +190,22 @@ fn features_writes_one_row_per_image_per_level() {
     let dir = std::env::temp_dir().join(format!("zoo-features-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out_path = dir.join("feats.safetensors");
-    let images = ["weights/examples/t10k-00002-trouser.png", "weights/examples/t10k-00000-ankle-boot.png"];
+    let images = [
+        "weights/examples/t10k-00002-trouser.png",
+        "weights/examples/t10k-00000-ankle-boot.png",
+    ];
     let mut args = vec!["features"];
     args.extend(images);
-    args.extend(["--out", out_path.to_str().unwrap(), "--layer", "pooled", "--layer", "logits", "--layer", "stem"]);
+    args.extend([
+        "--out",
+        out_path.to_str().unwrap(),
+        "--layer",
+        "pooled",
+        "--layer",
+        "logits",
+        "--layer",
+        "stem",
+    ]);
     args.extend(["--layer", "block4"]);
     let out = zoo(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -162,9 +223,23 @@ fn features_writes_one_row_per_image_per_level() {
     let loaded = densenet_zoo::infer::load(None, None, &Device::Cpu).unwrap();
     let x = preprocessed(loaded.model.spec(), &[PathBuf::from(images[1])]);
     let logits = loaded.model.forward_t(&x, false).unwrap();
-    assert_close(&feats["logits"].narrow(0, 1, 1).unwrap(), &logits, 1e-6, "features logits");
+    assert_close(
+        &feats["logits"].narrow(0, 1, 1).unwrap(),
+        &logits,
+        1e-6,
+        "features logits",
+    );
 
-    let bad = zoo(&["features", images[0], "--out", out_path.to_str().unwrap(), "--layer", "block4", "--variant", "d2l"]);
+    let bad = zoo(&[
+        "features",
+        images[0],
+        "--out",
+        out_path.to_str().unwrap(),
+        "--layer",
+        "block4",
+        "--variant",
+        "d2l",
+    ]);
     assert!(bad.status.success());
 }
 
@@ -173,5 +248,8 @@ fn variants_without_published_weights_say_so() {
     let out = zoo(&["infer", "weights/examples", "--variant", "264"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err, "error: checkpoint densenet264: has no published pretrained weights: pass --weights\n");
+    assert_eq!(
+        err,
+        "error: checkpoint densenet264: has no published pretrained weights: pass --weights\n"
+    );
 }

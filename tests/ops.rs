@@ -31,8 +31,18 @@ fn conv2d_matches_candle_forward_and_backward() {
         let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
         let reference = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
         assert_close(&ours, &reference, 1e-12, &what);
-        let g_ours = (ours * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (reference * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ours = (ours * r.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_ref = (reference * r.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (name, v) in [("input", &x), ("weight", &wt)] {
             let a = g_ours.get(v.as_tensor()).unwrap();
             let b = g_ref.get(v.as_tensor()).unwrap();
@@ -53,8 +63,15 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
             let bn = BatchNorm2d::new(vb, dims[1]).unwrap();
             // Non-trivial affine parameters and running statistics.
             let data = varmap.data().lock().unwrap();
-            for (i, name) in ["weight", "bias", "running_mean", "running_var"].iter().enumerate() {
-                let t = if *name == "running_var" { values[i].abs().unwrap() } else { values[i].clone() };
+            for (i, name) in ["weight", "bias", "running_mean", "running_var"]
+                .iter()
+                .enumerate()
+            {
+                let t = if *name == "running_var" {
+                    values[i].abs().unwrap()
+                } else {
+                    values[i].clone()
+                };
                 data[*name].set(&t).unwrap();
             }
             drop(data);
@@ -66,12 +83,32 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
         let y1 = fused.forward_relu_t(x.as_tensor(), true).unwrap();
         let y2 = reference.forward_t(x.as_tensor(), true).unwrap().relu().unwrap();
         assert_close(&y1, &y2, 1e-12, &format!("{dims:?} output"));
-        assert_close(fused.running_mean(), reference.running_mean(), 1e-12, "running mean");
+        assert_close(
+            fused.running_mean(),
+            reference.running_mean(),
+            1e-12,
+            "running mean",
+        );
         assert_close(fused.running_var(), reference.running_var(), 1e-12, "running var");
         let r = randn(&dims);
-        let g1 = (y1 * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_close(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap(), 1e-10, "grad x");
+        let g1 = (y1 * r.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (y2 * r.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_close(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+            1e-10,
+            "grad x",
+        );
         let (m1, m2) = (fused_map.data().lock().unwrap(), ref_map.data().lock().unwrap());
         for p in ["weight", "bias"] {
             let a = g1.get(m1[p].as_tensor()).unwrap();

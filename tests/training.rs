@@ -39,7 +39,10 @@ fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf {
 }
 
 fn zoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet-zoo")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
@@ -52,8 +55,21 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
 
 fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--variant", "d2l", "--data", data, "--image-size", "32", "--epochs", epochs, "--batch-size", "64",
-        "--out", out, "--seed", "3",
+        "train",
+        "--variant",
+        "d2l",
+        "--data",
+        data,
+        "--image-size",
+        "32",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "64",
+        "--out",
+        out,
+        "--seed",
+        "3",
     ]
 }
 
@@ -75,12 +91,23 @@ fn the_books_net_learns_real_fashion_mnist() {
     let out = data.join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
     let result = zoo(&train_args(d, o, "2"));
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let stdout = String::from_utf8(result.stdout).unwrap();
     assert!(stdout.contains("epoch 2: loss"), "{stdout}");
     let m = metrics(&out);
     assert_eq!(m.len(), 2);
-    for key in ["epoch", "loss", "train_acc", "test_acc", "examples_per_s", "wall_s"] {
+    for key in [
+        "epoch",
+        "loss",
+        "train_acc",
+        "test_acc",
+        "examples_per_s",
+        "wall_s",
+    ] {
         assert!(m[1].get(key).is_some(), "metrics.jsonl lacks {key}");
     }
     let (l1, l2) = (m[0]["loss"].as_f64().unwrap(), m[1]["loss"].as_f64().unwrap());
@@ -98,11 +125,24 @@ fn the_books_net_learns_real_fashion_mnist() {
     let meta = best.metadata.unwrap();
     assert_eq!(meta.spec.input_size, 32);
     assert_eq!(meta.classes[9], "Ankle boot");
-    let eval = zoo(&["eval", "--weights", out.join("best.safetensors").to_str().unwrap(), "--data", d, "--json"]);
+    let eval = zoo(&[
+        "eval",
+        "--weights",
+        out.join("best.safetensors").to_str().unwrap(),
+        "--data",
+        d,
+        "--json",
+    ]);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    let best_acc = m.iter().map(|m| m["test_acc"].as_f64().unwrap()).fold(0.0, f64::max);
-    assert!((e["top1"].as_f64().unwrap() - best_acc).abs() < 1e-9, "{e} vs {best_acc}");
+    let best_acc = m
+        .iter()
+        .map(|m| m["test_acc"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        (e["top1"].as_f64().unwrap() - best_acc).abs() < 1e-9,
+        "{e} vs {best_acc}"
+    );
     assert!(e["top5"].as_f64().unwrap() >= e["top1"].as_f64().unwrap());
 }
 
@@ -112,18 +152,29 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let d = data.to_str().unwrap();
     let (a, b) = (data.join("straight"), data.join("resumed"));
     let straight = zoo(&train_args(d, a.to_str().unwrap(), "2"));
-    assert!(straight.status.success(), "{}", String::from_utf8_lossy(&straight.stderr));
+    assert!(
+        straight.status.success(),
+        "{}",
+        String::from_utf8_lossy(&straight.stderr)
+    );
     let first = zoo(&train_args(d, b.to_str().unwrap(), "1"));
     assert!(first.status.success());
     let resumed = zoo(&["train", "--resume", "--epochs", "2", "--out", b.to_str().unwrap()]);
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming from"));
     let (ma, mb) = (metrics(&a), metrics(&b));
     assert_eq!(mb.len(), 2);
     for key in ["loss", "train_acc", "test_acc"] {
         assert_eq!(ma[1][key], mb[1][key], "epoch 2 {key}");
     }
-    assert_eq!(weights_of(&a.join("last.safetensors")), weights_of(&b.join("last.safetensors")));
+    assert_eq!(
+        weights_of(&a.join("last.safetensors")),
+        weights_of(&b.join("last.safetensors"))
+    );
 }
 
 #[test]
@@ -137,7 +188,9 @@ fn ctrl_c_saves_mid_epoch_and_resume_finishes_the_same_run() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
@@ -147,12 +200,19 @@ fn ctrl_c_saves_mid_epoch_and_resume_finishes_the_same_run() {
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted: saved"), "{stderr}");
     let resumed = zoo(&["train", "--resume", "--out", b.to_str().unwrap()]);
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     assert!(String::from_utf8_lossy(&resumed.stderr).contains(", batch "));
     let straight = zoo(&train_args(d, a.to_str().unwrap(), "1"));
     assert!(straight.status.success());
     assert_eq!(metrics(&a)[0]["loss"], metrics(&b)[0]["loss"]);
-    assert_eq!(weights_of(&a.join("last.safetensors")), weights_of(&b.join("last.safetensors")));
+    assert_eq!(
+        weights_of(&a.join("last.safetensors")),
+        weights_of(&b.join("last.safetensors"))
+    );
 }
 
 #[test]
@@ -167,7 +227,10 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let result = zoo(&["train", "--resume", "--epochs", "2", "--lr", "1e30", "--out", o]);
     assert!(!result.status.success());
     let err = String::from_utf8(result.stderr).unwrap();
-    assert!(err.contains("error: training: the loss is NaN at epoch 2") || err.contains("the loss is inf"), "{err}");
+    assert!(
+        err.contains("error: training: the loss is NaN at epoch 2") || err.contains("the loss is inf"),
+        "{err}"
+    );
     assert!(err.contains("last.safetensors"), "{err}");
     assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before);
 }

@@ -26,7 +26,10 @@ pub fn is_buffer(name: &str) -> bool {
 /// Every tensor of `spec`'s model in construction order, parameters and buffers, without
 /// `num_batches_tracked`. Nothing of the model's size is allocated.
 pub fn expected_tensors(spec: &VariantSpec) -> Result<Vec<TensorSpec>> {
-    Ok(expected_tensors_with_init(spec)?.into_iter().map(|(t, _)| t).collect())
+    Ok(expected_tensors_with_init(spec)?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect())
 }
 
 /// [`expected_tensors`] with the initialisation each tensor gets in a new model.
@@ -44,7 +47,14 @@ pub fn expected_tensors_with_init(spec: &VariantSpec) -> Result<Vec<(TensorSpec,
 struct Recorder(Mutex<Vec<(TensorSpec, Init)>>);
 
 impl candle_nn::var_builder::SimpleBackend for &Recorder {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let tensor = TensorSpec {
             name: name.to_string(),
             shape: shape.dims().to_vec(),

@@ -71,7 +71,10 @@ impl Checkpoint {
 
     /// Parses safetensors bytes held in memory (such as the embedded default model).
     pub fn from_bytes(bytes: &[u8], origin: &str, device: &Device) -> Result<Self> {
-        Self::from_raw(origin.to_string(), file::parse_safetensors(bytes, Path::new(origin), device)?)
+        Self::from_raw(
+            origin.to_string(),
+            file::parse_safetensors(bytes, Path::new(origin), device)?,
+        )
     }
 
     fn from_raw(origin: String, (raw, header): file::RawCheckpoint) -> Result<Self> {

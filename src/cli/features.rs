@@ -65,7 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     let model = &loaded.model;
-    let layers = if args.layers.is_empty() { vec![Layer::Pooled] } else { args.layers.clone() };
+    let layers = if args.layers.is_empty() {
+        vec![Layer::Pooled]
+    } else {
+        args.layers.clone()
+    };
     let blocks = model.spec().block_config.len();
     for &layer in &layers {
         let b = match layer {
@@ -75,7 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Layer::Block4 => 4,
             _ => 0,
         };
-        anyhow::ensure!(b <= blocks, "--layer {}: {} has only {blocks} dense blocks", name(layer), model.spec().name);
+        anyhow::ensure!(
+            b <= blocks,
+            "--layer {}: {} has only {blocks} dense blocks",
+            name(layer),
+            model.spec().name
+        );
     }
     let transform = eval_transform(model.spec());
     let (files, failures) = expand_inputs(&args.images);
@@ -126,7 +135,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "wrote {} ({} images; {})",
         args.out.display(),
         files.len(),
-        contiguous.iter().map(|(n, t)| format!("{n} {:?}", t.dims())).collect::<Vec<_>>().join(", ")
+        contiguous
+            .iter()
+            .map(|(n, t)| format!("{n} {:?}", t.dims()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

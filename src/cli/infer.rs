@@ -45,7 +45,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let spec = loaded.model.spec().clone();
     let transform = eval_transform(&spec);
-    let inputs = if args.images.is_empty() { shipped_examples() } else { args.images.clone() };
+    let inputs = if args.images.is_empty() {
+        shipped_examples()
+    } else {
+        args.images.clone()
+    };
     let (files, mut failures) = expand_inputs(&inputs);
     let total = files.len() + failures.len();
     for (path, error) in &failures {
@@ -66,10 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         let images: Vec<Vec<f32>> = ready.iter().map(|(_, p)| p.clone()).collect();
-        let logits = loaded.model.forward_t(&batch(&images, &transform, &device)?, false)?;
+        let logits = loaded
+            .model
+            .forward_t(&batch(&images, &transform, &device)?, false)?;
         for ((path, _), top) in ready.iter().zip(top_k(&logits, &loaded.classes, args.topk)?) {
             if args.json {
-                println!("{}", serde_json::json!({"path": path.display().to_string(), "top": top}));
+                println!(
+                    "{}",
+                    serde_json::json!({"path": path.display().to_string(), "top": top})
+                );
             } else {
                 let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
                 println!("{}: {}", path.display(), shown.join(", "));
@@ -84,7 +93,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn report_error(path: &std::path::Path, error: &str, json: bool) {
     if json {
-        println!("{}", serde_json::json!({"path": path.display().to_string(), "error": error}));
+        println!(
+            "{}",
+            serde_json::json!({"path": path.display().to_string(), "error": error})
+        );
     } else {
         eprintln!("{}: {error}", path.display());
     }

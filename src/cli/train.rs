@@ -123,7 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(config.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(config.epochs > 0, "--epochs must be at least 1");
-    anyhow::ensure!(config.lr.is_finite() && config.lr > 0.0, "--lr must be positive, found {}", config.lr);
+    anyhow::ensure!(
+        config.lr.is_finite() && config.lr > 0.0,
+        "--lr must be positive, found {}",
+        config.lr
+    );
     eprintln!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
          weight decay {}, augment {}, seed {}, device {:?}",
@@ -159,7 +163,19 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
     macro_rules! set {
         ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
     }
-    set!(data, epochs, batch_size, lr, momentum, nesterov, weight_decay, warmup_epochs, augment, seed, image_size);
+    set!(
+        data,
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        warmup_epochs,
+        augment,
+        seed,
+        image_size
+    );
     if let Some(s) = args.schedule {
         config.schedule = match s {
             Schedule::Constant => ScheduleKind::Constant,

@@ -31,8 +31,8 @@ pub fn looks_like(dir: &Path) -> bool {
 
 /// Reads one split: images (N, 3, 32, 32) and labels.
 pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
-    let (paths, label_bytes) =
-        files(dir, split).ok_or_else(|| data_error(dir, format!("no CIFAR batches for the {split:?} split")))?;
+    let (paths, label_bytes) = files(dir, split)
+        .ok_or_else(|| data_error(dir, format!("no CIFAR batches for the {split:?} split")))?;
     let record = label_bytes + PIXELS;
     let num_classes = if label_bytes == 1 { 10 } else { 100 };
     let mut pixels = Vec::new();
@@ -42,13 +42,19 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         if bytes.is_empty() || bytes.len() % record != 0 {
             return Err(data_error(
                 path,
-                format!("{} bytes is not a whole number of {record}-byte records", bytes.len()),
+                format!(
+                    "{} bytes is not a whole number of {record}-byte records",
+                    bytes.len()
+                ),
             ));
         }
         for r in bytes.chunks_exact(record) {
             let label = r[label_bytes - 1] as u32;
             if label >= num_classes {
-                return Err(data_error(path, format!("label {label} is not a class of 0..{num_classes}")));
+                return Err(data_error(
+                    path,
+                    format!("label {label} is not a class of 0..{num_classes}"),
+                ));
             }
             labels.push(label);
             pixels.extend_from_slice(&r[label_bytes..]);

@@ -14,7 +14,11 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         Split::Train => "train",
         Split::Test => "val",
     });
-    let class_root = if dir.join("train").is_dir() { dir.join("train") } else { split_dir.clone() };
+    let class_root = if dir.join("train").is_dir() {
+        dir.join("train")
+    } else {
+        split_dir.clone()
+    };
     let mut classes: Vec<String> = read_dir(&class_root)?
         .into_iter()
         .filter(|p| p.is_dir())
@@ -22,7 +26,10 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         .collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(data_error(&class_root, "no class folders: expected one sub-folder per class".into()));
+        return Err(data_error(
+            &class_root,
+            "no class folders: expected one sub-folder per class".into(),
+        ));
     }
     let mut files = Vec::new();
     let mut labels = Vec::new();
@@ -43,7 +50,10 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         files.extend(images);
     }
     if files.is_empty() {
-        return Err(data_error(&split_dir, "no images (PNG, JPEG, ...) in any class folder".into()));
+        return Err(data_error(
+            &split_dir,
+            "no images (PNG, JPEG, ...) in any class folder".into(),
+        ));
     }
     Ok(Dataset {
         samples: Samples::Files(files),

@@ -41,11 +41,19 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
     if dims[0] != label_dims[0] {
         return Err(data_error(
             &labels_path,
-            format!("{} labels for {} images in {}", label_dims[0], dims[0], images_path.display()),
+            format!(
+                "{} labels for {} images in {}",
+                label_dims[0],
+                dims[0],
+                images_path.display()
+            ),
         ));
     }
     if let Some(bad) = labels.iter().find(|&&l| l > 9) {
-        return Err(data_error(&labels_path, format!("label {bad} is not a class of 0..9")));
+        return Err(data_error(
+            &labels_path,
+            format!("label {bad} is not a class of 0..9"),
+        ));
     }
     let fashion = dir.to_string_lossy().to_ascii_lowercase().contains("fashion");
     let classes = if fashion {
@@ -73,7 +81,9 @@ pub fn read(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let mut raw = Vec::new();
     let mut head = [0u8; 2];
     let mut reader = std::io::BufReader::new(file);
-    reader.read_exact(&mut head).map_err(|_| fail("empty or truncated file".into()))?;
+    reader
+        .read_exact(&mut head)
+        .map_err(|_| fail("empty or truncated file".into()))?;
     let chained = std::io::Cursor::new(head).chain(reader);
     let limited: Box<dyn Read> = if head == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(chained).take(MAX_BYTES + 1))
@@ -81,13 +91,18 @@ pub fn read(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         Box::new(chained.take(MAX_BYTES + 1))
     };
     let mut limited = limited;
-    limited.read_to_end(&mut raw).map_err(|e| fail(format!("cannot decompress: {e}")))?;
+    limited
+        .read_to_end(&mut raw)
+        .map_err(|e| fail(format!("cannot decompress: {e}")))?;
     if raw.len() as u64 > MAX_BYTES {
         return Err(fail(format!("larger than the limit of {MAX_BYTES} bytes")));
     }
     let header = 4 + 4 * rank;
     if raw.len() < header {
-        return Err(fail(format!("truncated: {} bytes, the header alone takes {header}", raw.len())));
+        return Err(fail(format!(
+            "truncated: {} bytes, the header alone takes {header}",
+            raw.len()
+        )));
     }
     let expected_magic = [0, 0, 0x08, rank as u8];
     if raw[..4] != expected_magic {

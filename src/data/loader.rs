@@ -104,7 +104,11 @@ fn convert_channels(pixels: &[u8], from: usize, to: usize, plane: usize) -> std:
         (3, 1) => std::borrow::Cow::Owned(
             (0..plane)
                 .map(|i| {
-                    let (r, g, b) = (pixels[i] as f32, pixels[plane + i] as f32, pixels[2 * plane + i] as f32);
+                    let (r, g, b) = (
+                        pixels[i] as f32,
+                        pixels[plane + i] as f32,
+                        pixels[2 * plane + i] as f32,
+                    );
                     (0.299 * r + 0.587 * g + 0.114 * b).round() as u8
                 })
                 .collect(),

@@ -69,7 +69,11 @@ impl Transform {
         let target = self.resize.max(self.size) as u64;
         let (short, long) = (w.min(h) as u64, w.max(h) as u64);
         let long_new = (target * long / short).max(target) as u32;
-        let (nw, nh) = if w <= h { (target as u32, long_new) } else { (long_new, target as u32) };
+        let (nw, nh) = if w <= h {
+            (target as u32, long_new)
+        } else {
+            (long_new, target as u32)
+        };
         let resized = if (nw, nh) == (w, h) {
             image
         } else {
@@ -120,7 +124,8 @@ pub fn resize_planar(pixels: &[u8], channels: usize, height: usize, width: usize
     }
     let mut out = Vec::with_capacity(pixels.len() / (height * width) * size * size);
     for plane in pixels.chunks_exact(height * width) {
-        let img = image::GrayImage::from_raw(width as u32, height as u32, plane.to_vec()).expect("plane size");
+        let img =
+            image::GrayImage::from_raw(width as u32, height as u32, plane.to_vec()).expect("plane size");
         out.extend(imageops::resize(&img, size as u32, size as u32, FilterType::Triangle).into_raw());
     }
     debug_assert_eq!(out.len() % (channels * size * size), 0);

@@ -134,7 +134,11 @@ impl DenseNet {
         self.classifier = if num_classes == 0 {
             None
         } else {
-            Some(linear(vb.pp("classifier"), self.spec.num_features(), num_classes)?)
+            Some(linear(
+                vb.pp("classifier"),
+                self.spec.num_features(),
+                num_classes,
+            )?)
         };
         self.spec.num_classes = num_classes;
         Ok(())

@@ -33,7 +33,12 @@ fn data<'a, T: WithDType>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
 }
 
 /// Per-channel sums over (N, H, W) of `f(n, c, i)`, computed in parallel over channels.
-fn channel_sums(n: usize, c: usize, hw: usize, f: impl Fn(usize, usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+fn channel_sums(
+    n: usize,
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, usize, usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -51,7 +56,15 @@ fn channel_sums(n: usize, c: usize, hw: usize, f: impl Fn(usize, usize, usize) -
 }
 
 impl BnReluTrain {
-    fn forward<T: WithDType>(&self, x: &[T], gamma: &[T], beta: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    fn forward<T: WithDType>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        n: usize,
+        c: usize,
+        hw: usize,
+    ) -> Vec<T> {
         let count = (n * hw) as f64;
         let at = |img: usize, ch: usize, i: usize| x[(img * c + ch) * hw + i].to_f64();
         let mean: Vec<f64> = channel_sums(n, c, hw, |img, ch, i| (at(img, ch, i), 0.0))
@@ -65,8 +78,12 @@ impl BnReluTrain {
         .into_iter()
         .map(|(s, _)| s / count)
         .collect();
-        let scale: Vec<f64> = (0..c).map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt()).collect();
-        let shift: Vec<f64> = (0..c).map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch]).collect();
+        let scale: Vec<f64> = (0..c)
+            .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
+            .collect();
+        let shift: Vec<f64> = (0..c)
+            .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
+            .collect();
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;

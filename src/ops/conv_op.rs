@@ -34,7 +34,11 @@ impl ConvOp {
         let (n, cin, h, w) = x.shape().dims4()?;
         let (cout, wcin, k1, k2) = weight.shape().dims4()?;
         if wcin != cin || k1 != self.0.kernel || k2 != self.0.kernel {
-            candle_core::bail!("conv2d: input {:?} does not fit weight {:?}", x.dims(), weight.dims());
+            candle_core::bail!(
+                "conv2d: input {:?} does not fit weight {:?}",
+                x.dims(),
+                weight.dims()
+            );
         }
         Ok(Dims {
             n,
@@ -78,8 +82,16 @@ fn matmul<T: WithDType>(
     accumulate: bool,
     par: Parallelism,
 ) {
-    let (a_cs, a_rs) = if a_transposed { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if b_transposed { (k as isize, 1) } else { (1, n as isize) };
+    let (a_cs, a_rs) = if a_transposed {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (b_cs, b_rs) = if b_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
     // SAFETY: the slices hold m·k, k·n and m·n elements, and the strides address within them.
     unsafe {
         gemm::gemm(
@@ -107,7 +119,12 @@ fn matmul<T: WithDType>(
 }
 
 /// Runs `f(image index, output chunk)` over every image, in parallel or not.
-fn for_each_image<T: Send>(out: &mut [T], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+fn for_each_image<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     if parallel {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| f(i, o));
     } else {
@@ -212,16 +229,40 @@ impl CustomOp2 for ConvOp {
         "conv2d-gemm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = self.dims(l1, l2)?;
         let out = dispatch!(self.name(), s1, l1, s2, l2, |x, w| self.forward(x, w, &d));
         Ok((out, Shape::from((d.n, d.cout, self.0.out(d.h), self.0.out(d.w)))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &ConvInputGrad { x_dims: x.dims().to_vec(), window: self.0 })?;
-        let dw = x.apply_op2_no_bwd(&dy, &ConvWeightGrad { w_dims: w.dims().to_vec(), window: self.0 })?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &ConvInputGrad {
+                x_dims: x.dims().to_vec(),
+                window: self.0,
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &ConvWeightGrad {
+                w_dims: w.dims().to_vec(),
+                window: self.0,
+            },
+        )?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -237,7 +278,13 @@ impl CustomOp2 for ConvInputGrad {
         "conv2d-gemm-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = ConvOp(self.window);
         let x_layout = Layout::contiguous(self.x_dims.as_slice());
         let d = op.dims(&x_layout, l2)?;
@@ -257,7 +304,13 @@ impl CustomOp2 for ConvWeightGrad {
         "conv2d-gemm-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let op = ConvOp(self.window);
         let w_layout = Layout::contiguous(self.w_dims.as_slice());
         let d = op.dims(l1, &w_layout)?;

@@ -38,7 +38,13 @@ const EPS: f64 = 1e-8;
 
 impl Optimizer {
     /// An optimiser over every parameter of `varmap`, sorted by name.
-    pub fn new(kind: OptimizerKind, varmap: &VarMap, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
+    pub fn new(
+        kind: OptimizerKind,
+        varmap: &VarMap,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    ) -> Self {
         let data = varmap.data().lock().expect("varmap lock");
         let mut params: Vec<(String, Var)> = data
             .iter()
@@ -118,8 +124,11 @@ impl Optimizer {
 
     /// The state to save, as tensors named `optimizer.<buffer>.<parameter>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> =
-            self.state.iter().map(|(k, t)| (format!("optimizer.{k}"), t.clone())).collect();
+        let mut out: Vec<(String, Tensor)> = self
+            .state
+            .iter()
+            .map(|(k, t)| (format!("optimizer.{k}"), t.clone()))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

@@ -49,14 +49,17 @@ pub fn curves_svg(metrics: &[EpochMetrics]) -> String {
         (LEFT + W - RIGHT) / 2.0,
         H - 6.0
     );
-    let series: [(&str, &str, &str, fn(&EpochMetrics) -> f64); 3] = [
+    type Series = (&'static str, &'static str, &'static str, fn(&EpochMetrics) -> f64);
+    let series: [Series; 3] = [
         ("train loss", "#1f77b4", "", |m| m.loss),
         ("train acc", "#ff7f0e", "6 4", |m| m.train_acc),
         ("test acc", "#2ca02c", "2 3", |m| m.test_acc),
     ];
     for (i, (label, colour, dash, value)) in series.iter().enumerate() {
-        let points: Vec<String> =
-            metrics.iter().map(|m| format!("{:.1},{:.1}", x(m.epoch as f64), y(value(m)))).collect();
+        let points: Vec<String> = metrics
+            .iter()
+            .map(|m| format!("{:.1},{:.1}", x(m.epoch as f64), y(value(m))))
+            .collect();
         svg += &format!(
             "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" \
              stroke-dasharray=\"{dash}\"/>\n",

@@ -38,7 +38,11 @@ impl Schedule {
             ScheduleKind::Constant => self.base_lr,
             ScheduleKind::Step => {
                 let epoch = progress.floor();
-                let drops = self.milestones.iter().filter(|&&f| epoch >= (f * epochs).round()).count();
+                let drops = self
+                    .milestones
+                    .iter()
+                    .filter(|&&f| epoch >= (f * epochs).round())
+                    .count();
                 self.base_lr * 0.1f64.powi(drops as i32)
             }
             ScheduleKind::Cosine => {

@@ -97,7 +97,10 @@ pub fn last_checkpoint(out: &Path) -> PathBuf {
 pub fn saved_config(out: &Path) -> Result<TrainConfig> {
     let ckpt = Checkpoint::read(&last_checkpoint(out), &Device::Cpu)?;
     let training = ckpt.metadata.and_then(|m| m.training).ok_or_else(|| {
-        Error::Training(format!("{} holds no training state", last_checkpoint(out).display()))
+        Error::Training(format!(
+            "{} holds no training state",
+            last_checkpoint(out).display()
+        ))
     })?;
     serde_json::from_value(training["config"].clone())
         .map_err(|e| Error::Training(format!("{}: bad config: {e}", last_checkpoint(out).display())))
@@ -115,10 +118,11 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
     INTERRUPTED.store(false, Ordering::SeqCst);
 
     let spec = &config.spec;
-    spec.check_input_size(config.image_size).map_err(|message| Error::Spec {
-        origin: spec.name.clone(),
-        message,
-    })?;
+    spec.check_input_size(config.image_size)
+        .map_err(|message| Error::Spec {
+            origin: spec.name.clone(),
+            message,
+        })?;
     let train_set = Arc::new(data::open(&config.data, Split::Train)?);
     let test_set = Arc::new(data::open(&config.data, Split::Test)?);
     check_classes(&train_set, spec, &config.data)?;
@@ -149,21 +153,40 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
         let optimizer_state = ckpt.optimizer.clone();
         varmap = VarMap::new();
         ckpt.into_varmap(spec, &varmap, device)?;
-        optimizer = Optimizer::new(config.optimizer, &varmap, config.momentum, config.nesterov, config.weight_decay);
+        optimizer = Optimizer::new(
+            config.optimizer,
+            &varmap,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+        );
         optimizer.load_state(&optimizer_state, progress.steps);
         eprintln!(
             "resuming from {} after epoch {}{}",
             last_checkpoint(out).display(),
             progress.epoch,
-            if progress.batch > 0 { format!(", batch {}", progress.batch) } else { String::new() }
+            if progress.batch > 0 {
+                format!(", batch {}", progress.batch)
+            } else {
+                String::new()
+            }
         );
     } else {
         varmap = seeded_varmap(spec, config.seed, device)?;
-        optimizer = Optimizer::new(config.optimizer, &varmap, config.momentum, config.nesterov, config.weight_decay);
+        optimizer = Optimizer::new(
+            config.optimizer,
+            &varmap,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+        );
         progress = Progress::default();
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
-    let model = DenseNet::new(spec, candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device))?;
+    let model = DenseNet::new(
+        spec,
+        candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
+    )?;
     let schedule = Schedule {
         kind: config.schedule,
         base_lr: config.lr,
@@ -178,8 +201,13 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
     while progress.epoch < config.epochs {
         let epoch = progress.epoch;
         let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(config.seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)));
-        let epoch_seed = config.seed.wrapping_add(epoch as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB);
+        order.shuffle(&mut StdRng::seed_from_u64(
+            config.seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F),
+        ));
+        let epoch_seed = config
+            .seed
+            .wrapping_add(epoch as u64)
+            .wrapping_mul(0xE703_7ED1_A0B4_28DB);
         let bar = progress_bar(batches_per_epoch as u64, epoch + 1, config.epochs);
         bar.set_position(progress.batch as u64);
         let (mut loss_sum, mut correct, mut seen, mut train_s) = progress.partial;
@@ -221,13 +249,24 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
             seen += n;
             train_s += step_start.elapsed().as_secs_f64();
             progress.batch += 1;
-            bar.set_message(format!("loss {:.3}, {:.0} ex/s", loss_sum / seen as f64, seen as f64 / train_s));
+            bar.set_message(format!(
+                "loss {:.3}, {:.0} ex/s",
+                loss_sum / seen as f64,
+                seen as f64 / train_s
+            ));
             bar.inc(1);
             if INTERRUPTED.load(Ordering::SeqCst) && progress.batch < batches_per_epoch {
                 bar.abandon();
                 progress.partial = (loss_sum, correct, seen, train_s);
                 progress.wall_s = wall(&progress);
-                save_model(&last_checkpoint(out), config, &classes, &varmap, &progress, Some(&optimizer))?;
+                save_model(
+                    &last_checkpoint(out),
+                    config,
+                    &classes,
+                    &varmap,
+                    &progress,
+                    Some(&optimizer),
+                )?;
                 eprintln!(
                     "interrupted: saved {} at epoch {}, batch {}; --resume continues from there",
                     last_checkpoint(out).display(),
@@ -238,7 +277,13 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
             }
         }
         bar.finish_and_clear();
-        let test = evaluate(&model, test_set.clone(), &transform(false), config.batch_size, device)?;
+        let test = evaluate(
+            &model,
+            test_set.clone(),
+            &transform(false),
+            config.batch_size,
+            device,
+        )?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,
@@ -249,7 +294,10 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
             lr,
         };
         println!("{}", metrics.line());
-        append_line(&out.join("metrics.jsonl"), &serde_json::to_string(&metrics).expect("metrics serialise"))?;
+        append_line(
+            &out.join("metrics.jsonl"),
+            &serde_json::to_string(&metrics).expect("metrics serialise"),
+        )?;
         progress.epoch += 1;
         progress.batch = 0;
         progress.partial = Default::default();
@@ -257,9 +305,23 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
         progress.metrics.push(metrics.clone());
         if metrics.test_acc > progress.best_test_acc || progress.epoch == 1 {
             progress.best_test_acc = progress.best_test_acc.max(metrics.test_acc);
-            save_model(&out.join("best.safetensors"), config, &classes, &varmap, &progress, None)?;
+            save_model(
+                &out.join("best.safetensors"),
+                config,
+                &classes,
+                &varmap,
+                &progress,
+                None,
+            )?;
         }
-        save_model(&last_checkpoint(out), config, &classes, &varmap, &progress, Some(&optimizer))?;
+        save_model(
+            &last_checkpoint(out),
+            config,
+            &classes,
+            &varmap,
+            &progress,
+            Some(&optimizer),
+        )?;
         write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
     }
     Ok(Outcome::Finished)

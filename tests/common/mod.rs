@@ -91,7 +91,11 @@ pub fn splitmix_uniform(seed: u64, n: usize) -> Vec<f64> {
 /// The generated weights of `generated_state` in make_fixtures.py, for any spec.
 pub fn generated_state(spec: &VariantSpec) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
-    for (t, info) in densenet_zoo::checkpoint::expected_tensors(spec).unwrap().into_iter().enumerate() {
+    for (t, info) in densenet_zoo::checkpoint::expected_tensors(spec)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
         let n: usize = info.shape.iter().product();
         let name = info.name.as_str();
         let fan_in: usize = info.shape[1..].iter().product();
@@ -100,7 +104,8 @@ pub fn generated_state(spec: &VariantSpec) -> HashMap<String, Tensor> {
             .map(|u| {
                 let v = if name.ends_with("running_var") {
                     0.5 + 1.5 * u
-                } else if name.ends_with("running_mean") || (name.ends_with("bias") && name.contains("norm")) {
+                } else if name.ends_with("running_mean") || (name.ends_with("bias") && name.contains("norm"))
+                {
                     (u - 0.5) * 0.4
                 } else if name.ends_with("bias") {
                     (u - 0.5) * 0.2
@@ -112,7 +117,10 @@ pub fn generated_state(spec: &VariantSpec) -> HashMap<String, Tensor> {
                 v as f32
             })
             .collect();
-        out.insert(info.name.clone(), Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).unwrap());
+        out.insert(
+            info.name.clone(),
+            Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu).unwrap(),
+        );
     }
     out
 }
