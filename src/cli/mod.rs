@@ -1,5 +1,6 @@
 //! Command-line parsing: one file per subcommand, each thin: parse, call the library, print.
 
+mod bench;
 mod eval;
 mod export;
 mod features;
@@ -28,6 +29,8 @@ enum Command {
     Infer(infer::Args),
     /// Write embeddings or feature maps of images to a safetensors file.
     Features(features::Args),
+    /// Time inference or a training step: examples/s, GFLOP/s, peak memory.
+    Bench(bench::Args),
     /// Train a variant on a data set (the book's recipe for d2l, the paper's for the others).
     Train(train::Args),
     /// Top-1, top-5 and loss of a checkpoint on a data set's test split.
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Features(args) => features::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }
