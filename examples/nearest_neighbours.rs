@@ -17,14 +17,18 @@ fn main() -> anyhow::Result<()> {
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--weights" => weights = args.next(),
-            other => anyhow::bail!("unknown argument {other}; usage: nearest_neighbours FOLDER [--weights W]"),
+            other => {
+                anyhow::bail!("unknown argument {other}; usage: nearest_neighbours FOLDER [--weights W]")
+            }
         }
     }
     let device = Device::Cpu;
     let loaded = load(weights.as_deref(), None, &device)?;
     let transform = eval_transform(loaded.model.spec());
 
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
     let mut names = Vec::new();
     let mut images = Vec::new();
@@ -37,10 +41,16 @@ fn main() -> anyhow::Result<()> {
             Err(e) => eprintln!("skipping {}: {e}", path.display()),
         }
     }
-    anyhow::ensure!(names.len() >= 2, "need at least two images in {}", folder.display());
+    anyhow::ensure!(
+        names.len() >= 2,
+        "need at least two images in {}",
+        folder.display()
+    );
 
     // (N, F) pooled embeddings, L2-normalised: their Gram matrix holds the cosine similarities.
-    let features = loaded.model.forward_features(&batch(&images, &transform, &device)?, false)?;
+    let features = loaded
+        .model
+        .forward_features(&batch(&images, &transform, &device)?, false)?;
     let embeddings = loaded.model.forward_head(&features, true)?;
     let norms = embeddings.sqr()?.sum_keepdim(1)?.sqrt()?;
     let unit = embeddings.broadcast_div(&norms)?;

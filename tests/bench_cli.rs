@@ -6,7 +6,17 @@ use std::process::Command;
 fn bench_reports_throughput_flops_and_memory() {
     for mode in ["infer", "train"] {
         let out = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
-            .args(["bench", "--variant", "d2l", "--mode", mode, "--batch", "4", "--size", "32"])
+            .args([
+                "bench",
+                "--variant",
+                "d2l",
+                "--mode",
+                mode,
+                "--batch",
+                "4",
+                "--size",
+                "32",
+            ])
             .args(["--iters", "3", "--warmup", "1", "--json"])
             .output()
             .unwrap();

@@ -70,7 +70,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.mode {
         Mode::Infer => {
             // Plain tensors: inference records no graph.
-            let model = DenseNet::new(&spec, VarBuilder::from_tensors(varmap_tensors(&varmap), DType::F32, &device))?;
+            let model = DenseNet::new(
+                &spec,
+                VarBuilder::from_tensors(varmap_tensors(&varmap), DType::F32, &device),
+            )?;
             drop(varmap);
             for i in 0..args.warmup + args.iters {
                 let t = Instant::now();

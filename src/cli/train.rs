@@ -63,6 +63,10 @@ pub struct Args {
     /// Classifier outputs, when the data set's classes differ from the variant's.
     #[arg(long)]
     num_classes: Option<usize>,
+    /// Start from these weights (path or hf:OWNER/REPO[:FILE]) to fine-tune; with
+    /// --num-classes, a classifier of another size is skipped and initialised fresh.
+    #[arg(long)]
+    weights: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -147,7 +151,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.seed,
         device
     );
-    match train::train(&config, &args.out, args.resume, &device)? {
+    anyhow::ensure!(
+        !(args.resume && args.weights.is_some()),
+        "--resume continues from OUT/last.safetensors; --weights starts a new run: pass one of them"
+    );
+    let start = train::Start {
+        resume: args.resume,
+        weights: args.weights.clone(),
+    };
+    match train::train(&config, &args.out, &start, &device)? {
         Outcome::Finished => eprintln!(
             "done: {} (metrics.jsonl, last.safetensors, best.safetensors, curves.svg)",
             args.out.display()

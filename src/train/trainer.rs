@@ -58,6 +58,16 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+/// Where a run's weights start from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Start {
+    /// Continue from `OUT/last.safetensors` exactly.
+    pub resume: bool,
+    /// A checkpoint to fine-tune from (path or `hf:`), adapted to the spec (new classifier,
+    /// input channels); `None` with `resume` false: new weights from the seed.
+    pub weights: Option<String>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -107,8 +117,10 @@ pub fn saved_config(out: &Path) -> Result<TrainConfig> {
 }
 
 /// Trains as `config` says, writing `metrics.jsonl`, `last.safetensors`, `best.safetensors`
-/// and `curves.svg` into `out`. With `resume`, continues from `out/last.safetensors` exactly.
-pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) -> Result<Outcome> {
+/// and `curves.svg` into `out`, from new weights, a checkpoint to fine-tune, or (resuming)
+/// exactly where `out/last.safetensors` stopped.
+pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -> Result<Outcome> {
+    let resume = start.resume;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
@@ -171,6 +183,22 @@ pub fn train(config: &TrainConfig, out: &Path, resume: bool, device: &Device) ->
                 String::new()
             }
         );
+    } else if let Some(weights) = &start.weights {
+        let mut ckpt = Checkpoint::open(weights, device)?;
+        for notice in ckpt.adapt(spec, true)? {
+            eprintln!("note: {notice}");
+        }
+        varmap = VarMap::new();
+        ckpt.into_varmap(spec, &varmap, device)?;
+        optimizer = Optimizer::new(
+            config.optimizer,
+            &varmap,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+        );
+        progress = Progress::default();
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     } else {
         varmap = seeded_varmap(spec, config.seed, device)?;
         optimizer = Optimizer::new(
