@@ -170,9 +170,9 @@ mod tests {
         var.as_tensor().to_vec1::<f32>().unwrap()
     }
 
-    fn close(a: &[f32], b: &[f32]) {
+    fn close(a: &[f32], b: &[f64]) {
         for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+            assert!((*x as f64 - y).abs() < 1e-6, "{a:?} vs {b:?}");
         }
     }
 
