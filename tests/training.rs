@@ -90,7 +90,9 @@ fn the_books_net_learns_real_fashion_mnist() {
     let data = slice_of_fashion_mnist("learn", 3072, 1000);
     let out = data.join("run");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let started = std::time::Instant::now();
     let result = zoo(&train_args(d, o, "2"));
+    let elapsed = started.elapsed().as_secs_f64();
     assert!(
         result.status.success(),
         "{}",
@@ -110,6 +112,12 @@ fn the_books_net_learns_real_fashion_mnist() {
     ] {
         assert!(m[1].get(key).is_some(), "metrics.jsonl lacks {key}");
     }
+    // wall_s counts the run's seconds once: never more than the command took.
+    let (w1, w2) = (m[0]["wall_s"].as_f64().unwrap(), m[1]["wall_s"].as_f64().unwrap());
+    assert!(
+        0.0 < w1 && w1 < w2 && w2 <= elapsed,
+        "wall_s {w1}, {w2} for a run of {elapsed} s"
+    );
     let (l1, l2) = (m[0]["loss"].as_f64().unwrap(), m[1]["loss"].as_f64().unwrap());
     assert!(l2 < l1, "loss did not fall: {l1} then {l2}");
     // Ten classes: chance is 0.1.

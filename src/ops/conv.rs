@@ -70,6 +70,9 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
+            Some(b) if y.device().is_cpu() && matches!(y.dtype(), DType::F32 | DType::F64) => {
+                y.apply_op2(&b.contiguous()?, super::channel_ops::BiasAdd)
+            }
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }

@@ -4,6 +4,7 @@
 
 mod batch_norm;
 mod bn_relu_op;
+mod channel_ops;
 mod conv;
 mod conv_op;
 mod im2col;

@@ -2,7 +2,8 @@
 //! average pool, and the global average pool before the classifier.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// Max pooling with a k×k window, stride and implicit −∞ padding, like PyTorch's
 /// `MaxPool2d(k, stride, padding)` (floor mode): (N, C, H, W) → (N, C, H', W') with
@@ -10,20 +11,62 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 ///
 /// The gradient flows to the first maximum of each window in row-major order, as in PyTorch,
 /// so ties (common after a ReLU) give the same gradients as torch.
+///
+/// On the CPU (f32, f64), one kernel with its own backward. Elsewhere (CUDA), the maximum of the
+/// k·k shifted, strided views of the input padded with zeros, built from candle ops that all
+/// have gradients; zero padding equals −∞ padding only for non-negative inputs, which the
+/// DenseNet stem's pool (after a ReLU) always gets.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let op = MaxPool2d {
         kernel,
         stride,
         padding,
     };
-    x.contiguous()?.apply_op1(op)
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(op)
+    } else {
+        max_pool2d_by_views(x, kernel, stride, padding)
+    }
+}
+
+/// The device-independent max pool of [`max_pool2d`], for non-negative inputs.
+fn max_pool2d_by_views(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let out = |n: usize| (n + 2 * padding).saturating_sub(kernel) / stride + 1;
+    let (ho, wo) = (out(h), out(w));
+    let padded = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let index = |offset: usize, count: usize| {
+        let idx: Vec<u32> = (0..count).map(|i| (i * stride + offset) as u32).collect();
+        Tensor::new(idx.as_slice(), x.device())
+    };
+    let mut result: Option<Tensor> = None;
+    for dy in 0..kernel {
+        let rows = padded.index_select(&index(dy, ho)?, 2)?;
+        for dx in 0..kernel {
+            let view = rows.index_select(&index(dx, wo)?, 3)?;
+            result = Some(match result {
+                None => view,
+                Some(r) => r.maximum(&view)?,
+            });
+        }
+    }
+    result.ok_or_else(|| candle_core::Error::Msg("max pool with an empty kernel".into()))
 }
 
 /// 2×2 average pooling with stride 2 (floor mode): (N, C, H, W) → (N, C, H/2, W/2).
 ///
-/// An odd last row or column is dropped, as in PyTorch. Built from a reshape and a mean,
-/// so its gradient is exact for every size.
+/// An odd last row or column is dropped, as in PyTorch. On the CPU, a kernel with its own
+/// backward; elsewhere a reshape and a mean. Both give exact gradients for every size.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(super::channel_ops::AvgPool2x2);
+    }
+    avg_pool2x2_by_reshape(x)
+}
+
+fn avg_pool2x2_by_reshape(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (ho, wo) = (h / 2, w / 2);
     let x = if h % 2 == 1 || w % 2 == 1 {
@@ -80,10 +123,9 @@ impl MaxPool2d {
         }
     }
 
-    /// Calls `visit(plane, output index, input index of the window's first maximum)`.
-    fn for_each_argmax<T: WithDType>(&self, x: &[T], g: &Window, mut visit: impl FnMut(usize, usize, usize)) {
-        for plane in 0..g.n {
-            let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+    /// Calls `visit(output index, input index of the window's first maximum)` for one plane.
+    fn for_each_argmax<T: WithDType>(&self, src: &[T], g: &Window, mut visit: impl FnMut(usize, usize)) {
+        {
             for oy in 0..g.ho {
                 let y0 = (oy * self.stride) as isize - self.padding as isize;
                 let ys = y0.max(0) as usize..((y0 + self.kernel as isize) as usize).min(g.h);
@@ -104,7 +146,7 @@ impl MaxPool2d {
                             }
                         }
                     }
-                    visit(plane, oy * g.wo + ox, best);
+                    visit(oy * g.wo + ox, best);
                 }
             }
         }
@@ -112,17 +154,24 @@ impl MaxPool2d {
 
     fn forward<T: WithDType>(&self, x: &[T], g: &Window) -> Vec<T> {
         let mut out = vec![T::zero(); g.n * g.ho * g.wo];
-        self.for_each_argmax(x, g, |plane, o, i| {
-            out[plane * g.ho * g.wo + o] = x[plane * g.h * g.w + i];
-        });
+        out.par_chunks_mut(g.ho * g.wo)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+                self.for_each_argmax(src, g, |o, i| dst[o] = src[i]);
+            });
         out
     }
 
     fn backward<T: WithDType>(&self, x: &[T], grad: &[T], g: &Window) -> Vec<T> {
         let mut out = vec![T::zero(); g.n * g.h * g.w];
-        self.for_each_argmax(x, g, |plane, o, i| {
-            out[plane * g.h * g.w + i] += grad[plane * g.ho * g.wo + o];
-        });
+        out.par_chunks_mut(g.h * g.w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+                let dy = &grad[plane * g.ho * g.wo..(plane + 1) * g.ho * g.wo];
+                self.for_each_argmax(src, g, |o, i| dst[i] += dy[o]);
+            });
         out
     }
 }
@@ -233,6 +282,26 @@ mod tests {
     }
 
     #[test]
+    fn the_view_based_max_pool_for_other_devices_agrees_on_non_negative_input() -> Result<()> {
+        for (h, w) in [(9, 9), (8, 11), (4, 5)] {
+            let x = Var::from_tensor(&Tensor::rand(0f64, 1.0, (2, 3, h, w), &Device::Cpu)?)?;
+            let a = max_pool2d(x.as_tensor(), 3, 2, 1)?;
+            let b = max_pool2d_by_views(x.as_tensor(), 3, 2, 1)?;
+            assert_eq!(
+                a.flatten_all()?.to_vec1::<f64>()?,
+                b.flatten_all()?.to_vec1::<f64>()?
+            );
+            let r = Tensor::rand(0f64, 1.0, a.dims(), &Device::Cpu)?;
+            let ga = (a * &r)?.sum_all()?.backward()?;
+            let gb = (b * &r)?.sum_all()?.backward()?;
+            let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+            let diff = (ga - gb)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn max_pool_gradient_goes_to_the_first_maximum() -> Result<()> {
         // A 4×4 plane of ties: every 3×3/2 window with padding 1 has its first max at its
         // top-left real pixel, so only pixels (0,0), (0,1), (1,0), (1,1) of the 2×2 output's
@@ -257,6 +326,27 @@ mod tests {
         want[4] = 3.0; // window (1,0) covers rows 1..4: first is (1,0)
         want[5] = 4.0;
         assert_eq!(g, want);
+        Ok(())
+    }
+
+    #[test]
+    fn avg_pool_kernel_matches_the_reshape_on_odd_sizes() -> Result<()> {
+        for (h, w) in [(7, 9), (8, 8), (5, 2)] {
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 3, h, w), &Device::Cpu)?)?;
+            let (a, b) = (
+                avg_pool2x2(x.as_tensor())?,
+                avg_pool2x2_by_reshape(x.as_tensor())?,
+            );
+            let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(d < 1e-12);
+            let r = Tensor::randn(0f64, 1.0, a.dims(), &Device::Cpu)?;
+            let ga = (a * &r)?.sum_all()?.backward()?;
+            let gb = (b * &r)?.sum_all()?.backward()?;
+            let d = (ga.get(x.as_tensor()).unwrap() - gb.get(x.as_tensor()).unwrap())?
+                .abs()?
+                .max_all()?;
+            assert!(d.to_scalar::<f64>()? < 1e-12);
+        }
         Ok(())
     }
 

@@ -224,7 +224,9 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
     };
     let batches_per_epoch = train_set.len().div_ceil(config.batch_size);
     let started = Instant::now();
-    let wall = |p: &Progress| p.wall_s + started.elapsed().as_secs_f64();
+    // Seconds of the run before this session (a resume), plus this session's.
+    let wall_before = progress.wall_s;
+    let wall = || wall_before + started.elapsed().as_secs_f64();
 
     while progress.epoch < config.epochs {
         let epoch = progress.epoch;
@@ -286,7 +288,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             if INTERRUPTED.load(Ordering::SeqCst) && progress.batch < batches_per_epoch {
                 bar.abandon();
                 progress.partial = (loss_sum, correct, seen, train_s);
-                progress.wall_s = wall(&progress);
+                progress.wall_s = wall();
                 save_model(
                     &last_checkpoint(out),
                     config,
@@ -318,7 +320,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             train_acc: correct as f64 / seen.max(1) as f64,
             test_acc: test.top1,
             examples_per_s: seen as f64 / train_s.max(1e-9),
-            wall_s: wall(&progress),
+            wall_s: wall(),
             lr,
         };
         println!("{}", metrics.line());
