@@ -196,8 +196,9 @@ fn ctrl_c_saves_mid_epoch_and_resume_finishes_the_same_run() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // What Ctrl-C sends, through the shell's own `kill`.
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
