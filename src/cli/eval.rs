@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use densenet_zoo::checkpoint::Checkpoint;
-use densenet_zoo::data::{self, Split, Transform, DEFAULT_DATA};
+use densenet_zoo::data::{self, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
+use densenet_zoo::infer::eval_transform;
 use densenet_zoo::train::evaluate;
 
 #[derive(Debug, clap::Args)]
@@ -36,16 +37,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = ckpt.spec(args.variant.as_deref())?;
     let model = ckpt.into_model(&spec, &device)?;
     let test = Arc::new(data::open(&args.data, Split::Test)?);
-    let transform = Transform {
-        size: spec.preprocess.crop,
-        resize: spec.preprocess.resize,
-        channels: spec.in_channels,
-        mean: spec.preprocess.mean.clone(),
-        std: spec.preprocess.std.clone(),
-        augment: false,
-        pad: 0,
-    };
-    let result = evaluate(&model, test, &transform, args.batch_size.max(1), &device)?;
+    let result = evaluate(
+        &model,
+        test,
+        &eval_transform(&spec),
+        args.batch_size.max(1),
+        &device,
+    )?;
     if args.json {
         println!(
             "{}",

@@ -104,33 +104,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 spec.labels = None;
             }
         }
-        let r = spec.recipe.clone();
         let mut config = TrainConfig {
             image_size: spec.input_size,
             data: PathBuf::from(DEFAULT_DATA),
-            epochs: r.epochs,
-            batch_size: r.batch_size,
-            lr: r.lr,
-            momentum: r.momentum,
-            nesterov: r.nesterov,
-            weight_decay: r.weight_decay,
-            schedule: r.schedule,
-            milestones: r.milestones,
+            recipe: spec.recipe.clone(),
             warmup_epochs: 0,
-            optimizer: r.optimizer,
-            augment: r.augment,
             seed: 0,
             spec,
         };
         override_with(&mut config, &args);
         config
     };
-    anyhow::ensure!(config.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(config.epochs > 0, "--epochs must be at least 1");
+    let r = &config.recipe;
+    anyhow::ensure!(r.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(r.epochs > 0, "--epochs must be at least 1");
     anyhow::ensure!(
-        config.lr.is_finite() && config.lr > 0.0,
+        r.lr.is_finite() && r.lr > 0.0,
         "--lr must be positive, found {}",
-        config.lr
+        r.lr
     );
     eprintln!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
@@ -139,15 +130,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.data.display(),
         config.image_size,
         config.image_size,
-        config.epochs,
-        config.optimizer,
-        config.lr,
-        config.schedule,
-        config.batch_size,
-        config.momentum,
-        if config.nesterov { " (Nesterov)" } else { "" },
-        config.weight_decay,
-        config.augment,
+        r.epochs,
+        r.optimizer,
+        r.lr,
+        r.schedule,
+        r.batch_size,
+        r.momentum,
+        if r.nesterov { " (Nesterov)" } else { "" },
+        r.weight_decay,
+        r.augment,
         config.seed,
         device
     );
@@ -173,30 +164,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// size and preprocessing, so that inference with the checkpoint needs no flag.
 fn override_with(config: &mut TrainConfig, args: &Args) {
     macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
+        ($target:expr, $($field:ident),*) => { $( if let Some(v) = args.$field.clone() { $target.$field = v; } )* };
     }
+    set!(config, data, warmup_epochs, seed, image_size);
     set!(
-        data,
+        config.recipe,
         epochs,
         batch_size,
         lr,
         momentum,
         nesterov,
         weight_decay,
-        warmup_epochs,
-        augment,
-        seed,
-        image_size
+        augment
     );
     if let Some(s) = args.schedule {
-        config.schedule = match s {
+        config.recipe.schedule = match s {
             Schedule::Constant => ScheduleKind::Constant,
             Schedule::Step => ScheduleKind::Step,
             Schedule::Cosine => ScheduleKind::Cosine,
         };
     }
     if let Some(o) = args.optimizer {
-        config.optimizer = match o {
+        config.recipe.optimizer = match o {
             Optim::Sgd => OptimizerKind::Sgd,
             Optim::Adamw => OptimizerKind::Adamw,
         };

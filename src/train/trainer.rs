@@ -13,15 +13,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, OptimizerKind, Schedule,
-    ScheduleKind,
-};
+use super::{curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule};
 use crate::checkpoint::{state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint, Metadata};
 use crate::data::{self, Dataset, Loader, Split, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
-use crate::spec::VariantSpec;
+use crate::spec::{Recipe, VariantSpec};
 
 /// Everything a run is configured by; saved in its checkpoints, so `--resume` needs no flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,30 +27,12 @@ pub struct TrainConfig {
     pub spec: VariantSpec,
     /// Data set folder (IDX, CIFAR batches or ImageFolder).
     pub data: PathBuf,
-    /// Epochs in the whole run.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// L2 weight decay on parameters.
-    pub weight_decay: f64,
-    /// Learning-rate schedule.
-    pub schedule: ScheduleKind,
-    /// Fractions of the run where the step schedule divides the rate by 10.
-    pub milestones: Vec<f64>,
+    /// Epochs, batch size, optimiser, schedule and augmentation.
+    pub recipe: Recipe,
     /// Epochs of linear warmup.
     pub warmup_epochs: usize,
-    /// Update rule.
-    pub optimizer: OptimizerKind,
     /// Square input side the images are resized to.
     pub image_size: usize,
-    /// Random crop (padding 4) and horizontal flips in training.
-    pub augment: bool,
     /// Seed for the initial weights, the shuffling and the augmentation.
     pub seed: u64,
 }
@@ -153,82 +132,63 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
         pad: 4,
     };
 
-    let varmap;
-    let mut optimizer;
-    let mut progress;
-    if resume {
+    let (varmap, optimizer_state, mut progress) = if resume {
         let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
         let training = ckpt.metadata.as_ref().and_then(|m| m.training.clone());
-        progress = training
+        let progress = training
             .and_then(|t| serde_json::from_value::<Progress>(t["progress"].clone()).ok())
             .ok_or_else(|| Error::Training(format!("{} holds no training progress", ckpt.origin)))?;
-        let optimizer_state = ckpt.optimizer.clone();
-        varmap = VarMap::new();
+        let state = ckpt.optimizer.clone();
+        let varmap = VarMap::new();
         ckpt.into_varmap(spec, &varmap, device)?;
-        optimizer = Optimizer::new(
-            config.optimizer,
-            &varmap,
-            config.momentum,
-            config.nesterov,
-            config.weight_decay,
-        );
-        optimizer.load_state(&optimizer_state, progress.steps);
+        let at_batch = if progress.batch > 0 {
+            format!(", batch {}", progress.batch)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "resuming from {} after epoch {}{}",
+            "resuming from {} after epoch {}{at_batch}",
             last_checkpoint(out).display(),
-            progress.epoch,
-            if progress.batch > 0 {
-                format!(", batch {}", progress.batch)
-            } else {
-                String::new()
-            }
+            progress.epoch
         );
-    } else if let Some(weights) = &start.weights {
-        let mut ckpt = Checkpoint::open(weights, device)?;
-        for notice in ckpt.adapt(spec, true)? {
-            eprintln!("note: {notice}");
-        }
-        varmap = VarMap::new();
-        ckpt.into_varmap(spec, &varmap, device)?;
-        optimizer = Optimizer::new(
-            config.optimizer,
-            &varmap,
-            config.momentum,
-            config.nesterov,
-            config.weight_decay,
-        );
-        progress = Progress::default();
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+        (varmap, state, progress)
     } else {
-        varmap = seeded_varmap(spec, config.seed, device)?;
-        optimizer = Optimizer::new(
-            config.optimizer,
-            &varmap,
-            config.momentum,
-            config.nesterov,
-            config.weight_decay,
-        );
-        progress = Progress::default();
+        let varmap = match &start.weights {
+            Some(weights) => {
+                let mut ckpt = Checkpoint::open(weights, device)?;
+                for notice in ckpt.adapt(spec, true)? {
+                    eprintln!("note: {notice}");
+                }
+                let varmap = VarMap::new();
+                ckpt.into_varmap(spec, &varmap, device)?;
+                varmap
+            }
+            None => seeded_varmap(spec, config.seed, device)?,
+        };
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-    }
+        (varmap, Default::default(), Progress::default())
+    };
+    let r = &config.recipe;
+    let mut optimizer = Optimizer::new(r.optimizer, &varmap, r.momentum, r.nesterov, r.weight_decay);
+    optimizer.load_state(&optimizer_state, progress.steps);
     let model = DenseNet::new(
         spec,
         candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
     )?;
     let schedule = Schedule {
-        kind: config.schedule,
-        base_lr: config.lr,
-        epochs: config.epochs,
+        kind: r.schedule,
+        base_lr: r.lr,
+        epochs: r.epochs,
         warmup_epochs: config.warmup_epochs,
-        milestones: config.milestones.clone(),
+        milestones: r.milestones.clone(),
     };
-    let batches_per_epoch = train_set.len().div_ceil(config.batch_size);
+    let batches_per_epoch = train_set.len().div_ceil(r.batch_size);
     let started = Instant::now();
     // Seconds of the run before this session (a resume), plus this session's.
     let wall_before = progress.wall_s;
     let wall = || wall_before + started.elapsed().as_secs_f64();
 
-    while progress.epoch < config.epochs {
+    while progress.epoch < r.epochs {
         let epoch = progress.epoch;
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
@@ -238,14 +198,14 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             .seed
             .wrapping_add(epoch as u64)
             .wrapping_mul(0xE703_7ED1_A0B4_28DB);
-        let bar = progress_bar(batches_per_epoch as u64, epoch + 1, config.epochs);
+        let bar = progress_bar(batches_per_epoch as u64, epoch + 1, r.epochs);
         bar.set_position(progress.batch as u64);
         let (mut loss_sum, mut correct, mut seen, mut train_s) = progress.partial;
         let loader = Loader::new(
             train_set.clone(),
             order,
-            config.batch_size,
-            transform(config.augment),
+            r.batch_size,
+            transform(r.augment),
             epoch_seed,
             progress.batch,
         );
@@ -307,13 +267,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             }
         }
         bar.finish_and_clear();
-        let test = evaluate(
-            &model,
-            test_set.clone(),
-            &transform(false),
-            config.batch_size,
-            device,
-        )?;
+        let test = evaluate(&model, test_set.clone(), &transform(false), r.batch_size, device)?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,
