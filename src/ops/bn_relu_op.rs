@@ -6,9 +6,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+
+use super::cpu::float_kernel;
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
@@ -23,13 +24,6 @@ pub struct BatchStats {
 pub struct BnReluTrain {
     pub eps: f64,
     pub stats: Arc<Mutex<BatchStats>>,
-}
-
-fn data<'a, T: WithDType>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("{op}: inputs must be contiguous"),
-    }
 }
 
 /// Per-channel sums over (N, H, W) of `f(n, c, i)`, computed in parallel over channels.
@@ -114,26 +108,14 @@ impl CustomOp3 for BnReluTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let name = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => CpuStorage::F32(self.forward(
-                data(x, l1, name)?,
-                data(g, l2, name)?,
-                data(b, l3, name)?,
-                n,
-                c,
-                h * w,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => CpuStorage::F64(self.forward(
-                data(x, l1, name)?,
-                data(g, l2, name)?,
-                data(b, l3, name)?,
-                n,
-                c,
-                h * w,
-            )),
-            (s, _, _) => candle_core::bail!("{name}: unsupported dtype {:?}", s.dtype()),
-        };
+        let out = float_kernel!(self.name(), [x: s1, l1; g: s2, l2; b: s3, l3], self.forward(
+            x,
+            g,
+            b,
+            n,
+            c,
+            h * w
+        ));
         Ok((out, l1.shape().clone()))
     }
 
@@ -216,26 +198,14 @@ impl CustomOp3 for BnReluBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let name = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(d)) => CpuStorage::F32(self.backward(
-                data(x, l1, name)?,
-                data(y, l2, name)?,
-                data(d, l3, name)?,
-                n,
-                c,
-                h * w,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(d)) => CpuStorage::F64(self.backward(
-                data(x, l1, name)?,
-                data(y, l2, name)?,
-                data(d, l3, name)?,
-                n,
-                c,
-                h * w,
-            )),
-            (s, _, _) => candle_core::bail!("{name}: unsupported dtype {:?}", s.dtype()),
-        };
+        let out = float_kernel!(self.name(), [x: s1, l1; y: s2, l2; d: s3, l3], self.backward(
+            x,
+            y,
+            d,
+            n,
+            c,
+            h * w
+        ));
         Ok((out, Shape::from(n * c * h * w + 2 * c)))
     }
 }

@@ -1,32 +1,10 @@
 //! Small per-channel kernels with their own backward, where candle's generic ops reduce over
 //! strided dimensions one element at a time: adding a conv bias, and 2×2 average pooling.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: inputs must be contiguous"),
-    }
-}
-
-macro_rules! float_op {
-    ($name:expr, $storage:expr, $layout:expr, |$x:ident| $body:expr) => {
-        match $storage {
-            CpuStorage::F32(d) => {
-                let $x = contiguous(d, $layout, $name)?;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(d) => {
-                let $x = contiguous(d, $layout, $name)?;
-                CpuStorage::F64($body)
-            }
-            s => candle_core::bail!("{}: unsupported dtype {:?}", $name, s.dtype()),
-        }
-    };
-}
+use super::cpu::float_kernel;
 
 /// y (N, C, H, W) + b (C) broadcast over N, H, W; the bias gradient is a per-channel sum.
 pub(super) struct BiasAdd;
@@ -72,22 +50,7 @@ impl CustomOp2 for BiasAdd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
-        let b_layout = l2;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => CpuStorage::F32(add_bias(
-                contiguous(y, l1, self.name())?,
-                contiguous(b, b_layout, self.name())?,
-                c,
-                h * w,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => CpuStorage::F64(add_bias(
-                contiguous(y, l1, self.name())?,
-                contiguous(b, b_layout, self.name())?,
-                c,
-                h * w,
-            )),
-            (a, _) => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), a.dtype()),
-        };
+        let out = float_kernel!(self.name(), [y: s1, l1; b: s2, l2], add_bias(y, b, c, h * w));
         Ok((out, l1.shape().clone()))
     }
 
@@ -110,7 +73,7 @@ impl CustomOp1 for ChannelSum {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
-        let out = float_op!(self.name(), storage, layout, |g| channel_sum(g, n, c, h * w));
+        let out = float_kernel!(self.name(), [g: storage, layout], channel_sum(g, n, c, h * w));
         Ok((out, Shape::from(c)))
     }
 }
@@ -167,7 +130,7 @@ impl CustomOp1 for AvgPool2x2 {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
-        let out = float_op!(self.name(), storage, layout, |x| avg_pool(x, n * c, h, w));
+        let out = float_kernel!(self.name(), [x: storage, layout], avg_pool(x, n * c, h, w));
         Ok((out, Shape::from((n, c, h / 2, w / 2))))
     }
 
@@ -186,12 +149,7 @@ impl CustomOp1 for AvgPool2x2Backward {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, _, _) = layout.shape().dims4()?;
         let (h, w) = (self.height, self.width);
-        let out = float_op!(self.name(), storage, layout, |g| avg_pool_backward(
-            g,
-            n * c,
-            h,
-            w
-        ));
+        let out = float_kernel!(self.name(), [g: storage, layout], avg_pool_backward(g, n * c, h, w));
         Ok((out, Shape::from((n, c, h, w))))
     }
 }

@@ -7,11 +7,11 @@
 //! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. Images are spread
 //! over threads; a batch smaller than the thread count lets each GEMM use them instead.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::cpu::float_kernel;
 use super::im2col::{fold, unfold, Window};
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
@@ -49,13 +49,6 @@ impl ConvOp {
             kk: cin * k1 * k2,
             l: self.0.out(h) * self.0.out(w),
         })
-    }
-}
-
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d: inputs must be contiguous"),
     }
 }
 
@@ -208,22 +201,6 @@ impl ConvOp {
     }
 }
 
-macro_rules! dispatch {
-    ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let ($a, $b) = (contiguous(a, $l1)?, contiguous(b, $l2)?);
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let ($a, $b) = (contiguous(a, $l1)?, contiguous(b, $l2)?);
-                CpuStorage::F64($body)
-            }
-            (a, b) => candle_core::bail!("{}: unsupported dtypes {:?}, {:?}", $name, a.dtype(), b.dtype()),
-        }
-    };
-}
-
 impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
         "conv2d-gemm"
@@ -237,7 +214,7 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = self.dims(l1, l2)?;
-        let out = dispatch!(self.name(), s1, l1, s2, l2, |x, w| self.forward(x, w, &d));
+        let out = float_kernel!(self.name(), [x: s1, l1; w: s2, l2], self.forward(x, w, &d));
         Ok((out, Shape::from((d.n, d.cout, self.0.out(d.h), self.0.out(d.w)))))
     }
 
@@ -288,7 +265,7 @@ impl CustomOp2 for ConvInputGrad {
         let op = ConvOp(self.window);
         let x_layout = Layout::contiguous(self.x_dims.as_slice());
         let d = op.dims(&x_layout, l2)?;
-        let out = dispatch!(self.name(), s1, l1, s2, l2, |dy, w| op.input_grad(dy, w, &d));
+        let out = float_kernel!(self.name(), [dy: s1, l1; w: s2, l2], op.input_grad(dy, w, &d));
         Ok((out, Shape::from(self.x_dims.as_slice())))
     }
 }
@@ -314,7 +291,7 @@ impl CustomOp2 for ConvWeightGrad {
         let op = ConvOp(self.window);
         let w_layout = Layout::contiguous(self.w_dims.as_slice());
         let d = op.dims(l1, &w_layout)?;
-        let out = dispatch!(self.name(), s1, l1, s2, l2, |x, dy| op.weight_grad(x, dy, &d));
+        let out = float_kernel!(self.name(), [x: s1, l1; dy: s2, l2], op.weight_grad(x, dy, &d));
         Ok((out, Shape::from(self.w_dims.as_slice())))
     }
 }

@@ -10,6 +10,7 @@ mod bn_relu_op;
 mod channel_ops;
 mod conv;
 mod conv_op;
+mod cpu;
 mod im2col;
 mod pool;
 

@@ -1,9 +1,10 @@
 //! Pooling: the stem's max pool (with a backward candle lacks), the transitions' 2×2
 //! average pool, and the global average pool before the classifier.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+
+use super::cpu::float_kernel;
 
 /// Max pooling with a k×k window, stride and implicit −∞ padding, like PyTorch's
 /// `MaxPool2d(k, stride, padding)` (floor mode): (N, C, H, W) → (N, C, H', W') with
@@ -176,13 +177,6 @@ impl MaxPool2d {
     }
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "max-pool2d"
@@ -192,11 +186,7 @@ impl CustomOp1 for MaxPool2d {
         let g = self.window(layout)?;
         let (n, c, _, _) = layout.shape().dims4()?;
         let shape = Shape::from((n, c, g.ho, g.wo));
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(self.forward(contiguous(x, layout, self.name())?, &g)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.forward(contiguous(x, layout, self.name())?, &g)),
-            s => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
-        };
+        let out = float_kernel!(self.name(), [x: storage, layout], self.forward(x, &g));
         Ok((out, shape))
     }
 
@@ -223,24 +213,7 @@ impl CustomOp2 for MaxPool2dBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let pool = &self.0;
         let g = pool.window(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(pool.backward(
-                contiguous(x, l1, self.name())?,
-                contiguous(d, l2, self.name())?,
-                &g,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(pool.backward(
-                contiguous(x, l1, self.name())?,
-                contiguous(d, l2, self.name())?,
-                &g,
-            )),
-            (a, b) => candle_core::bail!(
-                "{}: unsupported dtypes {:?}, {:?}",
-                self.name(),
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = float_kernel!(self.name(), [x: s1, l1; d: s2, l2], pool.backward(x, d, &g));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -1,0 +1,32 @@
+//! What every CPU kernel here shares: contiguous input slices, and running a generic kernel
+//! on f32 or f64 storage.
+
+use candle_core::{Layout, Result};
+
+/// The contiguous elements of a storage `data` under `layout`; `op` names the kernel in errors.
+pub(super) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
+/// Runs `$body` with each `$x` bound to the contiguous f32 (or f64) slice of storage `$s` under
+/// layout `$l`, and wraps the `Vec` it returns in a `CpuStorage` of the same type:
+/// `float_kernel!(name, [x: s1, l1; w: s2, l2], forward(x, w))`.
+macro_rules! float_kernel {
+    ($op:expr, [$($x:ident: $s:expr, $l:expr);+], $body:expr) => {
+        match ($($s,)+) {
+            ($(candle_core::CpuStorage::F32($x),)+) => {
+                $(let $x = $crate::ops::cpu::contiguous($x, $l, $op)?;)+
+                candle_core::CpuStorage::F32($body)
+            }
+            ($(candle_core::CpuStorage::F64($x),)+) => {
+                $(let $x = $crate::ops::cpu::contiguous($x, $l, $op)?;)+
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: inputs must all be f32 or all f64", $op),
+        }
+    };
+}
+pub(super) use float_kernel;
