@@ -194,8 +194,9 @@ fn without_counters(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor>
 
 /// Checks that `tensors` are exactly the tensors of `spec`: every name present with its shape
 /// and dtype F32, and nothing else (`num_batches_tracked` entries are accepted and ignored;
-/// names in `may_miss` may be absent). One error names `origin` and lists every missing
-/// tensor, every unexpected one and every shape or dtype mismatch.
+/// names in `may_miss` may be absent), and, if so, that every value is finite. One error names
+/// `origin` and lists every missing tensor, every unexpected one, every shape or dtype mismatch,
+/// or every tensor holding NaN or infinite values.
 pub fn check_tensors(
     spec: &VariantSpec,
     tensors: &HashMap<String, Tensor>,
@@ -229,6 +230,23 @@ pub fn check_tensors(
         .collect();
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|k| format!("unexpected tensor {k}")));
+    if problems.is_empty() {
+        // Only a checkpoint that fits is worth scanning: a NaN or infinite weight makes every
+        // output NaN, so it is refused too.
+        for t in &expected {
+            if let Some(found) = tensors.get(&t.name) {
+                let values = found.flatten_all()?.to_vec1::<f32>()?;
+                let bad = values.iter().filter(|v| !v.is_finite()).count();
+                if bad > 0 {
+                    problems.push(format!(
+                        "tensor {}: {bad} of {} values are NaN or infinite",
+                        t.name,
+                        values.len()
+                    ));
+                }
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
