@@ -137,6 +137,18 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 fn the_embedded_default_classifies_the_shipped_images() {
     let out = zoo(&["infer", "weights/examples", "--json", "--topk", "3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The contracted form, to the spacing: {"path": "...", "top": [{"index": 3, "label": ..., "prob": ...}, ...]}
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    for l in text.lines() {
+        assert!(
+            l.starts_with("{\"path\": \"") && l.contains("\", \"top\": [{\"index\": "),
+            "{l}"
+        );
+        assert!(
+            l.contains(", \"label\": \"") && l.contains(", \"prob\": ") && l.ends_with("}]}"),
+            "{l}"
+        );
+    }
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 10);
     for line in &lines {

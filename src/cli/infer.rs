@@ -75,10 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .forward_t(&batch(&images, &transform, &device)?, false)?;
         for ((path, _), top) in ready.iter().zip(top_k(&logits, &loaded.classes, args.topk)?) {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"path": path.display().to_string(), "top": top})
-                );
+                println!("{}", json_line(path, &top));
             } else {
                 let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
                 println!("{}: {}", path.display(), shown.join(", "));
@@ -91,12 +88,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `{"path": "...", "top": [{"index": 3, "label": "Dress", "prob": 0.91}, ...]}`: the contracted
+/// form, its keys in this order and spaced like it.
+fn json_line(path: &std::path::Path, top: &[densenet_zoo::infer::Prediction]) -> String {
+    let items: Vec<String> = top
+        .iter()
+        .map(|p| {
+            let prob = serde_json::to_string(&p.prob).unwrap_or_else(|_| "null".into());
+            format!(
+                "{{\"index\": {}, \"label\": {}, \"prob\": {prob}}}",
+                p.index,
+                json_string(&p.label)
+            )
+        })
+        .collect();
+    let path = json_string(&path.display().to_string());
+    format!("{{\"path\": {path}, \"top\": [{}]}}", items.join(", "))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
 fn report_error(path: &std::path::Path, error: &str, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"path": path.display().to_string(), "error": error})
-        );
+        let (path, error) = (json_string(&path.display().to_string()), json_string(error));
+        println!("{{\"path\": {path}, \"error\": {error}}}");
     } else {
         eprintln!("{}: {error}", path.display());
     }
