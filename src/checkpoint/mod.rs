@@ -285,11 +285,6 @@ pub fn state_dict(spec: &VariantSpec, tensors: &HashMap<String, Tensor>) -> Resu
     Ok(out)
 }
 
-/// Loads `spec` from a canonical-named safetensors file, strictly.
-pub fn load_model(spec: &VariantSpec, path: &Path, device: &Device) -> Result<DenseNet> {
-    Checkpoint::read(path, device)?.into_model(spec, device)
-}
-
 /// Builds `spec` from a map of canonical-named tensors, refusing any mismatch.
 pub fn model_from_tensors(
     spec: &VariantSpec,

@@ -50,20 +50,4 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-
-    /// The first `n` samples (all if fewer), e.g. for a quick run on a slice of the data.
-    pub fn take(mut self, n: usize) -> Self {
-        let n = n.min(self.len());
-        self.labels.truncate(n);
-        match &mut self.samples {
-            Samples::InMemory {
-                pixels,
-                channels,
-                height,
-                width,
-            } => pixels.truncate(n * *channels * *height * *width),
-            Samples::Files(files) => files.truncate(n),
-        }
-        self
-    }
 }
