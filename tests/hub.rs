@@ -7,25 +7,44 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use densenet_zoo::checkpoint::{state_dict, varmap_tensors, write_safetensors};
 use densenet_zoo::VariantSpec;
+use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// Serves `files` (URL path → bytes) as the hub does, counting requests; handles at most
-/// `limit` connections, then stops.
-fn serve(files: Vec<(String, Vec<u8>)>, limit: usize) -> (String, Arc<AtomicUsize>) {
+/// How the server breaks the first download of a file body, if at all.
+#[derive(Clone, Copy)]
+enum Cut {
+    Never,
+    /// Announce the whole length, send this many bytes, close.
+    WithLength(usize),
+    /// Announce no length, send this many bytes, close: the end looks like a complete body.
+    WithoutLength(usize),
+}
+
+/// What a server saw: connections, and the first byte asked for by each body request.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicUsize,
+    body_starts: Mutex<Vec<usize>>,
+}
+
+/// Serves `files` (URL path → bytes) as the hub does, with the LFS ETag (the body's SHA-256);
+/// handles at most `limit` connections, then stops; breaks the first body download as `cut` says.
+fn serve(files: Vec<(String, Vec<u8>)>, limit: usize, cut: Cut) -> (String, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+    let seen = Arc::new(Seen::default());
+    let log = seen.clone();
     std::thread::spawn(move || {
+        let mut cut = cut;
         for stream in listener.incoming().take(limit) {
             let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
+            log.requests.fetch_add(1, Ordering::SeqCst);
             stream
                 .set_read_timeout(Some(std::time::Duration::from_secs(5)))
                 .unwrap();
@@ -51,23 +70,41 @@ fn serve(files: Vec<(String, Vec<u8>)>, limit: usize) -> (String, Arc<AtomicUsiz
                 Some((_, body)) => {
                     let end = range_end.unwrap_or(body.len() - 1).min(body.len() - 1);
                     let part = &body[range_start..=end];
-                    let etag = format!("{:016x}", body.len() as u64 * 2654435761);
-                    let mut r = format!(
-                        "HTTP/1.1 206 Partial Content\r\nETag: \"{etag}\"\r\nX-Repo-Commit: {COMMIT}\r\n\
-                         Content-Range: bytes {range_start}-{end}/{}\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n",
-                        body.len(),
-                        part.len()
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(part);
+                    let etag = format!("{:x}", Sha256::digest(body));
+                    let head = |length: bool| {
+                        let length = if length {
+                            format!("Content-Length: {}\r\n", part.len())
+                        } else {
+                            String::new()
+                        };
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nX-Linked-Etag: \"{etag}\"\r\nETag: \"{etag}\"\r\n\
+                             X-Repo-Commit: {COMMIT}\r\nContent-Range: bytes {range_start}-{end}/{}\r\n\
+                             {length}Connection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes()
+                    };
+                    let is_body = range_end.is_none();
+                    if is_body {
+                        log.body_starts.lock().unwrap().push(range_start);
+                    }
+                    let (mut r, sent) = match (is_body, cut) {
+                        (true, Cut::WithLength(n)) => (head(true), &part[..n]),
+                        (true, Cut::WithoutLength(n)) => (head(false), &part[..n]),
+                        _ => (head(true), part),
+                    };
+                    if is_body {
+                        cut = Cut::Never;
+                    }
+                    r.extend_from_slice(sent);
                     r
                 }
             };
             let _ = stream.write_all(&response);
         }
     });
-    (endpoint, count)
+    (endpoint, seen)
 }
 
 /// A DenseNet-121 checkpoint in torchvision's names and no metadata, as timm publishes.
@@ -114,13 +151,15 @@ fn temp(name: &str) -> PathBuf {
 fn a_variants_published_weights_come_from_the_hub_once() {
     let dir = temp("pretrained");
     let body = densenet121_bytes(&dir);
-    let (endpoint, requests) = serve(
+    let (endpoint, seen) = serve(
         vec![(
             "/timm/densenet121.tv_in1k/resolve/main/model.safetensors".into(),
             body.clone(),
         )],
         20,
+        Cut::Never,
     );
+    let requests = &seen.requests;
     let hf_home = dir.join("hf");
     let image = "tests/fixtures/images/chelsea-256.png";
 
@@ -188,7 +227,7 @@ fn a_variants_published_weights_come_from_the_hub_once() {
 #[test]
 fn a_missing_repo_file_is_a_clear_error() {
     let dir = temp("missing");
-    let (endpoint, _) = serve(vec![], 10);
+    let (endpoint, _) = serve(vec![], 10, Cut::Never);
     let out = zoo(
         &[
             "export",
@@ -207,4 +246,93 @@ fn a_missing_repo_file_is_a_clear_error() {
         err.starts_with("error: checkpoint hf:someone/nothing-here:model.safetensors: download failed"),
         "{err}"
     );
+}
+
+/// The cached copy of the test repository's file, where the hub layout puts it.
+fn cached_file(hf_home: &Path) -> PathBuf {
+    hf_home.join(format!(
+        "hub/models--timm--densenet121.tv_in1k/snapshots/{COMMIT}/model.safetensors"
+    ))
+}
+
+#[test]
+fn a_cut_download_leaves_nothing_corrupt_and_the_next_run_resumes_it() {
+    let dir = temp("cut");
+    let body = densenet121_bytes(&dir);
+    let file = "/timm/densenet121.tv_in1k/resolve/main/model.safetensors";
+    let cut_at = body.len() / 3;
+    let (endpoint, seen) = serve(vec![(file.into(), body.clone())], 20, Cut::WithLength(cut_at));
+    let hf_home = dir.join("hf");
+    let args = [
+        "infer",
+        "tests/fixtures/images/chelsea-256.png",
+        "--variant",
+        "121",
+        "--json",
+    ];
+
+    let cut = zoo(&args, &hf_home, &endpoint, false);
+    assert!(!cut.status.success());
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert!(
+        err.contains("hf:timm/densenet121.tv_in1k:model.safetensors: download failed")
+            && err.contains("run again to resume it"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !cached_file(&hf_home).exists(),
+        "a partial file is in the snapshot"
+    );
+
+    // The next run asks only for the bytes it lacks, and ends with the whole file.
+    let done = zoo(&args, &hf_home, &endpoint, false);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(*seen.body_starts.lock().unwrap(), [0, cut_at]);
+    assert_eq!(std::fs::read(cached_file(&hf_home)).unwrap(), body);
+}
+
+#[test]
+fn a_download_cut_without_a_length_is_caught_by_its_hash_and_removed() {
+    let dir = temp("cut-no-length");
+    let body = densenet121_bytes(&dir);
+    let file = "/timm/densenet121.tv_in1k/resolve/main/model.safetensors";
+    let (endpoint, seen) = serve(
+        vec![(file.into(), body.clone())],
+        20,
+        Cut::WithoutLength(body.len() / 2),
+    );
+    let hf_home = dir.join("hf");
+    let args = [
+        "infer",
+        "tests/fixtures/images/chelsea-256.png",
+        "--variant",
+        "121",
+        "--json",
+    ];
+
+    // hf-hub takes the short body for the whole file; the SHA-256 check refuses and removes it.
+    let cut = zoo(&args, &hf_home, &endpoint, false);
+    assert!(!cut.status.success());
+    let err = String::from_utf8_lossy(&cut.stderr);
+    let expected = format!(
+        "download corrupt: {} bytes with SHA-256 {:x}, expected {:x}; removed from the cache",
+        body.len() / 2,
+        Sha256::digest(&body[..body.len() / 2]),
+        Sha256::digest(&body)
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(!cached_file(&hf_home).exists());
+    let blobs = hf_home.join("hub/models--timm--densenet121.tv_in1k/blobs");
+    let kept: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !name.ends_with(".lock"))
+        .collect();
+    assert!(kept.is_empty(), "a corrupt blob stayed: {kept:?}");
+
+    let done = zoo(&args, &hf_home, &endpoint, false);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(*seen.body_starts.lock().unwrap(), [0, 0]);
+    assert_eq!(std::fs::read(cached_file(&hf_home)).unwrap(), body);
 }

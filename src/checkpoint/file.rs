@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::Metadata;
+use super::{pth_guard, Metadata};
 use crate::error::{Error, Result};
 
 fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
@@ -26,7 +26,7 @@ pub(super) fn read(path: &Path, device: &Device) -> Result<RawCheckpoint> {
         source,
     })?;
     if bytes.starts_with(b"PK\x03\x04") {
-        return Ok((read_pth(path, device)?, None));
+        return Ok((read_pth(path, &bytes, device)?, None));
     }
     parse_safetensors(&bytes, path, device)
 }
@@ -47,25 +47,29 @@ pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> R
 
 /// Reads a `torch.save`d state dict without executing any pickle code: the dict itself, or
 /// the one under `state_dict` or `model`, as training scripts often save.
-fn read_pth(path: &Path, device: &Device) -> Result<Vec<(String, Tensor)>> {
+fn read_pth(path: &Path, bytes: &[u8], device: &Device) -> Result<Vec<(String, Tensor)>> {
+    pth_guard::check_container(bytes).map_err(|m| bad(path, m))?;
     for key in [None, Some("state_dict"), Some("model")] {
-        let tensors = candle_core::pickle::read_all_with_key(path, key);
-        match tensors {
-            Ok(tensors) if !tensors.is_empty() => {
-                return tensors
-                    .into_iter()
-                    .map(|(n, t)| Ok((n, t.to_device(device)?)))
-                    .collect::<candle_core::Result<Vec<_>>>()
-                    .map_err(|e| bad(path, e));
-            }
-            Ok(_) => continue,
-            Err(e) if key.is_none() => {
-                if !matches!(e, candle_core::Error::Msg(_)) {
-                    return Err(bad(path, format!("not a readable PyTorch file: {e}")));
-                }
+        let pth = match candle_core::pickle::PthTensors::new(path, key) {
+            Ok(pth) => pth,
+            Err(e) if key.is_none() && !matches!(e, candle_core::Error::Msg(_)) => {
+                return Err(bad(path, format!("not a readable PyTorch file: {e}")));
             }
             Err(_) => continue,
+        };
+        if pth.tensor_infos().is_empty() {
+            continue;
         }
+        pth_guard::check_tensors(bytes, pth.tensor_infos().values()).map_err(|m| bad(path, m))?;
+        return pth
+            .tensor_infos()
+            .keys()
+            .map(|name| {
+                let tensor = pth.get(name)?.expect("listed tensor");
+                Ok((name.clone(), tensor.to_device(device)?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(|e| bad(path, e));
     }
     Err(bad(
         path,
@@ -115,8 +119,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         }
         Ok(())
     })();
-    if result.is_err() {
+    result.map_err(|e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+        let kept = if path.exists() {
+            "the previous file is unchanged"
+        } else {
+            "nothing was written"
+        };
+        io(std::io::Error::new(
+            e.kind(),
+            format!("not written ({e}); {kept}"),
+        ))
+    })
+}
+
+/// True for the temporary files [`write_atomic`] makes, which a killed process leaves behind.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }

@@ -67,10 +67,40 @@ impl HubFile {
             .with_progress(true)
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        api.model(self.repo.clone())
+        let path = api
+            .model(self.repo.clone())
             .get(&self.file)
-            .map_err(|e| fail(format!("download failed: {e}")))
+            .map_err(|e| fail(format!("download failed: {e} (run again to resume it)")))?;
+        verify_download(&path).map_err(fail)?;
+        Ok(path)
     }
+}
+
+/// Checks a fresh download against its SHA-256 where the hub gives one (the ETag of every
+/// LFS file, which names its blob in the cache). hf-hub keeps a body that ended early without
+/// an error when the server sent no length; such a file is removed from the cache here, so
+/// that the next run downloads it again instead of reading a corrupt file.
+fn verify_download(pointer: &std::path::Path) -> std::result::Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let blob = std::fs::canonicalize(pointer).map_err(|e| format!("{}: {e}", pointer.display()))?;
+    let etag = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let mut file = std::fs::File::open(&blob).map_err(|e| format!("{}: {e}", blob.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", blob.display()))?;
+    let found = format!("{:x}", hasher.finalize());
+    if found.eq_ignore_ascii_case(etag) {
+        return Ok(());
+    }
+    let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(pointer);
+    let _ = std::fs::remove_file(&blob);
+    Err(format!(
+        "download corrupt: {size} bytes with SHA-256 {found}, expected {etag}; removed from the \
+         cache, run again to download it anew"
+    ))
 }
 
 /// True when `HF_HUB_OFFLINE` asks for no network, as Python's `huggingface_hub` reads it.

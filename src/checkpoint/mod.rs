@@ -18,10 +18,11 @@ mod file;
 pub mod hub;
 mod metadata;
 mod names;
+mod pth_guard;
 
 pub use adapt::{adapt, adapt_input_conv};
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
-pub use file::{write_atomic, write_safetensors};
+pub use file::{is_temporary, write_atomic, write_safetensors};
 pub use metadata::{Metadata, PreprocessRecord};
 pub use names::{canonical_to_d2l, to_canonical, NamingScheme};
 
