@@ -267,3 +267,172 @@ fn fine_tuning_from_weights_with_a_new_classifier() {
     assert_eq!(tuned.tensors["classifier.weight"].dims(), &[12, 248]);
     assert_eq!(tuned.metadata.unwrap().spec.num_classes, 12);
 }
+
+/// Names in `out` of the temporary files that checkpoint writes use.
+fn temporary_files(out: &Path) -> Vec<String> {
+    std::fs::read_dir(out)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| densenet_zoo::checkpoint::is_temporary(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The epoch a run's last checkpoint was saved after; it must load.
+fn saved_epoch(out: &Path) -> u64 {
+    let ckpt = Checkpoint::read(&out.join("last.safetensors"), &candle_core::Device::Cpu)
+        .expect("the last checkpoint loads");
+    ckpt.metadata.unwrap().training.unwrap()["epoch"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Resumes the run in `out` to its end and checks it equals the uninterrupted run in `straight`.
+fn resume_matches(out: &Path, straight: &Path) {
+    let resumed = zoo(&["train", "--resume", "--out", out.to_str().unwrap()]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(temporary_files(out).is_empty(), "{:?}", temporary_files(out));
+    let (a, b) = (metrics(straight), metrics(out));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["epoch", "loss", "train_acc", "test_acc"] {
+            assert_eq!(x[key], y[key], "{key}");
+        }
+    }
+    assert_eq!(
+        weights_of(&straight.join("last.safetensors")),
+        weights_of(&out.join("last.safetensors"))
+    );
+}
+
+#[test]
+fn kill_9_mid_epoch_loses_only_that_epoch() {
+    let data = slice_of_fashion_mnist("kill-epoch", 1920, 128);
+    let d = data.to_str().unwrap();
+    let (straight, killed) = (data.join("straight"), data.join("killed"));
+    assert!(zoo(&train_args(d, straight.to_str().unwrap(), "2"))
+        .status
+        .success());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(train_args(d, killed.to_str().unwrap(), "2"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !killed.join("last.safetensors").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Into the second epoch, then SIGKILL: no handler runs, nothing is saved.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(saved_epoch(&killed), 1);
+    resume_matches(&killed, &straight);
+}
+
+#[test]
+fn kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint() {
+    let data = slice_of_fashion_mnist("kill-write", 640, 128);
+    let d = data.to_str().unwrap();
+    let straight = data.join("straight");
+    assert!(zoo(&train_args(d, straight.to_str().unwrap(), "2"))
+        .status
+        .success());
+
+    // The kill must land between the temporary file's creation and its rename; that window is
+    // milliseconds long, so a miss is retried on a fresh run.
+    for attempt in 0..5 {
+        let killed = data.join(format!("killed-{attempt}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+            .args(train_args(d, killed.to_str().unwrap(), "2"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Epoch 1's checkpoint exists; wait for epoch 2's write to begin.
+        while !killed.join("last.safetensors").exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let caught = loop {
+            if temporary_files(&killed)
+                .iter()
+                .any(|n| n.starts_with(".last.safetensors"))
+            {
+                child.kill().unwrap();
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+        };
+        child.wait().unwrap();
+        if !caught || temporary_files(&killed).is_empty() {
+            continue; // the rename won the race
+        }
+        assert_eq!(
+            saved_epoch(&killed),
+            1,
+            "the half-written file replaced the last one"
+        );
+        resume_matches(&killed, &straight);
+        return;
+    }
+    panic!("no kill landed inside a checkpoint write in 5 runs");
+}
+
+#[test]
+fn a_full_disk_fails_the_write_clearly_and_keeps_the_previous_checkpoint() {
+    let data = slice_of_fashion_mnist("full-disk", 512, 64);
+    let d = data.to_str().unwrap();
+    let out = data.join("run");
+    let o = out.to_str().unwrap();
+    assert!(zoo(&train_args(d, o, "1")).status.success());
+    let before: Vec<_> = ["last.safetensors", "best.safetensors"]
+        .iter()
+        .map(|n| std::fs::read(out.join(n)).unwrap())
+        .collect();
+
+    // A file-size limit of 512 KiB makes every checkpoint write fail as a full disk would;
+    // SIGXFSZ is ignored so that the write returns the error instead of killing the process.
+    let full = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "trap '' XFSZ; ulimit -f 1024; exec {} train --resume --epochs 2 --out {o}",
+                env!("CARGO_BIN_EXE_densenet-zoo")
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(!full.status.success());
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("safetensors: not written (File too large")
+            && err.contains("the previous file is unchanged"),
+        "{err}"
+    );
+    for (name, bytes) in ["last.safetensors", "best.safetensors"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name} changed");
+    }
+    assert!(temporary_files(&out).is_empty());
+
+    // With room again, the run goes on from the intact checkpoint.
+    let resumed = zoo(&["train", "--resume", "--epochs", "2", "--out", o]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(metrics(&out).len(), 2);
+}

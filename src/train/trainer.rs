@@ -14,7 +14,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule};
-use crate::checkpoint::{state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint, Metadata};
+use crate::checkpoint::{
+    is_temporary, state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint, Metadata,
+};
 use crate::data::{self, Dataset, Loader, Split, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
@@ -105,6 +107,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
+    remove_temporary_files(out);
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
 
@@ -146,6 +149,14 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
         } else {
             String::new()
         };
+        // A kill between the metrics line and the checkpoint of an epoch would leave a line the
+        // checkpoint does not know: the checkpoint is the truth.
+        let lines: String = progress
+            .metrics
+            .iter()
+            .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
+            .collect();
+        write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
         eprintln!(
             "resuming from {} after epoch {}{at_batch}",
             last_checkpoint(out).display(),
@@ -309,6 +320,18 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
         write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
     }
     Ok(Outcome::Finished)
+}
+
+/// Removes the temporary files of checkpoint writes that a killed run left in `out`.
+fn remove_temporary_files(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(is_temporary) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()> {
