@@ -14,7 +14,11 @@ pub const MAX_ALLOC: u64 = 1 << 30;
 /// Opens and decodes an image, refusing files that are not images and images larger than
 /// [`MAX_SIDE`] on a side; the message says which.
 pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_image(std::fs::read(path).map_err(|e| e.to_string())?)
+}
+
+/// [`open_image`] on bytes held in memory.
+pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
     let format = image::guess_format(&bytes).map_err(|_| {
         "not an image: its bytes match no known format (PNG, JPEG, BMP, GIF, WebP, TIFF)".to_string()
     })?;

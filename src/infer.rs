@@ -82,11 +82,16 @@ pub fn eval_transform(spec: &VariantSpec) -> Transform {
 
 /// Reads and preprocesses one image file into (C, S, S) floats; the message says why not.
 pub fn preprocess_file(path: &Path, transform: &Transform) -> std::result::Result<Vec<f32>, String> {
-    let image = crate::image_io::open_image(path)?;
+    preprocess_bytes(std::fs::read(path).map_err(|e| e.to_string())?, transform)
+}
+
+/// [`preprocess_file`] on an image file's bytes held in memory.
+pub fn preprocess_bytes(bytes: Vec<u8>, transform: &Transform) -> std::result::Result<Vec<f32>, String> {
+    let image = crate::image_io::decode_image(bytes)?;
     let mut out = Vec::with_capacity(transform.channels * transform.size * transform.size);
     // Without augmentation the generator is never drawn from.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    transform.apply_planar(&transform.fit_image(&image), &mut rng, &mut out);
+    transform.apply_planar(&transform.fit_image(&image)?, &mut rng, &mut out);
     Ok(out)
 }
 

@@ -234,7 +234,11 @@ fn hostile_images() {
     std::fs::write(&fake, "<html>not a picture</html>").unwrap();
     let empty = dir.join("empty.jpg");
     std::fs::write(&empty, b"").unwrap();
+    // Decodable, but the shorter side resized to 28 would make the longer 280,000 pixels.
+    let sliver = dir.join("sliver.png");
+    image::GrayImage::new(10_000, 1).save(&sliver).unwrap();
     for (path, expected) in [
+        (&sliver, "a 10000×1 image is too elongated"),
         (&giant, "cannot decode Png"),
         (&fake, "not an image: its bytes match no known format"),
         (&empty, "not an image"),
@@ -245,4 +249,142 @@ fn hostile_images() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn hostile_data_sets() {
+    let train = |dir: &Path| {
+        let out = dir.join("run");
+        refused(&[
+            "train",
+            "--variant",
+            "d2l",
+            "--data",
+            dir.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let idx = temp("idx");
+    let images = idx.join("train-images-idx3-ubyte");
+    let labels = idx.join("train-labels-idx1-ubyte");
+    let mut header = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+    header.extend(vec![0u8; 2 * 28 * 28]);
+    std::fs::write(&images, &header).unwrap();
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 2, 3, 4]).unwrap();
+    for (i, l) in [
+        ("t10k-images-idx3-ubyte", &images),
+        ("t10k-labels-idx1-ubyte", &labels),
+    ] {
+        std::fs::copy(l, idx.join(i)).unwrap();
+    }
+
+    std::fs::write(&labels, [0, 0, 8, 2, 0, 0, 0, 2, 3, 4]).unwrap();
+    let err = train(&idx);
+    assert!(
+        err.contains(&format!("data {}: wrong magic number", labels.display())),
+        "{err}"
+    );
+
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 60, 3, 4]).unwrap();
+    let err = train(&idx);
+    assert!(
+        err.contains(&format!(
+            "data {}: the header says [60] = 60 values, but 2 follow",
+            labels.display()
+        )),
+        "{err}"
+    );
+
+    let cifar = temp("cifar");
+    for name in ["train.bin", "test.bin"] {
+        std::fs::write(cifar.join(name), vec![1u8; 3074 + 100]).unwrap();
+    }
+    let err = train(&cifar);
+    assert!(
+        err.contains(&format!(
+            "data {}: 3174 bytes is not a whole number of 3074-byte records",
+            cifar.join("train.bin").display()
+        )),
+        "{err}"
+    );
+
+    let folder = temp("no-classes");
+    std::fs::create_dir_all(folder.join("train")).unwrap();
+    std::fs::create_dir_all(folder.join("val")).unwrap();
+    let err = train(&folder);
+    assert!(
+        err.contains(&format!("data {}", folder.join("train").display())) && err.contains("no class folders"),
+        "{err}"
+    );
+}
+
+/// Copies the zip at `from` to `to`, passing each entry's bytes through `edit`.
+fn rezip(from: &Path, to: &Path, edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().unwrap().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        out.start_file(name.as_str(), options).unwrap();
+        out.write_all(&edit(&name, bytes)).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+#[test]
+fn hostile_pth_files() {
+    let dir = temp("pth");
+    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_plain_book.pth");
+
+    // A pickle whose string claims 2 GiB: refused before anything is allocated.
+    let huge_string = dir.join("huge-string.pth");
+    rezip(&book, &huge_string, |name, bytes| {
+        if name.ends_with("data.pkl") {
+            b"\x80\x02X\xff\xff\xff\x7fabc.".to_vec()
+        } else {
+            bytes
+        }
+    });
+    let err = export(&huge_string);
+    assert!(
+        err.contains(&format!("checkpoint {}: ", huge_string.display()))
+            && err.contains("data.pkl: opcode 0x58 at byte 2: claims 2147483647 bytes, but 4 remain"),
+        "{err}"
+    );
+
+    // A tensor's storage cut to 4 bytes: its shape no longer fits.
+    let short_storage = dir.join("short-storage.pth");
+    rezip(&book, &short_storage, |name, bytes| {
+        if name.ends_with("data/0") {
+            bytes[..4].to_vec()
+        } else {
+            bytes
+        }
+    });
+    let err = export(&short_storage);
+    assert!(
+        err.contains(&format!("checkpoint {}: tensor ", short_storage.display()))
+            && err.contains("needs more than the 4 bytes of its storage"),
+        "{err}"
+    );
+
+    // Half a file: no zip directory at its end.
+    let bytes = std::fs::read(&book).unwrap();
+    let half = dir.join("half.pth");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    let err = export(&half);
+    assert!(
+        err.contains(&format!(
+            "checkpoint {}: not a readable PyTorch file",
+            half.display()
+        )),
+        "{err}"
+    );
 }

@@ -33,32 +33,14 @@ pub fn looks_like(dir: &Path) -> bool {
 pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
     let (paths, label_bytes) = files(dir, split)
         .ok_or_else(|| data_error(dir, format!("no CIFAR batches for the {split:?} split")))?;
-    let record = label_bytes + PIXELS;
     let num_classes = if label_bytes == 1 { 10 } else { 100 };
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for path in &paths {
         let bytes = std::fs::read(path).map_err(|e| data_error(path, e.to_string()))?;
-        if bytes.is_empty() || bytes.len() % record != 0 {
-            return Err(data_error(
-                path,
-                format!(
-                    "{} bytes is not a whole number of {record}-byte records",
-                    bytes.len()
-                ),
-            ));
-        }
-        for r in bytes.chunks_exact(record) {
-            let label = r[label_bytes - 1] as u32;
-            if label >= num_classes {
-                return Err(data_error(
-                    path,
-                    format!("label {label} is not a class of 0..{num_classes}"),
-                ));
-            }
-            labels.push(label);
-            pixels.extend_from_slice(&r[label_bytes..]);
-        }
+        let (l, p) = parse_batch(&bytes, label_bytes, path)?;
+        labels.extend(l);
+        pixels.extend(p);
     }
     let classes = if num_classes == 10 {
         crate::labels::builtin("cifar-10").expect("built-in list")
@@ -75,4 +57,34 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         labels,
         classes,
     })
+}
+
+/// Parses one binary batch of records, each `label_bytes` of label (the last one is the class)
+/// then a 3×32×32 planar image; `path` names it in errors. Returns the labels and the pixels.
+pub fn parse_batch(bytes: &[u8], label_bytes: usize, path: &Path) -> Result<(Vec<u32>, Vec<u8>)> {
+    let record = label_bytes + PIXELS;
+    let num_classes = if label_bytes == 1 { 10 } else { 100 };
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        return Err(data_error(
+            path,
+            format!(
+                "{} bytes is not a whole number of {record}-byte records",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut labels = Vec::with_capacity(bytes.len() / record);
+    let mut pixels = Vec::with_capacity(bytes.len() / record * PIXELS);
+    for r in bytes.chunks_exact(record) {
+        let label = r[label_bytes - 1] as u32;
+        if label >= num_classes {
+            return Err(data_error(
+                path,
+                format!("label {label} is not a class of 0..{num_classes}"),
+            ));
+        }
+        labels.push(label);
+        pixels.extend_from_slice(&r[label_bytes..]);
+    }
+    Ok((labels, pixels))
 }

@@ -76,21 +76,25 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
 /// Reads an unsigned-byte IDX file of `rank` dimensions: its dimensions and data, checking the
 /// magic number and that the data is exactly as long as the dimensions say.
 pub fn read(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let file = std::fs::File::open(path).map_err(|e| data_error(path, e.to_string()))?;
+    decode(std::io::BufReader::new(file), rank, path)
+}
+
+/// [`read`] on bytes from any reader, gzipped or not, never holding more than 1 GiB of them;
+/// `path` names them in errors. Returns the dimensions and the `product(dims)` data bytes.
+pub fn decode(mut reader: impl Read, rank: usize, path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let fail = |m: String| data_error(path, m);
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
     let mut raw = Vec::new();
     let mut head = [0u8; 2];
-    let mut reader = std::io::BufReader::new(file);
     reader
         .read_exact(&mut head)
         .map_err(|_| fail("empty or truncated file".into()))?;
     let chained = std::io::Cursor::new(head).chain(reader);
-    let limited: Box<dyn Read> = if head == [0x1f, 0x8b] {
+    let mut limited: Box<dyn Read> = if head == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(chained).take(MAX_BYTES + 1))
     } else {
         Box::new(chained.take(MAX_BYTES + 1))
     };
-    let mut limited = limited;
     limited
         .read_to_end(&mut raw)
         .map_err(|e| fail(format!("cannot decompress: {e}")))?;

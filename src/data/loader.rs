@@ -87,7 +87,8 @@ fn make_batch(dataset: &Dataset, indices: &[usize], t: &Transform, rng: &mut Std
             Samples::Files(files) => {
                 let path = &files[i];
                 let image = crate::image_io::open_image(path).map_err(|m| data_error(path, m))?;
-                t.apply_planar(&t.fit_image(&image), rng, &mut images);
+                let pixels = t.fit_image(&image).map_err(|m| data_error(path, m))?;
+                t.apply_planar(&pixels, rng, &mut images);
             }
         }
         labels.push(dataset.labels[i]);

@@ -6,10 +6,10 @@
 //!   `train.bin` + `test.bin`;
 //! - an ImageFolder tree: `train/` and `val/`, one sub-folder per class, PNG/JPEG files.
 
-mod cifar;
+pub mod cifar;
 mod dataset;
 mod folder;
-mod idx;
+pub mod idx;
 mod loader;
 mod transforms;
 

@@ -59,16 +59,30 @@ impl Transform {
     /// `floor(resize · long / short)`, bilinear with antialiasing; the crop offset is
     /// `round((side − size) / 2)`, ties to even. A color image for a 1-channel model is first
     /// converted to luma as PIL does. An image already of the target size is not resampled.
-    pub fn fit_image(&self, image: &DynamicImage) -> Vec<u8> {
+    ///
+    /// Refuses an empty image, and one so elongated that the resized longer side would pass
+    /// [`MAX_SIDE`](crate::image_io::MAX_SIDE) pixels.
+    pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>, String> {
+        let (w, h) = image.dimensions();
+        let target = self.resize.max(self.size) as u64;
+        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+        if short == 0 {
+            return Err(format!("the image is empty ({w}×{h})"));
+        }
+        let long_new = (target * long / short).max(target);
+        if long_new > crate::image_io::MAX_SIDE as u64 {
+            return Err(format!(
+                "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make the \
+                 longer {long_new} pixels, more than the limit of {}",
+                crate::image_io::MAX_SIDE
+            ));
+        }
+        let long_new = long_new as u32;
         let image = if self.channels == 1 {
             DynamicImage::ImageLuma8(luma_pil(image))
         } else {
             DynamicImage::ImageRgb8(image.to_rgb8())
         };
-        let (w, h) = image.dimensions();
-        let target = self.resize.max(self.size) as u64;
-        let (short, long) = (w.min(h) as u64, w.max(h) as u64);
-        let long_new = (target * long / short).max(target) as u32;
         let (nw, nh) = if w <= h {
             (target as u32, long_new)
         } else {
@@ -81,7 +95,7 @@ impl Transform {
         };
         let offset = |side: u32| ((side - self.size as u32) as f64 / 2.0).round_ties_even() as u32;
         let cropped = resized.crop_imm(offset(nw), offset(nh), self.size as u32, self.size as u32);
-        planar(&cropped, self.channels)
+        Ok(planar(&cropped, self.channels))
     }
 }
 
