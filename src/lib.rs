@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod device_check;
 pub mod error;
 pub mod image_io;
 pub mod infer;

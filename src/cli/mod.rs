@@ -1,6 +1,7 @@
 //! Command-line parsing: one file per subcommand, each thin: parse, call the library, print.
 
 mod bench;
+mod check_device;
 mod eval;
 mod export;
 mod features;
@@ -35,6 +36,8 @@ enum Command {
     Train(train::Args),
     /// Top-1, top-5 and loss of a checkpoint on a data set's test split.
     Eval(eval::Args),
+    /// Check a device (a GPU) against the CPU and PyTorch on the committed fixtures.
+    CheckDevice(check_device::Args),
 }
 
 /// Runs the parsed command.
@@ -47,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Features(args) => features::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::CheckDevice(args) => check_device::run(args),
     }
 }
