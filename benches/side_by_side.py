@@ -13,7 +13,9 @@ timed ones; the median examples/s is reported with the minimum and maximum.
     /opt/torchenv/bin/python benches/side_by_side.py --device cuda --binary ./densenet-zoo   # GPU rows
 
 Ratios are densenet-zoo's examples/s over the peer's (> 1: densenet-zoo is faster) and, for
-memory, the peer's peak over densenet-zoo's (> 1: densenet-zoo needs less).
+memory, the peer's peak over densenet-zoo's (> 1: densenet-zoo needs less). The memory rows run
+both training modes of each: densenet-zoo's `--memory-efficient` against torchvision's
+`memory_efficient=True`, and the default against the default.
 """
 
 import argparse
@@ -31,7 +33,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# (row name, variant, mode, batch, size, peers)
+# (row name, variant, mode, batch, size, peers); densenet-zoo runs as `ZOO` and is compared
+# with every peer.
+ZOO = {"densenet-zoo": ([], None)}
 CPU_ROWS = [
     ("DenseNet-121 inference, batch 1, 224", "121", "infer", 1, 224, ["torch", "ort"]),
     ("DenseNet-121 inference, batch 16, 224", "121", "infer", 16, 224, ["torch", "ort"]),
@@ -44,6 +48,11 @@ MEMORY_ROWS = [
     ("DenseNet-121 training step, batch 16, 224", "121", "train", 16, 224, ["torch", "torch-memory-efficient"]),
     ("DenseNet-121 training step, batch 32, 224", "121", "train", 32, 224, ["torch", "torch-memory-efficient"]),
 ]
+# The memory rows run densenet-zoo in both modes, each compared with PyTorch's same mode.
+ZOO_MEMORY = {
+    "densenet-zoo": ([], "torch"),
+    "densenet-zoo-memory-efficient": (["--memory-efficient"], "torch-memory-efficient"),
+}
 CUDA_ROWS = [
     ("book net training, 96x96, batch 256", "d2l", "train", 256, 96, ["torch"]),
     ("DenseNet-121 inference, batch 1, 224", "121", "infer", 1, 224, ["torch"]),
@@ -193,25 +202,36 @@ def main():
         row = {"row": name}
         for peer in peers:
             row[peer] = measure([sys.executable, __file__, "--worker", json.dumps({**cfg, "peer": peer})], gpu)
-        row["densenet-zoo"] = measure(
-            [args.binary, "bench", "--variant", variant, "--mode", mode, "--batch", str(batch), "--size", str(size),
-             "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device, "--json"], gpu)
+        zoo = ZOO_MEMORY if args.memory and not gpu else ZOO
+        for label, (extra, _) in zoo.items():
+            row[label] = measure(
+                [args.binary, "bench", "--variant", variant, "--mode", mode, "--batch", str(batch),
+                 "--size", str(size), "--iters", str(args.iters), "--warmup", str(args.warmup),
+                 "--device", args.device, "--json", *extra], gpu)
         results.append(row)
-        ours = row["densenet-zoo"]
-        parts = []
-        for peer in peers + ["densenet-zoo"]:
-            r = row[peer]
+        key = "peak_gpu_mib" if gpu else "peak_rss_mib"
+        lines = []
+        for label in peers + list(zoo):
+            r = row[label]
             if "error" in r:
-                parts.append(f"{peer}: error ({r['error']})")
+                lines.append(f"{label}: error ({r['error']})")
                 continue
-            memory = f"{r['peak_gpu_mib']:.0f} MiB GPU" if gpu else f"{r['peak_rss_mib']:.0f} MiB"
-            text = f"{peer}: {r['examples_per_s']:.2f}/s [{r['examples_per_s_min']:.2f}-{r['examples_per_s_max']:.2f}] {memory}"
-            if peer != "densenet-zoo" and "error" not in ours:
-                key = "peak_gpu_mib" if gpu else "peak_rss_mib"
-                text += (f" -> ratio {ours['examples_per_s'] / r['examples_per_s']:.2f}x speed, "
-                         f"{r[key] / max(ours[key], 1e-9):.2f}x memory")
-            parts.append(text)
-        print(f"{name}\n  " + "\n  ".join(parts), flush=True)
+            memory = f"{r[key]:.0f} MiB GPU" if gpu else f"{r[key]:.0f} MiB"
+            lines.append(f"{label}: {r['examples_per_s']:.2f}/s "
+                         f"[{r['examples_per_s_min']:.2f}-{r['examples_per_s_max']:.2f}] {memory}")
+        for label, (_, against) in zoo.items():
+            ours = row[label]
+            for peer in [against] if against else peers:
+                r = row[peer]
+                if "error" in r or "error" in ours:
+                    continue
+                lines.append(f"{label} vs {peer}: {ours['examples_per_s'] / r['examples_per_s']:.2f}x speed, "
+                             f"{r[key] / max(ours[key], 1e-9):.2f}x memory")
+        if len(zoo) == 2 and not any("error" in row[label] for label in zoo):
+            plain, efficient = (row[label] for label in zoo)
+            lines.append(f"memory-efficient vs default: {efficient['examples_per_s'] / plain['examples_per_s']:.2f}x speed, "
+                         f"{efficient[key] / plain[key]:.2f}x memory")
+        print(f"{name}\n  " + "\n  ".join(lines), flush=True)
     print(json.dumps(results))
 
 

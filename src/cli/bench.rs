@@ -42,6 +42,9 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Train in the memory-efficient mode (BN-ReLU recomputed in the backward pass).
+    #[arg(long)]
+    memory_efficient: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -84,7 +87,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Mode::Train => {
-            let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+            let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &device))?
+                .with_memory_efficient(args.memory_efficient);
             let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4);
             for i in 0..args.warmup + args.iters {
                 let t = Instant::now();
@@ -108,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "batch": args.batch,
         "size": size,
         "iters": args.iters,
+        "memory_efficient": args.memory_efficient,
         "examples_per_s": per_s(median),
         "examples_per_s_min": per_s(*times.last().expect("iters > 0")),
         "examples_per_s_max": per_s(times[0]),
@@ -119,9 +124,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{} {} batch {} at {size}: {:.2} examples/s (min {:.2}, max {:.2}), {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            "{} {}{} batch {} at {size}: {:.2} examples/s (min {:.2}, max {:.2}), {:.1} GFLOP/s, peak RSS {:.0} MiB",
             spec.name,
             report["mode"].as_str().unwrap_or(""),
+            if args.memory_efficient { " (memory-efficient)" } else { "" },
             args.batch,
             report["examples_per_s"].as_f64().unwrap_or(0.0),
             report["examples_per_s_min"].as_f64().unwrap_or(0.0),

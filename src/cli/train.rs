@@ -51,6 +51,10 @@ pub struct Args {
     /// Seed for weights, shuffling and augmentation [default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Recompute each dense layer's first batch norm and ReLU in the backward pass instead of
+    /// storing them: far less memory, bit-identical results (`--memory-efficient false` to undo).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    memory_efficient: Option<bool>,
     /// Output folder: metrics.jsonl, last/best.safetensors, curves.svg.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -110,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             recipe: spec.recipe.clone(),
             warmup_epochs: 0,
             seed: 0,
+            memory_efficient: false,
             spec,
         };
         override_with(&mut config, &args);
@@ -125,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     eprintln!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
-         weight decay {}, augment {}, seed {}, device {:?}",
+         weight decay {}, augment {}, seed {}, device {:?}{}",
         config.spec.name,
         config.data.display(),
         config.image_size,
@@ -140,7 +145,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         r.weight_decay,
         r.augment,
         config.seed,
-        device
+        device,
+        if config.memory_efficient {
+            ", memory-efficient"
+        } else {
+            ""
+        }
     );
     anyhow::ensure!(
         !(args.resume && args.weights.is_some()),
@@ -166,7 +176,7 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
     macro_rules! set {
         ($target:expr, $($field:ident),*) => { $( if let Some(v) = args.$field.clone() { $target.$field = v; } )* };
     }
-    set!(config, data, warmup_epochs, seed, image_size);
+    set!(config, data, warmup_epochs, seed, image_size, memory_efficient);
     set!(
         config.recipe,
         epochs,

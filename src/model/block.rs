@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::DenseLayer;
-use crate::ops;
+use crate::ops::{self, SharedFeatures};
 use crate::spec::LayerKind;
 
 /// A dense block of L layers: (N, C, H, W) → (N, C + L·k, H, W).
@@ -34,6 +34,7 @@ use crate::spec::LayerKind;
 pub struct DenseBlock {
     layers: Vec<DenseLayer>,
     out_channels: usize,
+    memory_efficient: bool,
 }
 
 impl DenseBlock {
@@ -62,6 +63,7 @@ impl DenseBlock {
         Ok(Self {
             layers,
             out_channels: in_channels + num_layers * growth_rate,
+            memory_efficient: false,
         })
     }
 
@@ -70,8 +72,23 @@ impl DenseBlock {
         self.out_channels
     }
 
+    /// In training, store the concatenation once and recompute each layer's first batch norm
+    /// and ReLU in the backward pass, like torchvision's `memory_efficient=True` (on the CPU in
+    /// f32 and f64; elsewhere the plain way). Same results, bit for bit.
+    pub fn set_memory_efficient(&mut self, on: bool) {
+        self.memory_efficient = on;
+    }
+
     /// Runs every layer, growing the concatenation; `train` selects batch statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train && self.memory_efficient && SharedFeatures::supports(x) {
+            let mut features = SharedFeatures::new(x, self.out_channels)?;
+            for layer in &self.layers {
+                let new = layer.forward_shared(&features)?;
+                features.push(&new)?;
+            }
+            return features.finish();
+        }
         let mut features = x.clone();
         for layer in &self.layers {
             let new = layer.forward_t(&features, train)?;

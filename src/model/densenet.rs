@@ -90,6 +90,18 @@ impl DenseNet {
         })
     }
 
+    /// Memory-efficient training, as torchvision's `memory_efficient=True`: each dense block
+    /// stores its feature maps once and recomputes every layer's first batch norm and ReLU in
+    /// the backward pass, so training memory grows linearly with depth instead of
+    /// quadratically. Outputs, running statistics and gradients are bit-identical to the
+    /// default. CPU only (f32, f64); on other devices it changes nothing.
+    pub fn with_memory_efficient(mut self, on: bool) -> Self {
+        for block in &mut self.blocks {
+            block.set_memory_efficient(on);
+        }
+        self
+    }
+
     /// The spec the model was built from.
     pub fn spec(&self) -> &VariantSpec {
         &self.spec

@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
+use crate::ops::SharedFeatures;
 use crate::spec::LayerKind;
 
 /// One dense layer: (N, C, H, W), the concatenation of every earlier feature map in the block,
@@ -51,8 +52,20 @@ impl DenseLayer {
 
     /// The new feature maps for the concatenated input `x`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        for unit in &self.units {
+        let y = self.units[0].forward_t(x, train)?;
+        self.forward_rest(y, train)
+    }
+
+    /// The same in training mode, for the concatenation held by `features`; the first unit
+    /// recomputes its batch norm and ReLU in the backward pass instead of storing them.
+    pub fn forward_shared(&self, features: &SharedFeatures) -> Result<Tensor> {
+        let y = self.units[0].forward_shared(features)?;
+        self.forward_rest(y, true)
+    }
+
+    /// The units after the first, then dropout in training.
+    fn forward_rest(&self, mut y: Tensor, train: bool) -> Result<Tensor> {
+        for unit in &self.units[1..] {
             y = unit.forward_t(&y, train)?;
         }
         if train && self.drop_rate > 0.0 {

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{BatchNorm2d, Conv2d};
+use crate::ops::{BatchNorm2d, Conv2d, SharedFeatures};
 
 /// BN-ReLU-Conv: (N, in, H, W) → (N, out, H', W'), with stride 1 and "same" padding.
 ///
@@ -43,6 +43,12 @@ impl NormReluConv {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = self.norm.forward_relu_t(x, train)?;
         self.conv.forward(&x)
+    }
+
+    /// Applies the unit in training mode to the concatenation held by `features`, storing
+    /// nothing but the output (see [`SharedFeatures`]).
+    pub fn forward_shared(&self, features: &SharedFeatures) -> Result<Tensor> {
+        features.norm_relu_conv(&self.norm, &self.conv)
     }
 
     /// The convolution, for counting multiply-adds.

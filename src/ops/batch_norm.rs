@@ -53,18 +53,12 @@ impl BatchNorm2d {
     /// Normalises `x` (N, C, H, W). With `train`, uses the batch statistics and updates the
     /// running ones; otherwise uses the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+        let (_, c, _, _) = x.dims4()?;
         let (scale, shift) = if train {
             let mean = x.mean_keepdim((0, 2, 3))?;
             let centred = x.broadcast_sub(&mean)?;
             let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-            let count = (n * h * w) as f64;
-            if count < 2.0 {
-                candle_core::bail!(
-                    "batch norm in training needs more than one value per channel, got input {:?}",
-                    x.dims()
-                );
-            }
+            let count = values_per_channel(x)?;
             self.update_running(&mean.detach(), &(var.detach() * (count / (count - 1.0)))?)?;
             let scale = (self.weight.reshape((1, c, 1, 1))? / (var + EPS)?.sqrt()?)?;
             let shift = (self.bias.reshape((1, c, 1, 1))? - mean.mul(&scale)?)?;
@@ -87,26 +81,34 @@ impl BatchNorm2d {
         if !fused {
             return self.forward_t(x, train)?.relu();
         }
-        let (n, _, h, w) = x.dims4()?;
-        let count = (n * h * w) as f64;
-        if count < 2.0 {
-            candle_core::bail!(
-                "batch norm in training needs more than one value per channel, got input {:?}",
-                x.dims()
-            );
-        }
+        let count = values_per_channel(x)?;
         let stats = Arc::new(Mutex::new(BatchStats::default()));
         let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(BnReluTrain {
             eps: EPS,
             stats: stats.clone(),
         }));
         let y = x.contiguous()?.apply_op3_arc(&self.weight, &self.bias, op)?;
-        let BatchStats { mean, var } = stats.lock().expect("stats lock").clone();
-        let device = x.device();
-        let mean = Tensor::from_vec(mean, var.len(), device)?;
-        let var = (Tensor::from_vec(var.clone(), var.len(), device)? * (count / (count - 1.0)))?;
-        self.update_running(&mean, &var)?;
+        self.record_batch(&stats.lock().expect("stats lock"), count, x.device())?;
         Ok(y)
+    }
+
+    /// γ and β, (C) each, and ε.
+    pub(super) fn affine(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, EPS)
+    }
+
+    /// Mixes the statistics of a training batch of `count` values per channel into the running
+    /// ones (the variance unbiased first, as PyTorch does).
+    pub(super) fn record_batch(
+        &self,
+        stats: &BatchStats,
+        count: f64,
+        device: &candle_core::Device,
+    ) -> Result<()> {
+        let c = stats.mean.len();
+        let mean = Tensor::from_vec(stats.mean.clone(), c, device)?;
+        let var = (Tensor::from_vec(stats.var.clone(), c, device)? * (count / (count - 1.0)))?;
+        self.update_running(&mean, &var)
     }
 
     fn update_running(&self, batch_mean: &Tensor, batch_var: &Tensor) -> Result<()> {
@@ -117,4 +119,16 @@ impl BatchNorm2d {
         mix(&self.running_mean, batch_mean)?;
         mix(&self.running_var, batch_var)
     }
+}
+
+/// N·H·W, the values each channel of `x` (N, C, H, W) has in a batch; training needs two at least.
+pub(super) fn values_per_channel(x: &Tensor) -> Result<f64> {
+    let (n, _, h, w) = x.dims4()?;
+    if n * h * w < 2 {
+        candle_core::bail!(
+            "batch norm in training needs more than one value per channel, got input {:?}",
+            x.dims()
+        );
+    }
+    Ok((n * h * w) as f64)
 }

@@ -50,7 +50,8 @@ fn channel_sums(
 }
 
 impl BnReluTrain {
-    fn forward<T: WithDType>(
+    /// y = max(0, γ·x̂ + β) for `x` (n, c, hw), recording the batch statistics in `stats`.
+    pub(super) fn forward<T: WithDType>(
         &self,
         x: &[T],
         gamma: &[T],
@@ -127,20 +128,34 @@ impl CustomOp3 for BnReluTrain {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
-        let op = BnReluBackward {
-            eps: self.eps,
-            stats: self.stats.clone(),
-            gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
-        };
-        // One packed result: dx (N·C·H·W), then dγ (C), then dβ (C).
-        let packed = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
-        let numel = n * c * h * w;
-        let dx = packed.narrow(0, 0, numel)?.reshape((n, c, h, w))?;
-        let dgamma = packed.narrow(0, numel, c)?;
-        let dbeta = packed.narrow(0, numel + c, c)?;
+        let (dx, dgamma, dbeta) = backward(x, gamma, y, dy, self.eps, self.stats.clone())?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
+}
+
+/// The gradients (dx, dγ, dβ) of the fused op for input `x`, its output `y` and the output's
+/// gradient `dy`, given the batch statistics its forward pass recorded in `stats`.
+pub(super) fn backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    stats: Arc<Mutex<BatchStats>>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, h, w) = x.dims4()?;
+    let op = BnReluBackward {
+        eps,
+        stats,
+        gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+    };
+    // One packed result: dx (N·C·H·W), then dγ (C), then dβ (C).
+    let packed = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+    let numel = n * c * h * w;
+    let dx = packed.narrow(0, 0, numel)?.reshape((n, c, h, w))?;
+    let dgamma = packed.narrow(0, numel, c)?;
+    let dbeta = packed.narrow(0, numel + c, c)?;
+    Ok((dx, dgamma, dbeta))
 }
 
 struct BnReluBackward {

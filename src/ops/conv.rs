@@ -66,9 +66,18 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
+impl Conv2d {
+    /// The kernel, stride and padding.
+    pub(super) fn window(&self) -> Result<Window> {
+        Ok(Window {
+            kernel: self.weight.dim(3)?,
+            stride: self.stride,
+            padding: self.padding,
+        })
+    }
+
+    /// `y` (N, out, H', W') plus the bias, if there is one.
+    pub(super) fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) if y.device().is_cpu() && matches!(y.dtype(), DType::F32 | DType::F64) => {
                 y.apply_op2(&b.contiguous()?, super::channel_ops::BiasAdd)
@@ -76,6 +85,12 @@ impl Module for Conv2d {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.add_bias(conv2d(x, &self.weight, self.stride, self.padding)?)
     }
 }
 

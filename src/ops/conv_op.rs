@@ -17,7 +17,7 @@ use super::im2col::{fold, unfold, Window};
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
 pub(super) struct ConvOp(pub Window);
 
-struct Dims {
+pub(super) struct Dims {
     n: usize,
     cin: usize,
     h: usize,
@@ -30,7 +30,7 @@ struct Dims {
 }
 
 impl ConvOp {
-    fn dims(&self, x: &Layout, weight: &Layout) -> Result<Dims> {
+    pub(super) fn dims(&self, x: &Layout, weight: &Layout) -> Result<Dims> {
         let (n, cin, h, w) = x.shape().dims4()?;
         let (cout, wcin, k1, k2) = weight.shape().dims4()?;
         if wcin != cin || k1 != self.0.kernel || k2 != self.0.kernel {
@@ -126,7 +126,7 @@ fn for_each_image<T: Send>(
 }
 
 impl ConvOp {
-    fn forward<T: WithDType>(&self, x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    pub(super) fn forward<T: WithDType>(&self, x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         let (parallel, par) = plan(d.n);
         let mut y = vec![T::zero(); d.n * d.cout * d.l];
         for_each_image(&mut y, d.cout * d.l, parallel, |i, out| {
@@ -225,23 +225,30 @@ impl CustomOp2 for ConvOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(
-            w,
-            &ConvInputGrad {
-                x_dims: x.dims().to_vec(),
-                window: self.0,
-            },
-        )?;
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &ConvWeightGrad {
-                w_dims: w.dims().to_vec(),
-                window: self.0,
-            },
-        )?;
+        let (dx, dw) = backward(x, w, dy, self.0)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// The gradients (dx, dW) of the convolution of `x` by `w` with `window`, for the output's
+/// gradient `dy`.
+pub(super) fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, window: Window) -> Result<(Tensor, Tensor)> {
+    let dy = dy.contiguous()?;
+    let dx = dy.apply_op2_no_bwd(
+        w,
+        &ConvInputGrad {
+            x_dims: x.dims().to_vec(),
+            window,
+        },
+    )?;
+    let dw = x.apply_op2_no_bwd(
+        &dy,
+        &ConvWeightGrad {
+            w_dims: w.dims().to_vec(),
+            window,
+        },
+    )?;
+    Ok((dx, dw))
 }
 
 /// (dy, W) → dx.

@@ -4,6 +4,7 @@
 //!
 //! On the CPU in f32 and f64 they are our own kernels with their own backward (`conv_op`,
 //! `bn_relu_op`, `channel_ops`, `pool`); on other devices, compositions of candle's ops.
+//! `shared_features` stores a dense block's feature maps once for memory-efficient training.
 
 mod batch_norm;
 mod bn_relu_op;
@@ -13,10 +14,12 @@ mod conv_op;
 mod cpu;
 mod im2col;
 mod pool;
+mod shared_features;
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{conv2d, Conv2d};
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
+pub use shared_features::SharedFeatures;
 
 use candle_core::{Result, Tensor};
 

@@ -37,6 +37,10 @@ pub struct TrainConfig {
     pub image_size: usize,
     /// Seed for the initial weights, the shuffling and the augmentation.
     pub seed: u64,
+    /// Recompute each dense layer's first batch norm and ReLU in the backward pass instead of
+    /// storing them ([`DenseNet::with_memory_efficient`]): less memory, same numbers.
+    #[serde(default)]
+    pub memory_efficient: bool,
 }
 
 /// Where a run's weights start from.
@@ -185,7 +189,8 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
     let model = DenseNet::new(
         spec,
         candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
-    )?;
+    )?
+    .with_memory_efficient(config.memory_efficient);
     let schedule = Schedule {
         kind: r.schedule,
         base_lr: r.lr,

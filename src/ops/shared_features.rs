@@ -1,0 +1,373 @@
+//! Memory-efficient training of a dense block: its feature maps stored once, in one buffer, and
+//! each layer's batch norm and ReLU recomputed in the backward pass instead of stored, as in
+//! Pleiss et al., "Memory-Efficient Implementation of DenseNets" (2017).
+//!
+//! A plain dense block keeps, for each layer l, its input concatenation (C_l channels) and that
+//! concatenation normalised, for the backward pass: memory quadratic in the depth. Here layer l's
+//! first unit, concat → BN → ReLU → conv, is one op ([`FirstUnit`]) that reads the first C_l
+//! channels of the block's buffer and keeps nothing but its own output; its backward pass
+//! recomputes BN-ReLU from the buffer. What stays per block is the buffer (the block's output)
+//! and, in the backward pass, one gradient buffer of the same size.
+//!
+//! The buffer is written in place, which candle's autograd cannot see, so the gradient of the
+//! feature maps takes a side path. Each appended feature map extends a chain of one-element
+//! *tokens* ([`Append`]); every op that reads the buffer takes the latest token as its input.
+//! In the backward pass those ops add the gradient of the channels they read into the block's
+//! gradient buffer, and the token chain orders them before the [`Append`] of every feature map
+//! they read: when an [`Append`] runs backward, the gradient of its channels is complete, and it
+//! hands it to the feature map's producer. The sums are the ones candle's concatenation would
+//! form, in the same order, so both modes give bit-identical results.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
+};
+
+use super::batch_norm::values_per_channel;
+use super::bn_relu_op::{self, BatchStats, BnReluTrain};
+use super::conv_op::{self, ConvOp};
+use super::cpu::contiguous;
+use super::im2col::Window;
+use super::{BatchNorm2d, Conv2d};
+
+/// What the ops of one block share.
+struct Block {
+    /// (N, C_total, H, W). In the forward pass, the buffer the feature maps are written into;
+    /// from [`SharedFeatures::finish`] on, the block's output (detached), which holds the same.
+    features: Mutex<Tensor>,
+    /// (N, C_total, H, W): the gradient of every channel, summed over the ops that read it.
+    /// Only during the backward pass.
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl Block {
+    fn features(&self) -> Tensor {
+        self.features.lock().expect("features lock").clone()
+    }
+
+    /// Adds `g` (N, c, H, W) to the gradient of the first c channels.
+    fn add_grad(&self, g: &Tensor) -> Result<()> {
+        let mut grad = self.grad.lock().expect("grad lock");
+        match grad.as_ref() {
+            Some(sum) => {
+                let c = g.dim(1)?;
+                sum.slice_set(&(sum.narrow(1, 0, c)? + g)?, 1, 0)
+            }
+            // The block's output is what every loss reads, so its gradient comes first and
+            // starts the sum as it is.
+            None => {
+                let features = self.features();
+                let sum = Tensor::zeros(features.shape(), g.dtype(), g.device())?;
+                sum.slice_set(&g.contiguous()?, 1, 0)?;
+                *grad = Some(sum);
+                Ok(())
+            }
+        }
+    }
+
+    /// The gradient of channels offset..offset + c, complete once every op reading them is done.
+    fn grad(&self, offset: usize, c: usize, like: &Tensor) -> Result<Tensor> {
+        let mut grad = self.grad.lock().expect("grad lock");
+        let g = match grad.as_ref() {
+            Some(sum) => sum.narrow(1, offset, c)?.copy()?,
+            None => like.zeros_like()?,
+        };
+        if offset == 0 {
+            // The block input's gradient is the last one asked for: free the buffer.
+            *grad = None;
+        }
+        Ok(g)
+    }
+}
+
+/// The growing concatenation of a dense block in training, stored once.
+///
+/// ```text
+/// let mut features = SharedFeatures::new(&x, out_channels)?;   // x (N, C0, H, W)
+/// for layer in layers {
+///     let y = features.norm_relu_conv(&layer.norm1, &layer.conv1)?;  // reads the C_l so far
+///     features.push(&layer.rest(y))?;                              // appends k channels
+/// }
+/// let out = features.finish()?;                                  // (N, C0 + L·k, H, W)
+/// ```
+///
+/// CPU, f32 or f64 only ([`SharedFeatures::supports`]); elsewhere use the plain concatenation.
+pub struct SharedFeatures {
+    block: Arc<Block>,
+    /// The last token: depends, in the graph, on every feature map pushed so far.
+    token: Tensor,
+    /// Channels pushed so far.
+    channels: usize,
+}
+
+impl SharedFeatures {
+    /// True when `x` is on the CPU in f32 or f64, where the ops here run.
+    pub fn supports(x: &Tensor) -> bool {
+        x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
+    /// A buffer for `total_channels` channels, starting with the block input `x` (N, C0, H, W).
+    pub fn new(x: &Tensor, total_channels: usize) -> Result<Self> {
+        let (n, c0, h, w) = x.dims4()?;
+        if c0 > total_channels {
+            candle_core::bail!("shared features: the input has {c0} channels, the block {total_channels}");
+        }
+        let buffer = Tensor::zeros((n, total_channels, h, w), x.dtype(), x.device())?;
+        let mut features = Self {
+            block: Arc::new(Block {
+                features: Mutex::new(buffer),
+                grad: Mutex::new(None),
+            }),
+            token: Tensor::zeros(1, x.dtype(), x.device())?,
+            channels: 0,
+        };
+        features.push(x)?;
+        Ok(features)
+    }
+
+    /// Appends `x` (N, k, H, W) after the channels so far.
+    pub fn push(&mut self, x: &Tensor) -> Result<()> {
+        let x = x.contiguous()?;
+        let c = x.dim(1)?;
+        self.block.features().slice_set(&x, 1, self.channels)?;
+        self.token = self.token.apply_op2(
+            &x,
+            Append {
+                block: self.block.clone(),
+                offset: self.channels,
+            },
+        )?;
+        self.channels += c;
+        Ok(())
+    }
+
+    /// conv(ReLU(norm(the concatenation so far))): (N, C_l, H, W) → (N, out, H', W'), in
+    /// training mode (batch statistics, running ones updated). Keeps only its output.
+    pub fn norm_relu_conv(&self, norm: &BatchNorm2d, conv: &Conv2d) -> Result<Tensor> {
+        let (gamma, beta, eps) = norm.affine();
+        let stats = Arc::new(Mutex::new(BatchStats::default()));
+        let op = FirstUnit {
+            block: self.block.clone(),
+            channels: self.channels,
+            window: conv.window()?,
+            norm: BnReluTrain {
+                eps,
+                stats: stats.clone(),
+            },
+        };
+        let y = self.token.apply_op3(
+            &Tensor::stack(&[gamma, beta], 0)?,
+            &conv.weight().contiguous()?,
+            op,
+        )?;
+        let features = self.block.features();
+        let count = values_per_channel(&features)?;
+        norm.record_batch(&stats.lock().expect("stats lock"), count, features.device())?;
+        conv.add_bias(y)
+    }
+
+    /// The block's output, (N, C_total, H, W), once every channel is pushed.
+    pub fn finish(self) -> Result<Tensor> {
+        let total = self.block.features().dim(1)?;
+        if self.channels != total {
+            candle_core::bail!("shared features: {} of {total} channels pushed", self.channels);
+        }
+        let out = self.token.apply_op1(Output {
+            block: self.block.clone(),
+        })?;
+        // The backward pass reads the output; the buffer, which holds the same, goes.
+        *self.block.features.lock().expect("features lock") = out.detach();
+        Ok(out)
+    }
+}
+
+/// The `f32` or `f64` slice of a CPU tensor, contiguous, for `$body`; `$op` names the op.
+macro_rules! with_cpu_slice {
+    ($op:expr, $tensor:expr, |$slice:ident| $f32:expr, $f64:expr) => {{
+        let (storage, layout) = $tensor.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(data)) => {
+                let $slice = contiguous(data, layout, $op)?;
+                $f32
+            }
+            Storage::Cpu(CpuStorage::F64(data)) => {
+                let $slice = contiguous(data, layout, $op)?;
+                $f64
+            }
+            _ => candle_core::bail!("{}: needs f32 or f64 on the CPU", $op),
+        }
+    }};
+}
+
+/// (token, x) → token: records that `x` sits at channel `offset` of the buffer.
+struct Append {
+    block: Arc<Block>,
+    offset: usize,
+}
+
+impl CustomOp2 for Append {
+    fn name(&self) -> &'static str {
+        "shared-features-append"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let token = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(vec![0.0]),
+            CpuStorage::F64(_) => CpuStorage::F64(vec![0.0]),
+            _ => candle_core::bail!("{}: needs f32 or f64", self.name()),
+        };
+        Ok((token, Shape::from(1)))
+    }
+
+    fn bwd(
+        &self,
+        token: &Tensor,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = self.block.grad(self.offset, x.dim(1)?, x)?;
+        Ok((Some(token.zeros_like()?), Some(dx)))
+    }
+}
+
+/// (token, [γ; β] (2, C_l), W) → conv(ReLU(BN(buffer[:, :C_l]))), the first unit of a layer.
+struct FirstUnit {
+    block: Arc<Block>,
+    /// C_l, the channels read.
+    channels: usize,
+    window: Window,
+    norm: BnReluTrain,
+}
+
+impl FirstUnit {
+    fn forward<T: WithDType>(
+        &self,
+        buffer: &[T],
+        gamma_beta: &[T],
+        weight: &[T],
+        d: &[usize; 4],
+        w: &Layout,
+    ) -> Result<Vec<T>> {
+        let [n, total, h, wd] = *d;
+        let (c, hw) = (self.channels, h * wd);
+        let mut x = Vec::with_capacity(n * c * hw);
+        for image in buffer.chunks(total * hw) {
+            x.extend_from_slice(&image[..c * hw]);
+        }
+        let z = self
+            .norm
+            .forward(&x, &gamma_beta[..c], &gamma_beta[c..], n, c, hw);
+        drop(x);
+        let conv = ConvOp(self.window);
+        let dims = conv.dims(&Layout::contiguous((n, c, h, wd)), w)?;
+        Ok(conv.forward(&z, weight, &dims))
+    }
+}
+
+impl CustomOp3 for FirstUnit {
+    fn name(&self) -> &'static str {
+        "shared-features-norm-relu-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let features = self.block.features();
+        let (n, _, h, w) = features.dims4()?;
+        let d = [n, features.dim(1)?, h, w];
+        let cout = l3.shape().dims()[0];
+        let out = with_cpu_slice!(
+            self.name(),
+            features,
+            |buffer| match (s2, s3) {
+                (CpuStorage::F32(gb), CpuStorage::F32(wt)) => CpuStorage::F32(self.forward(
+                    buffer,
+                    contiguous(gb, l2, self.name())?,
+                    contiguous(wt, l3, self.name())?,
+                    &d,
+                    l3
+                )?),
+                _ => candle_core::bail!("{}: inputs must all be f32", self.name()),
+            },
+            match (s2, s3) {
+                (CpuStorage::F64(gb), CpuStorage::F64(wt)) => CpuStorage::F64(self.forward(
+                    buffer,
+                    contiguous(gb, l2, self.name())?,
+                    contiguous(wt, l3, self.name())?,
+                    &d,
+                    l3
+                )?),
+                _ => candle_core::bail!("{}: inputs must all be f64", self.name()),
+            }
+        );
+        let shape = Shape::from((n, cout, self.window.out(h), self.window.out(w)));
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        token: &Tensor,
+        gamma_beta: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Recompute the normalised input from the block's output, which holds it unchanged.
+        let x = self.block.features().narrow(1, 0, self.channels)?.contiguous()?;
+        let (gamma, beta) = (gamma_beta.get(0)?, gamma_beta.get(1)?);
+        let norm = BnReluTrain {
+            eps: self.norm.eps,
+            stats: Arc::new(Mutex::new(BatchStats::default())),
+        };
+        let z = x.apply_op3_no_bwd(&gamma, &beta, &norm)?;
+        let (dz, dw) = conv_op::backward(&z, weight, dy, self.window)?;
+        let (dx, dgamma, dbeta) = bn_relu_op::backward(&x, &gamma, &z, &dz, norm.eps, norm.stats)?;
+        self.block.add_grad(&dx)?;
+        Ok((
+            Some(token.zeros_like()?),
+            Some(Tensor::stack(&[dgamma, dbeta], 0)?),
+            Some(dw),
+        ))
+    }
+}
+
+/// token → a copy of the whole buffer, the block's output.
+struct Output {
+    block: Arc<Block>,
+}
+
+impl CustomOp1 for Output {
+    fn name(&self) -> &'static str {
+        "shared-features-output"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let features = self.block.features();
+        let out = with_cpu_slice!(
+            self.name(),
+            features,
+            |data| CpuStorage::F32(data.to_vec()),
+            CpuStorage::F64(data.to_vec())
+        );
+        Ok((out, features.shape().clone()))
+    }
+
+    fn bwd(&self, token: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        self.block.add_grad(dy)?;
+        Ok(Some(token.zeros_like()?))
+    }
+}
