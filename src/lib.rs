@@ -19,6 +19,7 @@
 //! # Ok::<(), densenet_zoo::Error>(())
 //! ```
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

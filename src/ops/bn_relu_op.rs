@@ -26,27 +26,58 @@ pub struct BnReluTrain {
     pub stats: Arc<Mutex<BatchStats>>,
 }
 
-/// Per-channel sums over (N, H, W) of `f(n, c, i)`, computed in parallel over channels.
-fn channel_sums(
-    n: usize,
-    c: usize,
-    hw: usize,
-    f: impl Fn(usize, usize, usize) -> (f64, f64) + Sync,
-) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mut a, mut b) = (0f64, 0f64);
-            for img in 0..n {
-                for i in 0..hw {
-                    let (da, db) = f(img, ch, i);
-                    a += da;
-                    b += db;
-                }
-            }
-            (a, b)
-        })
-        .collect()
+/// Independent partial sums per loop: the loops over them vectorise, and a sum does not depend
+/// on the thread count.
+const LANES: usize = 8;
+
+/// Σ f(v) over `xs`, in f64.
+fn lane_sum<T: WithDType>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|v| f(v.to_f64())).sum();
+    for chunk in chunks {
+        let chunk: &[T; LANES] = chunk.try_into().expect("chunks of LANES");
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a += f(v.to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// (Σg, Σg·(x − mean)) over one plane, with g = dy where y > 0, else 0.
+fn grad_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) {
+    let term = |x: &T, y: &T, dy: &T| {
+        let g = if *y > T::zero() { dy.to_f64() } else { 0.0 };
+        (g, g * (x.to_f64() - mean))
+    };
+    let (mut sg, mut sgx) = ([0f64; LANES], [0f64; LANES]);
+    let chunks = x
+        .chunks_exact(LANES)
+        .zip(y.chunks_exact(LANES))
+        .zip(dy.chunks_exact(LANES));
+    for ((xc, yc), dc) in chunks {
+        let xc: &[T; LANES] = xc.try_into().expect("chunks of LANES");
+        let yc: &[T; LANES] = yc.try_into().expect("chunks of LANES");
+        let dc: &[T; LANES] = dc.try_into().expect("chunks of LANES");
+        for j in 0..LANES {
+            let (g, gx) = term(&xc[j], &yc[j], &dc[j]);
+            sg[j] += g;
+            sgx[j] += gx;
+        }
+    }
+    let (mut tail_g, mut tail_gx) = (0.0, 0.0);
+    let done = x.len() / LANES * LANES;
+    for k in done..x.len() {
+        let (g, gx) = term(&x[k], &y[k], &dy[k]);
+        tail_g += g;
+        tail_gx += gx;
+    }
+    (sg.iter().sum::<f64>() + tail_g, sgx.iter().sum::<f64>() + tail_gx)
+}
+
+/// The planes (one per image) of channel `ch` of `x` (n, c, hw).
+fn planes<T>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[T]> {
+    (0..n).map(move |img| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw])
 }
 
 impl BnReluTrain {
@@ -61,18 +92,18 @@ impl BnReluTrain {
         hw: usize,
     ) -> Vec<T> {
         let count = (n * hw) as f64;
-        let at = |img: usize, ch: usize, i: usize| x[(img * c + ch) * hw + i].to_f64();
-        let mean: Vec<f64> = channel_sums(n, c, hw, |img, ch, i| (at(img, ch, i), 0.0))
-            .into_iter()
-            .map(|(s, _)| s / count)
+        let mean: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| v)).sum::<f64>() / count)
             .collect();
-        let var: Vec<f64> = channel_sums(n, c, hw, |img, ch, i| {
-            let d = at(img, ch, i) - mean[ch];
-            (d * d, 0.0)
-        })
-        .into_iter()
-        .map(|(s, _)| s / count)
-        .collect();
+        let var: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let m = mean[ch];
+                let squares = |p| lane_sum(p, |v| (v - m) * (v - m));
+                planes(x, n, c, hw, ch).map(squares).sum::<f64>() / count
+            })
+            .collect();
         let scale: Vec<f64> = (0..c)
             .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
             .collect();
@@ -80,15 +111,19 @@ impl BnReluTrain {
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
         let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let (a, b) = (scale[ch], shift[ch]);
-            for (o, v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                let z = v.to_f64() * a + b;
-                // Like torch's ReLU, NaN passes through (f64::max would turn it into 0).
-                *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
-            }
-        });
+        let planes_in = x.par_chunks(hw);
+        y.par_chunks_mut(hw)
+            .zip(planes_in)
+            .enumerate()
+            .for_each(|(plane, (out, xs))| {
+                let ch = plane % c;
+                let (a, b) = (scale[ch], shift[ch]);
+                for (o, v) in out.iter_mut().zip(xs) {
+                    let z = v.to_f64() * a + b;
+                    // Like torch's ReLU, NaN passes through (f64::max would turn it into 0).
+                    *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
+                }
+            });
         *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
         y
     }
@@ -169,27 +204,39 @@ impl BnReluBackward {
         let stats = self.stats.lock().expect("stats lock").clone();
         let count = (n * hw) as f64;
         let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let g = |k: usize| if y[k] > T::zero() { dy[k].to_f64() } else { 0.0 };
-        let sums = channel_sums(n, c, hw, |img, ch, i| {
-            let k = (img * c + ch) * hw + i;
-            let gk = g(k);
-            (gk, gk * (x[k].to_f64() - stats.mean[ch]) * inv_std[ch])
-        });
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let m = stats.mean[ch];
+                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+                let each = planes(x, n, c, hw, ch).zip(planes(y, n, c, hw, ch));
+                for ((xs, ys), dys) in each.zip(planes(dy, n, c, hw, ch)) {
+                    let (g, gx) = grad_sums(xs, ys, dys, m);
+                    sum_g += g;
+                    sum_gx += gx;
+                }
+                (sum_g, sum_gx * inv_std[ch])
+            })
+            .collect();
         let numel = x.len();
         let mut out = vec![T::zero(); numel + 2 * c];
         let (dx, tail) = out.split_at_mut(numel);
-        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, d)| {
-            let ch = plane % c;
-            let (sum_g, sum_gx) = sums[ch];
-            let (mean_g, mean_gx) = (sum_g / count, sum_gx / count);
-            let k0 = plane * hw;
-            let a = self.gamma[ch] * inv_std[ch];
-            for (i, out) in d.iter_mut().enumerate() {
-                let k = k0 + i;
-                let xhat = (x[k].to_f64() - stats.mean[ch]) * inv_std[ch];
-                *out = T::from_f64(a * (g(k) - mean_g - xhat * mean_gx));
-            }
-        });
+        let inputs = x.par_chunks(hw).zip(y.par_chunks(hw)).zip(dy.par_chunks(hw));
+        dx.par_chunks_mut(hw)
+            .zip(inputs)
+            .enumerate()
+            .for_each(|(plane, (d, ((xs, ys), dys)))| {
+                let ch = plane % c;
+                let (mean_g, mean_gx) = (sums[ch].0 / count, sums[ch].1 / count);
+                // dx = a·(g − mean_g − x̂·mean_gx) with x̂ = (x − μ)·s, as p·g + r·x + q.
+                let (a, s) = (self.gamma[ch] * inv_std[ch], inv_std[ch]);
+                let r = -a * s * mean_gx;
+                let q = -a * mean_g - r * stats.mean[ch];
+                for (((o, x), y), dy) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
+                    let g = if *y > T::zero() { dy.to_f64() } else { 0.0 };
+                    *o = T::from_f64(a * g + r * x.to_f64() + q);
+                }
+            });
         for ch in 0..c {
             tail[ch] = T::from_f64(sums[ch].1);
             tail[c + ch] = T::from_f64(sums[ch].0);
