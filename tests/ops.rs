@@ -22,6 +22,11 @@ fn conv2d_matches_candle_forward_and_backward() {
         (1, 2, 3, 5, 7, 3, 2, 1),
         (5, 6, 2, 1, 1, 3, 1, 1),
         (1, 8, 4, 4, 6, 1, 1, 0),
+        // Stride 1, k×k: the input gradient is a convolution by the flipped weight, padded
+        // by k − 1 − p.
+        (2, 3, 5, 7, 6, 3, 1, 0),
+        (1, 2, 3, 6, 5, 5, 1, 1),
+        (2, 4, 3, 8, 9, 5, 1, 2),
     ];
     for (n, cin, cout, h, w, k, s, p) in cases {
         let what = format!("conv {n}x{cin}x{h}x{w} k{k} s{s} p{p}");

@@ -143,6 +143,9 @@ impl ConvOp {
     }
 
     fn input_grad<T: WithDType>(&self, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+        if let Some(adjoint) = self.adjoint() {
+            return self.input_grad_as_conv(adjoint, dy, weight, d);
+        }
         let (parallel, par) = plan(d.n);
         let plane = d.cin * d.h * d.w;
         let mut dx = vec![T::zero(); d.n * plane];
@@ -157,6 +160,44 @@ impl ConvOp {
             }
         });
         dx
+    }
+
+    /// For a k×k conv with stride 1 (not 1×1), the window of its adjoint: the input gradient
+    /// is then the convolution of dy with the weight flipped and transposed, padded by
+    /// k − 1 − p, which reads the k·k·Cout columns of dy instead of writing and folding the
+    /// k·k·Cin columns of the input.
+    fn adjoint(&self) -> Option<Window> {
+        let w = self.0;
+        (w.stride == 1 && !w.is_pointwise() && w.padding < w.kernel).then_some(Window {
+            kernel: w.kernel,
+            stride: 1,
+            padding: w.kernel - 1 - w.padding,
+        })
+    }
+
+    /// dx (N, Cin, H, W) = dy (N, Cout, H', W') ∗ W' with the `adjoint` window, where
+    /// W'[ci, co, a, b] = W[co, ci, k−1−a, k−1−b].
+    fn input_grad_as_conv<T: WithDType>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+        let k2 = self.0.kernel * self.0.kernel;
+        let row = d.cout * k2;
+        let mut flipped = vec![T::zero(); d.cin * row];
+        for co in 0..d.cout {
+            for ci in 0..d.cin {
+                for tap in 0..k2 {
+                    flipped[ci * row + co * k2 + (k2 - 1 - tap)] = weight[(co * d.cin + ci) * k2 + tap];
+                }
+            }
+        }
+        let of_dy = Dims {
+            n: d.n,
+            cin: d.cout,
+            h: self.0.out(d.h),
+            w: self.0.out(d.w),
+            cout: d.cin,
+            kk: row,
+            l: d.h * d.w,
+        };
+        ConvOp(adjoint).forward(dy, &flipped, &of_dy)
     }
 
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
