@@ -303,10 +303,11 @@ pub fn model_from_tensors(
     .into_model(spec, device)
 }
 
-/// The tensors of a `VarMap` (parameters and running statistics), by name.
+/// The tensors of a `VarMap` (parameters and running statistics), by name, detached: they share
+/// the variables' storage, and a model built on them records no autograd graph.
 pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     let data = varmap.data().lock().expect("varmap lock");
     data.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
         .collect()
 }

@@ -21,7 +21,8 @@ pub struct Evaluation {
     pub samples: usize,
 }
 
-/// Evaluates `model` (in eval mode, without building a graph) on every sample of `dataset`.
+/// Evaluates `model` in eval mode on every sample of `dataset`. Build it on detached tensors
+/// ([`crate::checkpoint::varmap_tensors`]), not on a `VarMap`, or each batch records a graph.
 pub fn evaluate(
     model: &DenseNet,
     dataset: Arc<Dataset>,

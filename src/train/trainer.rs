@@ -283,7 +283,18 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             }
         }
         bar.finish_and_clear();
-        let test = evaluate(&model, test_set.clone(), &transform(false), r.batch_size, device)?;
+        // On detached weights: evaluation records no graph.
+        let eval_model = DenseNet::new(
+            spec,
+            candle_nn::VarBuilder::from_tensors(varmap_tensors(&varmap), candle_core::DType::F32, device),
+        )?;
+        let test = evaluate(
+            &eval_model,
+            test_set.clone(),
+            &transform(false),
+            r.batch_size,
+            device,
+        )?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,
