@@ -6,6 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::assert_close;
+use densenet_zoo::checkpoint::varmap_tensors;
 use densenet_zoo::ops::{conv2d, BatchNorm2d};
 
 fn randn(shape: &[usize]) -> Var {
@@ -120,9 +121,16 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
             let b = g2.get(m2[p].as_tensor()).unwrap();
             assert_close(a, b, 1e-10, &format!("{dims:?} grad {p}"));
         }
+        drop((m1, m2));
         // Eval mode after the update uses the running statistics, fused or not.
         let e1 = fused.forward_relu_t(x.as_tensor(), false).unwrap();
         let e2 = reference.forward_t(x.as_tensor(), false).unwrap().relu().unwrap();
         assert_close(&e1, &e2, 1e-12, "eval");
+        // Without a graph (plain tensors, as loaded for inference), the one-pass eval kernel.
+        let plain = VarBuilder::from_tensors(varmap_tensors(&fused_map), DType::F64, &Device::Cpu);
+        let inference = BatchNorm2d::new(plain, dims[1]).unwrap();
+        let e3 = inference.forward_relu_t(&x.as_detached_tensor(), false).unwrap();
+        assert!(!e3.track_op());
+        assert_close(&e3, &e2, 1e-12, &format!("{dims:?} eval, one pass"));
     }
 }

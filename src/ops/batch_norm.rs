@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use super::bn_relu_op::{BatchStats, BnReluTrain};
+use super::bn_relu_op::{BatchStats, BnReluEval, BnReluTrain};
 
 /// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
 const EPS: f64 = 1e-5;
@@ -73,12 +73,16 @@ impl BatchNorm2d {
         x.broadcast_mul(&scale)?.broadcast_add(&shift)
     }
 
-    /// max(0, batch norm of `x`): what every DenseNet does with a batch norm. On the CPU in
-    /// training mode, one fused kernel with an analytical backward; elsewhere,
-    /// [`BatchNorm2d::forward_t`] then ReLU. Same semantics either way.
+    /// max(0, batch norm of `x`): what every DenseNet does with a batch norm. On the CPU, one
+    /// fused kernel: in training with an analytical backward, in inference (no autograd graph)
+    /// a single pass; elsewhere, [`BatchNorm2d::forward_t`] then ReLU. Same semantics either way.
     pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let fused = train && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-        if !fused {
+        let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+        let no_graph = !x.track_op() && !self.weight.track_op() && !self.bias.track_op();
+        if !train && cpu && no_graph {
+            return self.eval_relu(x);
+        }
+        if !(train && cpu) {
             return self.forward_t(x, train)?.relu();
         }
         let count = values_per_channel(x)?;
@@ -90,6 +94,26 @@ impl BatchNorm2d {
         let y = x.contiguous()?.apply_op3_arc(&self.weight, &self.bias, op)?;
         self.record_batch(&stats.lock().expect("stats lock"), count, x.device())?;
         Ok(y)
+    }
+
+    /// Inference: one pass of the fused eval kernel, which has no backward.
+    fn eval_relu(&self, x: &Tensor) -> Result<Tensor> {
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        let (gamma, beta) = (f64s(&self.weight)?, f64s(&self.bias)?);
+        let mean = f64s(self.running_mean.as_tensor())?;
+        let var = f64s(self.running_var.as_tensor())?;
+        let scale: Vec<f64> = gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + EPS).sqrt())
+            .collect();
+        let shift = beta
+            .iter()
+            .zip(&mean)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        x.contiguous()?.apply_op1_no_bwd(&BnReluEval { scale, shift })
     }
 
     /// γ and β, (C) each, and ε.

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::cpu::float_kernel;
@@ -75,6 +75,47 @@ fn grad_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) 
     (sg.iter().sum::<f64>() + tail_g, sgx.iter().sum::<f64>() + tail_gx)
 }
 
+/// max(0, x·scale[ch] + shift[ch]) over `x` (n, c, hw), in parallel over planes. Like torch's
+/// ReLU, NaN passes through (f64::max would turn it into 0).
+fn affine_relu<T: WithDType>(x: &[T], scale: &[f64], shift: &[f64], c: usize, hw: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    let planes_in = x.par_chunks(hw);
+    y.par_chunks_mut(hw)
+        .zip(planes_in)
+        .enumerate()
+        .for_each(|(plane, (out, xs))| {
+            let ch = plane % c;
+            let (a, b) = (scale[ch], shift[ch]);
+            for (o, v) in out.iter_mut().zip(xs) {
+                let z = v.to_f64() * a + b;
+                *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
+            }
+        });
+    y
+}
+
+/// Eval-mode batch norm and ReLU in one pass, for inference: y = max(0, x·scale + shift) per
+/// channel, with scale = γ/√(running σ² + ε) and shift = β − running μ·scale. No backward.
+pub struct BnReluEval {
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+}
+
+impl CustomOp1 for BnReluEval {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-eval"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        if c != self.scale.len() {
+            candle_core::bail!("{}: {c} channels, {} scales", self.name(), self.scale.len());
+        }
+        let out = float_kernel!(self.name(), [x: s1, l1], affine_relu(x, &self.scale, &self.shift, c, h * w));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// The planes (one per image) of channel `ch` of `x` (n, c, hw).
 fn planes<T>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[T]> {
     (0..n).map(move |img| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw])
@@ -110,20 +151,7 @@ impl BnReluTrain {
         let shift: Vec<f64> = (0..c)
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
-        let mut y = vec![T::zero(); x.len()];
-        let planes_in = x.par_chunks(hw);
-        y.par_chunks_mut(hw)
-            .zip(planes_in)
-            .enumerate()
-            .for_each(|(plane, (out, xs))| {
-                let ch = plane % c;
-                let (a, b) = (scale[ch], shift[ch]);
-                for (o, v) in out.iter_mut().zip(xs) {
-                    let z = v.to_f64() * a + b;
-                    // Like torch's ReLU, NaN passes through (f64::max would turn it into 0).
-                    *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
-                }
-            });
+        let y = affine_relu(x, &scale, &shift, c, hw);
         *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
         y
     }
