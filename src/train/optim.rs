@@ -70,7 +70,9 @@ impl Optimizer {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let p = var.as_tensor();
+            // Detached: an update computed from the variable itself would record a graph, and
+            // each momentum buffer would keep every earlier one alive through it.
+            let p = &var.as_detached_tensor();
             match self.kind {
                 OptimizerKind::Sgd => {
                     let mut d = if self.weight_decay != 0.0 {
@@ -166,6 +168,11 @@ mod tests {
                 .sum_all()
                 .unwrap();
             opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+        }
+        // The state is plain data: a buffer that recorded its update would keep every earlier
+        // buffer alive, and memory would grow with every step.
+        for (name, t) in opt.state() {
+            assert!(!t.track_op(), "{kind:?}: {name} records a graph");
         }
         var.as_tensor().to_vec1::<f32>().unwrap()
     }
