@@ -28,6 +28,11 @@ fn conv2d_matches_candle_forward_and_backward() {
         (2, 3, 5, 7, 6, 3, 1, 0),
         (1, 2, 3, 6, 5, 5, 1, 1),
         (2, 4, 3, 8, 9, 5, 1, 2),
+        // Maps at least 16 wide: im2col copies runs instead of gathering through a table
+        // (strided sizes that candle's reference backward accepts).
+        (2, 3, 4, 17, 18, 3, 1, 1),
+        (1, 2, 3, 21, 19, 3, 2, 1),
+        (3, 2, 2, 17, 21, 7, 2, 3),
     ];
     for (n, cin, cout, h, w, k, s, p) in cases {
         let what = format!("conv {n}x{cin}x{h}x{w} k{k} s{s} p{p}");

@@ -1,11 +1,16 @@
-//! The CPU convolution: one GEMM per image in NCHW, forward and backward, with no batch-sized
+//! The CPU convolution: GEMMs in NCHW, forward and backward, with no batch-sized
 //! intermediate. For each image n, with K = Cin·k·k and L = H'·W':
 //! - forward: y[n] (Cout×L) = W (Cout×K) · cols[n] (K×L);
-//! - input gradient: dx[n] = col2im(Wᵀ (K×Cout) · dy[n] (Cout×L));
+//! - input gradient: for a stride-1 k×k conv, the convolution of dy[n] by the flipped,
+//!   transposed weight; else dx[n] = col2im(Wᵀ (K×Cout) · dy[n] (Cout×L)) (Wᵀ·dy[n] for 1×1);
 //! - weight gradient: dW (Cout×K) = Σₙ dy[n] (Cout×L) · cols[n]ᵀ (L×K).
 //!
-//! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. Images are spread
-//! over threads; a batch smaller than the thread count lets each GEMM use them instead.
+//! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. Images with few
+//! output pixels are put side by side, several to a GEMM, so that each GEMM has at least
+//! [`MIN_COLUMNS`] columns. Groups are spread over threads; too few groups let each GEMM use
+//! them instead.
+
+use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
@@ -52,13 +57,57 @@ impl ConvOp {
     }
 }
 
-/// How to spread `n` images over the threads: (images in parallel?, GEMM parallelism).
-fn plan(n: usize) -> (bool, Parallelism) {
+/// A GEMM with fewer columns than this runs far from speed: images with fewer output pixels
+/// are grouped, side by side, into one GEMM.
+const MIN_COLUMNS: usize = 256;
+
+/// How `n` images of `l` output pixels are processed: `per_gemm` images per GEMM, groups in
+/// parallel when there are enough of them, else each GEMM on every thread.
+struct Plan {
+    per_gemm: usize,
+    parallel: bool,
+    par: Parallelism,
+}
+
+fn plan(n: usize, l: usize) -> Plan {
     let threads = rayon::current_num_threads();
-    if n >= threads && threads > 1 {
-        (true, Parallelism::None)
-    } else {
-        (false, Parallelism::Rayon(threads))
+    let per_gemm = MIN_COLUMNS.div_ceil(l.max(1)).min(n.div_ceil(threads)).max(1);
+    let parallel = n.div_ceil(per_gemm) >= threads && threads > 1;
+    Plan {
+        per_gemm,
+        parallel,
+        par: if parallel {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        },
+    }
+}
+
+/// `count` images' (rows × l) blocks, side by side: (rows × count·l). One image is borrowed.
+fn side_by_side<T: WithDType>(images: &[T], rows: usize, l: usize, count: usize) -> Cow<'_, [T]> {
+    if count == 1 {
+        return Cow::Borrowed(&images[..rows * l]);
+    }
+    let width = count * l;
+    let mut out = vec![T::zero(); rows * width];
+    for i in 0..count {
+        for r in 0..rows {
+            let from = &images[(i * rows + r) * l..(i * rows + r + 1) * l];
+            out[r * width + i * l..r * width + (i + 1) * l].copy_from_slice(from);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The inverse of [`side_by_side`]: (rows × count·l) into `count` images' (rows × l) blocks.
+fn split_images<T: WithDType>(grouped: &[T], rows: usize, l: usize, count: usize, images: &mut [T]) {
+    let width = count * l;
+    for i in 0..count {
+        for r in 0..rows {
+            images[(i * rows + r) * l..(i * rows + r + 1) * l]
+                .copy_from_slice(&grouped[r * width + i * l..r * width + (i + 1) * l]);
+        }
     }
 }
 
@@ -111,32 +160,53 @@ fn matmul<T: WithDType>(
     }
 }
 
-/// Runs `f(image index, output chunk)` over every image, in parallel or not.
-fn for_each_image<T: Send>(
+/// Runs `f(first image, images, output chunk)` over groups of `per_image`-long outputs.
+fn for_each_group<T: Send>(
     out: &mut [T],
-    chunk: usize,
-    parallel: bool,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
+    per_image: usize,
+    plan: &Plan,
+    f: impl Fn(usize, usize, &mut [T]) + Sync + Send,
 ) {
-    if parallel {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| f(i, o));
+    let chunk = plan.per_gemm * per_image;
+    let run = |(g, o): (usize, &mut [T])| {
+        let count = o.len() / per_image;
+        f(g * plan.per_gemm, count, o)
+    };
+    if plan.parallel {
+        out.par_chunks_mut(chunk).enumerate().for_each(run);
     } else {
-        out.chunks_mut(chunk).enumerate().for_each(|(i, o)| f(i, o));
+        out.chunks_mut(chunk).enumerate().for_each(run);
     }
 }
 
 impl ConvOp {
+    /// The columns (K × count·L) of images first..first + count, side by side.
+    fn columns<'a, T: WithDType>(&self, x: &'a [T], d: &Dims, first: usize, count: usize) -> Cow<'a, [T]> {
+        let plane = d.cin * d.h * d.w;
+        let images = &x[first * plane..(first + count) * plane];
+        if self.0.is_pointwise() {
+            return side_by_side(images, d.cin, d.l, count);
+        }
+        let width = count * d.l;
+        let mut cols = vec![T::zero(); d.kk * width];
+        for (i, image) in images.chunks(plane).enumerate() {
+            unfold(image, d.cin, d.h, d.w, self.0, &mut cols, width, i * d.l);
+        }
+        Cow::Owned(cols)
+    }
+
     pub(super) fn forward<T: WithDType>(&self, x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
-        let (parallel, par) = plan(d.n);
+        let plan = plan(d.n, d.l);
         let mut y = vec![T::zero(); d.n * d.cout * d.l];
-        for_each_image(&mut y, d.cout * d.l, parallel, |i, out| {
-            let image = &x[i * d.cin * d.h * d.w..(i + 1) * d.cin * d.h * d.w];
-            if self.0.is_pointwise() {
-                matmul(out, weight, image, (d.cout, d.kk, d.l), false, false, false, par);
+        for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
+            let cols = self.columns(x, d, first, count);
+            let dims = (d.cout, d.kk, count * d.l);
+            if count == 1 {
+                matmul(out, weight, &cols, dims, false, false, false, plan.par);
             } else {
-                let mut cols = vec![T::zero(); d.kk * d.l];
-                unfold(image, d.cin, d.h, d.w, self.0, &mut cols);
-                matmul(out, weight, &cols, (d.cout, d.kk, d.l), false, false, false, par);
+                let mut grouped = vec![T::zero(); d.cout * count * d.l];
+                matmul(&mut grouped, weight, &cols, dims, false, false, false, plan.par);
+                split_images(&grouped, d.cout, d.l, count, out);
             }
         });
         y
@@ -146,18 +216,43 @@ impl ConvOp {
         if let Some(adjoint) = self.adjoint() {
             return self.input_grad_as_conv(adjoint, dy, weight, d);
         }
-        let (parallel, par) = plan(d.n);
         let plane = d.cin * d.h * d.w;
         let mut dx = vec![T::zero(); d.n * plane];
-        for_each_image(&mut dx, plane, parallel, |i, out| {
+        if self.0.is_pointwise() {
+            // dx = Wᵀ·dy, images side by side.
+            let plan = plan(d.n, d.l);
+            for_each_group(&mut dx, plane, &plan, |first, count, out| {
+                let g = side_by_side(&dy[first * d.cout * d.l..], d.cout, d.l, count);
+                let dims = (d.kk, d.cout, count * d.l);
+                if count == 1 {
+                    matmul(out, weight, &g, dims, true, false, false, plan.par);
+                } else {
+                    let mut grouped = vec![T::zero(); d.kk * count * d.l];
+                    matmul(&mut grouped, weight, &g, dims, true, false, false, plan.par);
+                    split_images(&grouped, d.kk, d.l, count, out);
+                }
+            });
+            return dx;
+        }
+        // Strided k×k (the stem): col2im(Wᵀ·dy), one image at a time; its maps are large.
+        let plan = Plan {
+            per_gemm: 1,
+            ..plan(d.n, usize::MAX)
+        };
+        for_each_group(&mut dx, plane, &plan, |i, _, out| {
             let g = &dy[i * d.cout * d.l..(i + 1) * d.cout * d.l];
-            if self.0.is_pointwise() {
-                matmul(out, weight, g, (d.kk, d.cout, d.l), true, false, false, par);
-            } else {
-                let mut cols = vec![T::zero(); d.kk * d.l];
-                matmul(&mut cols, weight, g, (d.kk, d.cout, d.l), true, false, false, par);
-                fold(&cols, d.cin, d.h, d.w, self.0, out);
-            }
+            let mut cols = vec![T::zero(); d.kk * d.l];
+            matmul(
+                &mut cols,
+                weight,
+                g,
+                (d.kk, d.cout, d.l),
+                true,
+                false,
+                false,
+                plan.par,
+            );
+            fold(&cols, d.cin, d.h, d.w, self.0, out);
         });
         dx
     }
@@ -201,42 +296,34 @@ impl ConvOp {
     }
 
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
-        let (parallel, par) = plan(d.n);
-        let plane = d.cin * d.h * d.w;
-        let one = |i: usize, acc: &mut Vec<T>, cols: &mut Vec<T>| {
-            let image = &x[i * plane..(i + 1) * plane];
-            let g = &dy[i * d.cout * d.l..(i + 1) * d.cout * d.l];
-            let cols: &[T] = if self.0.is_pointwise() {
-                image
-            } else {
-                unfold(image, d.cin, d.h, d.w, self.0, cols);
-                cols
-            };
-            matmul(acc, g, cols, (d.cout, d.l, d.kk), false, true, true, par);
+        let plan = plan(d.n, d.l);
+        // dW += dy (Cout × count·L) · colsᵀ (count·L × K) for each group of images.
+        let group = |first: usize, acc: &mut Vec<T>| {
+            let count = plan.per_gemm.min(d.n - first);
+            let cols = self.columns(x, d, first, count);
+            let g = side_by_side(&dy[first * d.cout * d.l..], d.cout, d.l, count);
+            let dims = (d.cout, count * d.l, d.kk);
+            matmul(acc, &g, &cols, dims, false, true, true, plan.par);
         };
-        let zero = || (vec![T::zero(); d.cout * d.kk], vec![T::zero(); d.kk * d.l]);
-        if parallel {
+        let firsts: Vec<usize> = (0..d.n).step_by(plan.per_gemm).collect();
+        let zero = || vec![T::zero(); d.cout * d.kk];
+        if plan.parallel {
             let threads = rayon::current_num_threads();
-            let per = d.n.div_ceil(threads);
-            (0..threads)
-                .into_par_iter()
-                .map(|t| {
-                    let (mut acc, mut cols) = zero();
-                    for i in (t * per)..((t + 1) * per).min(d.n) {
-                        one(i, &mut acc, &mut cols);
-                    }
+            let per = firsts.len().div_ceil(threads);
+            firsts
+                .par_chunks(per)
+                .map(|chunk| {
+                    let mut acc = zero();
+                    chunk.iter().for_each(|&first| group(first, &mut acc));
                     acc
                 })
-                .reduce(
-                    || vec![T::zero(); d.cout * d.kk],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                )
+                .reduce(zero, |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                })
         } else {
-            let (mut acc, mut cols) = zero();
-            (0..d.n).for_each(|i| one(i, &mut acc, &mut cols));
+            let mut acc = zero();
+            firsts.iter().for_each(|&first| group(first, &mut acc));
             acc
         }
     }

@@ -57,15 +57,62 @@ fn for_each_run(w: Window, h: usize, wd: usize, mut f: impl FnMut(usize, usize, 
     }
 }
 
-/// Image (C, H, W) → columns (C·k·k, H'·W'), written into `cols` (zeroed first).
-pub fn unfold<T: WithDType>(image: &[T], c: usize, h: usize, wd: usize, w: Window, cols: &mut [T]) {
+/// Below this width, [`unfold`] gathers through a table instead of copying runs.
+const SMALL_WIDTH: usize = 16;
+
+/// Marks a tap that falls in the padding in [`gather_table`].
+const PADDING: u32 = u32::MAX;
+
+/// For each tap (k·k) and output pixel (H'·W'), the input pixel it reads, or [`PADDING`].
+fn gather_table(w: Window, h: usize, wd: usize) -> Vec<u32> {
+    let l = w.out(h) * w.out(wd);
+    let mut table = vec![PADDING; w.kernel * w.kernel * l];
+    for_each_run(w, h, wd, |row, col, i, count| {
+        for j in 0..count {
+            table[row * l + col + j] = (i + j * w.stride) as u32;
+        }
+    });
+    table
+}
+
+/// Image (C, H, W) → columns (C·k·k, H'·W'), written into `cols`, whose rows are `stride`
+/// long, from column `offset` on (several images side by side; stride H'·W' and offset 0 for
+/// one). The image's columns are zeroed first.
+#[allow(clippy::too_many_arguments)]
+pub fn unfold<T: WithDType>(
+    image: &[T],
+    c: usize,
+    h: usize,
+    wd: usize,
+    w: Window,
+    cols: &mut [T],
+    stride: usize,
+    offset: usize,
+) {
     let (k2, l) = (w.kernel * w.kernel, w.out(h) * w.out(wd));
-    cols.fill(T::zero());
+    if wd < SMALL_WIDTH {
+        // Runs of a few pixels: one gather through a table of where each column reads from.
+        let table = gather_table(w, h, wd);
+        for ch in 0..c {
+            let src = &image[ch * h * wd..(ch + 1) * h * wd];
+            for (tap, from) in table.chunks(l).enumerate() {
+                let start = (ch * k2 + tap) * stride + offset;
+                for (o, &i) in cols[start..start + l].iter_mut().zip(from) {
+                    *o = if i == PADDING { T::zero() } else { src[i as usize] };
+                }
+            }
+        }
+        return;
+    }
+    for row in 0..c * k2 {
+        cols[row * stride + offset..row * stride + offset + l].fill(T::zero());
+    }
     for ch in 0..c {
         let src = &image[ch * h * wd..(ch + 1) * h * wd];
-        let dst = &mut cols[ch * k2 * l..(ch + 1) * k2 * l];
+        let dst = &mut cols[ch * k2 * stride..];
         for_each_run(w, h, wd, |row, col, i, count| {
-            let out = &mut dst[row * l + col..row * l + col + count];
+            let start = row * stride + offset + col;
+            let out = &mut dst[start..start + count];
             if w.stride == 1 {
                 out.copy_from_slice(&src[i..i + count]);
             } else {
