@@ -436,3 +436,32 @@ fn a_full_disk_fails_the_write_clearly_and_keeps_the_previous_checkpoint() {
     );
     assert_eq!(metrics(&out).len(), 2);
 }
+
+#[test]
+fn memory_efficient_training_matches_the_default_and_resumes_as_it_started() {
+    let data = slice_of_fashion_mnist("memory-efficient", 640, 128);
+    let d = data.to_str().unwrap();
+    let (a, b) = (data.join("default"), data.join("efficient"));
+    assert!(zoo(&train_args(d, a.to_str().unwrap(), "2")).status.success());
+    let mut args = train_args(d, b.to_str().unwrap(), "1");
+    args.push("--memory-efficient");
+    let first = zoo(&args);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("memory-efficient"), "{stderr}");
+    // The mode is saved with the run: the resume trains the second epoch the same way.
+    let resumed = zoo(&["train", "--resume", "--epochs", "2", "--out", b.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("memory-efficient"), "{stderr}");
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    for epoch in 0..2 {
+        for key in ["loss", "train_acc", "test_acc"] {
+            assert_eq!(ma[epoch][key], mb[epoch][key], "epoch {} {key}", epoch + 1);
+        }
+    }
+    assert_eq!(
+        weights_of(&a.join("last.safetensors")),
+        weights_of(&b.join("last.safetensors"))
+    );
+}
