@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{fixtures_dir, splitmix_uniform};
-use densenet_zoo::ops::{BatchNorm2d, Conv2d, SharedFeatures};
+use densenet_zoo::ops::{BatchNorm2d, Conv2d, FeatureBuffer, SharedFeatures};
 use densenet_zoo::train::{seeded_varmap, Optimizer, OptimizerKind};
 use densenet_zoo::{DenseNet, VariantSpec};
 
@@ -215,4 +215,17 @@ fn shared_features_refuse_a_block_that_is_not_filled() {
     let err = features.finish().unwrap_err().to_string();
     assert!(err.contains("3 of 5 channels pushed"), "{err}");
     assert!(SharedFeatures::new(&x, 2).is_err());
+}
+
+#[test]
+fn the_inference_feature_buffer_refuses_tensors_that_record_a_graph() {
+    let plain = uniform(4, &[2, 3, 4, 4], DType::F32);
+    let mut features = FeatureBuffer::new(&plain, 5).unwrap();
+    let tracked = Var::from_tensor(&uniform(5, &[2, 2, 4, 4], DType::F32)).unwrap();
+    let err = features.push(&(tracked.as_tensor() * 2.0).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("records an autograd graph"), "{err}");
+    features.push(&uniform(6, &[2, 2, 4, 4], DType::F32)).unwrap();
+    let out = features.finish().unwrap();
+    assert_eq!(out.dims(), &[2, 5, 4, 4]);
+    assert_eq!(max_diff(&out.narrow(1, 0, 3).unwrap(), &plain), 0.0);
 }

@@ -137,5 +137,11 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
         let e3 = inference.forward_relu_t(&x.as_detached_tensor(), false).unwrap();
         assert!(!e3.track_op());
         assert_close(&e3, &e2, 1e-12, &format!("{dims:?} eval, one pass"));
+        // Read in place from a channel range of a wider tensor, as from a block's buffer.
+        let wide = Tensor::cat(&[&x.as_detached_tensor(), &randn(&dims).as_detached_tensor()], 1).unwrap();
+        let view = wide.narrow(1, 0, dims[1]).unwrap();
+        assert!(!view.is_contiguous() || dims[0] == 1);
+        let e4 = inference.forward_relu_t(&view, false).unwrap();
+        assert_close(&e4, &e2, 1e-12, &format!("{dims:?} eval, from a wider tensor"));
     }
 }

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::DenseLayer;
-use crate::ops::{self, SharedFeatures};
+use crate::ops::{self, FeatureBuffer, SharedFeatures};
 use crate::spec::LayerKind;
 
 /// A dense block of L layers: (N, C, H, W) → (N, C + L·k, H, W).
@@ -89,12 +89,26 @@ impl DenseBlock {
             }
             return features.finish();
         }
+        if !train && !x.track_op() && !self.is_trainable() {
+            // Inference: the layers read and extend one buffer, with no copy per layer.
+            let mut features = FeatureBuffer::new(x, self.out_channels)?;
+            for layer in &self.layers {
+                let new = layer.forward_t(&features.features()?, false)?;
+                features.push(&new)?;
+            }
+            return features.finish();
+        }
         let mut features = x.clone();
         for layer in &self.layers {
             let new = layer.forward_t(&features, train)?;
             features = ops::concat_channels(&[features, new])?;
         }
         Ok(features)
+    }
+
+    /// True when the weights are variables, whose outputs record an autograd graph.
+    fn is_trainable(&self) -> bool {
+        self.layers.iter().any(DenseLayer::is_trainable)
     }
 
     /// Multiply-adds for one image whose feature maps are `side`×`side`.

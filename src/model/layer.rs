@@ -74,6 +74,11 @@ impl DenseLayer {
         Ok(y)
     }
 
+    /// True when the weights are variables, whose outputs record an autograd graph.
+    pub fn is_trainable(&self) -> bool {
+        self.units.iter().any(|u| u.conv().weight().track_op())
+    }
+
     /// Multiply-adds for one image whose feature maps are `side`×`side`.
     pub fn macs(&self, side: usize) -> u64 {
         self.units.iter().map(|u| u.conv().macs(side)).sum()

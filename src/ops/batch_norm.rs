@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use super::bn_relu_op::{BatchStats, BnReluEval, BnReluTrain};
+use super::bn_relu_op::{image_stride, BatchStats, BnReluEval, BnReluTrain};
 
 /// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
 const EPS: f64 = 1e-5;
@@ -113,7 +113,12 @@ impl BatchNorm2d {
             .zip(&scale)
             .map(|((b, m), s)| b - m * s)
             .collect();
-        x.contiguous()?.apply_op1_no_bwd(&BnReluEval { scale, shift })
+        let op = BnReluEval { scale, shift };
+        // A channel range of a wider tensor (a dense block's buffer) is read where it is.
+        match image_stride(x.layout()) {
+            Some(_) => x.apply_op1_no_bwd(&op),
+            None => x.contiguous()?.apply_op1_no_bwd(&op),
+        }
     }
 
     /// γ and β, (C) each, and ε.

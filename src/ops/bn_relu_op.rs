@@ -75,22 +75,28 @@ fn grad_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) 
     (sg.iter().sum::<f64>() + tail_g, sgx.iter().sum::<f64>() + tail_gx)
 }
 
-/// max(0, x·scale[ch] + shift[ch]) over `x` (n, c, hw), in parallel over planes. Like torch's
+/// max(0, x·scale[ch] + shift[ch]) over `x`, n images of (c, hw) that start `image_stride`
+/// apart, into a contiguous (n, c, hw), in parallel over planes. Like torch's
 /// ReLU, NaN passes through (f64::max would turn it into 0).
-fn affine_relu<T: WithDType>(x: &[T], scale: &[f64], shift: &[f64], c: usize, hw: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    let planes_in = x.par_chunks(hw);
-    y.par_chunks_mut(hw)
-        .zip(planes_in)
-        .enumerate()
-        .for_each(|(plane, (out, xs))| {
-            let ch = plane % c;
-            let (a, b) = (scale[ch], shift[ch]);
-            for (o, v) in out.iter_mut().zip(xs) {
-                let z = v.to_f64() * a + b;
-                *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
-            }
-        });
+fn affine_relu<T: WithDType>(
+    x: &[T],
+    n: usize,
+    image_stride: usize,
+    scale: &[f64],
+    shift: &[f64],
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); n * c * hw];
+    y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+        let (img, ch) = (plane / c, plane % c);
+        let xs = &x[img * image_stride + ch * hw..img * image_stride + (ch + 1) * hw];
+        let (a, b) = (scale[ch], shift[ch]);
+        for (o, v) in out.iter_mut().zip(xs) {
+            let z = v.to_f64() * a + b;
+            *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
+        }
+    });
     y
 }
 
@@ -111,9 +117,49 @@ impl CustomOp1 for BnReluEval {
         if c != self.scale.len() {
             candle_core::bail!("{}: {c} channels, {} scales", self.name(), self.scale.len());
         }
-        let out = float_kernel!(self.name(), [x: s1, l1], affine_relu(x, &self.scale, &self.shift, c, h * w));
+        // Each image contiguous, images possibly apart: a channel range of a wider tensor, as
+        // a dense block's buffer at inference.
+        let Some(stride) = image_stride(l1) else {
+            candle_core::bail!("{}: each image must be contiguous", self.name());
+        };
+        let (n, hw) = (l1.dims()[0], h * w);
+        let span = if n == 0 { 0 } else { (n - 1) * stride + c * hw };
+        let part = l1.start_offset()..l1.start_offset() + span;
+        let out = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(affine_relu(
+                &x[part.clone()],
+                n,
+                stride,
+                &self.scale,
+                &self.shift,
+                c,
+                hw,
+            )),
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(affine_relu(&x[part], n, stride, &self.scale, &self.shift, c, hw))
+            }
+            _ => candle_core::bail!("{}: needs f32 or f64", self.name()),
+        };
         Ok((out, l1.shape().clone()))
     }
+}
+
+/// The distance between images of a 4-D layout whose every image is contiguous, if it is one.
+pub(super) fn image_stride(layout: &Layout) -> Option<usize> {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    if dims.len() != 4 {
+        return None;
+    }
+    let inner_contiguous = (dims[3] == 1 || stride[3] == 1)
+        && (dims[2] == 1 || stride[2] == dims[3])
+        && (dims[1] == 1 || stride[1] == dims[2] * dims[3]);
+    inner_contiguous.then(|| {
+        if dims[0] == 1 {
+            dims[1] * dims[2] * dims[3]
+        } else {
+            stride[0]
+        }
+    })
 }
 
 /// The planes (one per image) of channel `ch` of `x` (n, c, hw).
@@ -151,7 +197,7 @@ impl BnReluTrain {
         let shift: Vec<f64> = (0..c)
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
-        let y = affine_relu(x, &scale, &shift, c, hw);
+        let y = affine_relu(x, n, c * hw, &scale, &shift, c, hw);
         *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
         y
     }
