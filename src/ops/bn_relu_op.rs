@@ -82,8 +82,7 @@ fn affine_relu<T: WithDType>(
     x: &[T],
     n: usize,
     image_stride: usize,
-    scale: &[f64],
-    shift: &[f64],
+    (scale, shift): (&[f64], &[f64]),
     c: usize,
     hw: usize,
 ) -> Vec<T> {
@@ -122,22 +121,13 @@ impl CustomOp1 for BnReluEval {
         let Some(stride) = image_stride(l1) else {
             candle_core::bail!("{}: each image must be contiguous", self.name());
         };
-        let (n, hw) = (l1.dims()[0], h * w);
-        let span = if n == 0 { 0 } else { (n - 1) * stride + c * hw };
+        let n = l1.dims()[0];
+        let span = if n == 0 { 0 } else { (n - 1) * stride + c * h * w };
         let part = l1.start_offset()..l1.start_offset() + span;
+        let (stats, hw) = ((&self.scale[..], &self.shift[..]), h * w);
         let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(affine_relu(
-                &x[part.clone()],
-                n,
-                stride,
-                &self.scale,
-                &self.shift,
-                c,
-                hw,
-            )),
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(affine_relu(&x[part], n, stride, &self.scale, &self.shift, c, hw))
-            }
+            CpuStorage::F32(x) => CpuStorage::F32(affine_relu(&x[part], n, stride, stats, c, hw)),
+            CpuStorage::F64(x) => CpuStorage::F64(affine_relu(&x[part], n, stride, stats, c, hw)),
             _ => candle_core::bail!("{}: needs f32 or f64", self.name()),
         };
         Ok((out, l1.shape().clone()))
@@ -197,7 +187,7 @@ impl BnReluTrain {
         let shift: Vec<f64> = (0..c)
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
-        let y = affine_relu(x, n, c * hw, &scale, &shift, c, hw);
+        let y = affine_relu(x, n, c * hw, (&scale, &shift), c, hw);
         *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
         y
     }

@@ -160,6 +160,27 @@ fn matmul<T: WithDType>(
     }
 }
 
+/// out, `count` images' (m × l) blocks, = a (m×k, or its transpose) · b (k × count·l), the
+/// images side by side in b's columns.
+fn matmul_into_images<T: WithDType>(
+    out: &mut [T],
+    a: &[T],
+    b: &[T],
+    (m, k, l): (usize, usize, usize),
+    a_transposed: bool,
+    count: usize,
+    par: Parallelism,
+) {
+    let dims = (m, k, count * l);
+    if count == 1 {
+        matmul(out, a, b, dims, a_transposed, false, false, par);
+    } else {
+        let mut grouped = vec![T::zero(); m * count * l];
+        matmul(&mut grouped, a, b, dims, a_transposed, false, false, par);
+        split_images(&grouped, m, l, count, out);
+    }
+}
+
 /// Runs `f(first image, images, output chunk)` over groups of `per_image`-long outputs.
 fn for_each_group<T: Send>(
     out: &mut [T],
@@ -200,14 +221,8 @@ impl ConvOp {
         let mut y = vec![T::zero(); d.n * d.cout * d.l];
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
             let cols = self.columns(x, d, first, count);
-            let dims = (d.cout, d.kk, count * d.l);
-            if count == 1 {
-                matmul(out, weight, &cols, dims, false, false, false, plan.par);
-            } else {
-                let mut grouped = vec![T::zero(); d.cout * count * d.l];
-                matmul(&mut grouped, weight, &cols, dims, false, false, false, plan.par);
-                split_images(&grouped, d.cout, d.l, count, out);
-            }
+            let dims = (d.cout, d.kk, d.l);
+            matmul_into_images(out, weight, &cols, dims, false, count, plan.par);
         });
         y
     }
@@ -223,14 +238,8 @@ impl ConvOp {
             let plan = plan(d.n, d.l);
             for_each_group(&mut dx, plane, &plan, |first, count, out| {
                 let g = side_by_side(&dy[first * d.cout * d.l..], d.cout, d.l, count);
-                let dims = (d.kk, d.cout, count * d.l);
-                if count == 1 {
-                    matmul(out, weight, &g, dims, true, false, false, plan.par);
-                } else {
-                    let mut grouped = vec![T::zero(); d.kk * count * d.l];
-                    matmul(&mut grouped, weight, &g, dims, true, false, false, plan.par);
-                    split_images(&grouped, d.kk, d.l, count, out);
-                }
+                let dims = (d.kk, d.cout, d.l);
+                matmul_into_images(out, weight, &g, dims, true, count, plan.par);
             });
             return dx;
         }

@@ -27,7 +27,7 @@ use candle_core::{
 use super::batch_norm::values_per_channel;
 use super::bn_relu_op::{self, BatchStats, BnReluTrain};
 use super::conv_op::{self, ConvOp};
-use super::cpu::contiguous;
+use super::cpu::float_kernel;
 use super::im2col::Window;
 use super::{BatchNorm2d, Conv2d};
 
@@ -182,21 +182,15 @@ impl SharedFeatures {
     }
 }
 
-/// The `f32` or `f64` slice of a CPU tensor, contiguous, for `$body`; `$op` names the op.
-macro_rules! with_cpu_slice {
-    ($op:expr, $tensor:expr, |$slice:ident| $f32:expr, $f64:expr) => {{
+/// Runs `$body` on the contiguous f32 or f64 CPU storage of `$tensor`, bound to `$slice`,
+/// with [`float_kernel`]'s other inputs.
+macro_rules! with_buffer {
+    ($op:expr, $tensor:expr, [$slice:ident $(; $x:ident: $s:expr, $l:expr)*], $body:expr) => {{
         let (storage, layout) = $tensor.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(CpuStorage::F32(data)) => {
-                let $slice = contiguous(data, layout, $op)?;
-                $f32
-            }
-            Storage::Cpu(CpuStorage::F64(data)) => {
-                let $slice = contiguous(data, layout, $op)?;
-                $f64
-            }
-            _ => candle_core::bail!("{}: needs f32 or f64 on the CPU", $op),
-        }
+        let Storage::Cpu(data) = &*storage else {
+            candle_core::bail!("{}: needs the CPU", $op)
+        };
+        float_kernel!($op, [$slice: data, layout $(; $x: $s, $l)*], $body)
     }};
 }
 
@@ -290,29 +284,11 @@ impl CustomOp3 for FirstUnit {
         let (n, _, h, w) = features.dims4()?;
         let d = [n, features.dim(1)?, h, w];
         let cout = l3.shape().dims()[0];
-        let out = with_cpu_slice!(
+        let out = with_buffer!(
             self.name(),
             features,
-            |buffer| match (s2, s3) {
-                (CpuStorage::F32(gb), CpuStorage::F32(wt)) => CpuStorage::F32(self.forward(
-                    buffer,
-                    contiguous(gb, l2, self.name())?,
-                    contiguous(wt, l3, self.name())?,
-                    &d,
-                    l3
-                )?),
-                _ => candle_core::bail!("{}: inputs must all be f32", self.name()),
-            },
-            match (s2, s3) {
-                (CpuStorage::F64(gb), CpuStorage::F64(wt)) => CpuStorage::F64(self.forward(
-                    buffer,
-                    contiguous(gb, l2, self.name())?,
-                    contiguous(wt, l3, self.name())?,
-                    &d,
-                    l3
-                )?),
-                _ => candle_core::bail!("{}: inputs must all be f64", self.name()),
-            }
+            [buffer; gb: s2, l2; wt: s3, l3],
+            self.forward(buffer, gb, wt, &d, l3)?
         );
         let shape = Shape::from((n, cout, self.window.out(h), self.window.out(w)));
         Ok((out, shape))
@@ -357,12 +333,7 @@ impl CustomOp1 for Output {
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         let features = self.block.features();
-        let out = with_cpu_slice!(
-            self.name(),
-            features,
-            |data| CpuStorage::F32(data.to_vec()),
-            CpuStorage::F64(data.to_vec())
-        );
+        let out = with_buffer!(self.name(), features, [data], data.to_vec());
         Ok((out, features.shape().clone()))
     }
 
