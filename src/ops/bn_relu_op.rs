@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu::float_kernel;
+use super::cpu::{float_kernel, unwritten_vec};
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
@@ -86,7 +86,7 @@ fn affine_relu<T: WithDType>(
     c: usize,
     hw: usize,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); n * c * hw];
+    let mut y = unwritten_vec(n * c * hw);
     y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
         let (img, ch) = (plane / c, plane % c);
         let xs = &x[img * image_stride + ch * hw..img * image_stride + (ch + 1) * hw];
@@ -283,7 +283,7 @@ impl BnReluBackward {
             })
             .collect();
         let numel = x.len();
-        let mut out = vec![T::zero(); numel + 2 * c];
+        let mut out = unwritten_vec(numel + 2 * c);
         let (dx, tail) = out.split_at_mut(numel);
         let inputs = x.par_chunks(hw).zip(y.par_chunks(hw)).zip(dy.par_chunks(hw));
         dx.par_chunks_mut(hw)

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu::float_kernel;
+use super::cpu::{float_kernel, unwritten_vec};
 
 /// y (N, C, H, W) + b (C) broadcast over N, H, W; the bias gradient is a per-channel sum.
 pub(super) struct BiasAdd;
@@ -89,7 +89,7 @@ struct AvgPool2x2Backward {
 
 fn avg_pool<T: WithDType>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![T::zero(); planes * ho * wo];
+    let mut out = unwritten_vec(planes * ho * wo);
     let quarter = T::from_f64(0.25);
     out.par_chunks_mut((ho * wo).max(1))
         .enumerate()

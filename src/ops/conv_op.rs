@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDTyp
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::float_kernel;
+use super::cpu::{float_kernel, unwritten_vec};
 use super::im2col::{fold, unfold, Window};
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
@@ -90,7 +90,7 @@ fn side_by_side<T: WithDType>(images: &[T], rows: usize, l: usize, count: usize)
         return Cow::Borrowed(&images[..rows * l]);
     }
     let width = count * l;
-    let mut out = vec![T::zero(); rows * width];
+    let mut out = unwritten_vec(rows * width);
     for i in 0..count {
         for r in 0..rows {
             let from = &images[(i * rows + r) * l..(i * rows + r + 1) * l];
@@ -175,7 +175,7 @@ fn matmul_into_images<T: WithDType>(
     if count == 1 {
         matmul(out, a, b, dims, a_transposed, false, false, par);
     } else {
-        let mut grouped = vec![T::zero(); m * count * l];
+        let mut grouped = unwritten_vec(m * count * l);
         matmul(&mut grouped, a, b, dims, a_transposed, false, false, par);
         split_images(&grouped, m, l, count, out);
     }
@@ -209,7 +209,7 @@ impl ConvOp {
             return side_by_side(images, d.cin, d.l, count);
         }
         let width = count * d.l;
-        let mut cols = vec![T::zero(); d.kk * width];
+        let mut cols = unwritten_vec(d.kk * width);
         for (i, image) in images.chunks(plane).enumerate() {
             unfold(image, d.cin, d.h, d.w, self.0, &mut cols, width, i * d.l);
         }
@@ -218,7 +218,7 @@ impl ConvOp {
 
     pub(super) fn forward<T: WithDType>(&self, x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         let plan = plan(d.n, d.l);
-        let mut y = vec![T::zero(); d.n * d.cout * d.l];
+        let mut y = unwritten_vec(d.n * d.cout * d.l);
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
             let cols = self.columns(x, d, first, count);
             let dims = (d.cout, d.kk, d.l);

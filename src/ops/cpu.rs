@@ -1,7 +1,7 @@
 //! What every CPU kernel here shares: contiguous input slices, and running a generic kernel
 //! on f32 or f64 storage.
 
-use candle_core::{Layout, Result};
+use candle_core::{Layout, Result, WithDType};
 
 /// The contiguous elements of a storage `data` under `layout`; `op` names the kernel in errors.
 pub(super) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
@@ -30,3 +30,20 @@ macro_rules! float_kernel {
     };
 }
 pub(super) use float_kernel;
+
+/// A vector of `len` elements left unwritten, for a kernel that writes every one of them
+/// before anything reads it (a GEMM that overwrites its output, a copy, an elementwise map):
+/// it saves the pass that zeroing would cost, which the allocator cannot skip once it
+/// recycles freed memory (see `crate::allocator`).
+///
+/// The caller must write every element before reading any.
+pub(super) fn unwritten_vec<T: WithDType>(len: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: T is f32 or f64, for which every bit pattern is a value, and the caller writes
+    // each element before it is read (the contract above).
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
+}

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu::float_kernel;
+use super::cpu::{float_kernel, unwritten_vec};
 
 /// Max pooling with a k×k window, stride and implicit −∞ padding, like PyTorch's
 /// `MaxPool2d(k, stride, padding)` (floor mode): (N, C, H, W) → (N, C, H', W') with
@@ -154,7 +154,7 @@ impl MaxPool2d {
     }
 
     fn forward<T: WithDType>(&self, x: &[T], g: &Window) -> Vec<T> {
-        let mut out = vec![T::zero(); g.n * g.ho * g.wo];
+        let mut out = unwritten_vec(g.n * g.ho * g.wo);
         out.par_chunks_mut(g.ho * g.wo)
             .enumerate()
             .for_each(|(plane, dst)| {
