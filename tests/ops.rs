@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::assert_close;
 use densenet_zoo::checkpoint::varmap_tensors;
-use densenet_zoo::ops::{conv2d, BatchNorm2d};
+use densenet_zoo::ops::{conv2d, norm_relu_conv, BatchNorm2d, Conv2d};
 
 fn randn(shape: &[usize]) -> Var {
     Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
@@ -59,6 +59,96 @@ fn conv2d_matches_candle_forward_and_backward() {
             let b = g_ref.get(v.as_tensor()).unwrap();
             assert_close(a, b, 1e-12, &format!("{what}: grad of {name}"));
         }
+    }
+}
+
+#[test]
+fn inference_norm_relu_conv_matches_the_composed_reference() {
+    // (batch, channels read, channels of the tensor they are read from, out, height, width,
+    // kernel): the conv reads the first channels of a wider tensor, as a dense layer reads a
+    // block's buffer; maps under 16 wide gather im2col through a table, wider ones copy runs;
+    // batches of small maps go several images to a GEMM.
+    let cases = [
+        (2, 3, 3, 4, 9, 11, 3),
+        (1, 5, 9, 4, 17, 18, 3),
+        (5, 6, 10, 3, 7, 7, 3),
+        (3, 5, 5, 7, 8, 8, 1),
+        (4, 6, 11, 2, 5, 3, 1),
+        (1, 4, 6, 3, 20, 16, 1),
+        (2, 2, 3, 3, 1, 1, 3),
+    ];
+    for (n, cin, wide, cout, h, w, k) in cases {
+        let what = format!("norm-relu-conv {n}x{cin}(of {wide})x{h}x{w} k{k}");
+        let stat = |lo: f64, hi: f64| Tensor::rand(lo, hi, cin, &Device::Cpu).unwrap();
+        let tensors = std::collections::HashMap::from([
+            ("norm.weight".to_string(), stat(-1.5, 1.5)),
+            ("norm.bias".to_string(), stat(-1.0, 1.0)),
+            ("norm.running_mean".to_string(), stat(-0.5, 0.5)),
+            ("norm.running_var".to_string(), stat(0.2, 2.0)),
+            (
+                "conv.weight".to_string(),
+                randn(&[cout, cin, k, k]).as_tensor().detach(),
+            ),
+            (
+                "conv.bias".to_string(),
+                stat(-1.0, 1.0).narrow(0, 0, cout.min(cin)).unwrap(),
+            ),
+        ]);
+        let bias = cout <= cin;
+        let buffer = randn(&[n, wide, h, w]).as_tensor().detach();
+        let x = buffer.narrow(1, 0, cin).unwrap();
+        for dtype in [DType::F64, DType::F32] {
+            let vb = VarBuilder::from_tensors(tensors.clone(), dtype, &Device::Cpu);
+            let norm = BatchNorm2d::new(vb.pp("norm"), cin).unwrap();
+            let conv = Conv2d::new(vb.pp("conv"), cin, cout, k, 1, k / 2, bias).unwrap();
+            let x = x.to_dtype(dtype).unwrap();
+            let fused = norm_relu_conv(&norm, &conv, &x, false).unwrap();
+            // The same arithmetic in two passes, through a normalised copy: equal, bit for bit.
+            let normalised = norm.forward_relu_t(&x.contiguous().unwrap(), false).unwrap();
+            let two_passes = candle_core::Module::forward(&conv, &normalised).unwrap();
+            let (a, b) = (
+                fused
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                two_passes
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+            );
+            let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            assert_eq!(
+                differ, 0,
+                "{what} {dtype:?}: values where fused and two passes differ"
+            );
+        }
+        // And candle's ops, from the formula.
+        let t = |name: &str| tensors[name].reshape((1, cin, 1, 1)).unwrap();
+        let scale = (t("norm.weight") / (t("norm.running_var") + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        let shift = (t("norm.bias") - t("norm.running_mean").mul(&scale).unwrap()).unwrap();
+        let z = x
+            .broadcast_mul(&scale)
+            .unwrap()
+            .broadcast_add(&shift)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let mut reference = z.conv2d(&tensors["conv.weight"], k / 2, 1, 1, 1).unwrap();
+        if bias {
+            let b = tensors["conv.bias"].reshape((1, cout, 1, 1)).unwrap();
+            reference = reference.broadcast_add(&b).unwrap();
+        }
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F64, &Device::Cpu);
+        let norm = BatchNorm2d::new(vb.pp("norm"), cin).unwrap();
+        let conv = Conv2d::new(vb.pp("conv"), cin, cout, k, 1, k / 2, bias).unwrap();
+        let ours = norm_relu_conv(&norm, &conv, &x, false).unwrap();
+        assert_close(&ours, &reference, 1e-12, &what);
     }
 }
 

@@ -1,9 +1,9 @@
 //! The pre-activation unit every DenseNet is made of: batch norm, ReLU, then a convolution.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{BatchNorm2d, Conv2d, SharedFeatures};
+use crate::ops::{self, BatchNorm2d, Conv2d, SharedFeatures};
 
 /// BN-ReLU-Conv: (N, in, H, W) → (N, out, H', W'), with stride 1 and "same" padding.
 ///
@@ -41,8 +41,7 @@ impl NormReluConv {
 
     /// Applies the unit; `train` selects batch statistics in the norm.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm.forward_relu_t(x, train)?;
-        self.conv.forward(&x)
+        ops::norm_relu_conv(&self.norm, &self.conv, x, train)
     }
 
     /// Applies the unit in training mode to the concatenation held by `features`, storing

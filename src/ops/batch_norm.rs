@@ -78,8 +78,7 @@ impl BatchNorm2d {
     /// a single pass; elsewhere, [`BatchNorm2d::forward_t`] then ReLU. Same semantics either way.
     pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-        let no_graph = !x.track_op() && !self.weight.track_op() && !self.bias.track_op();
-        if !train && cpu && no_graph {
+        if !train && cpu && !x.track_op() && !self.records_graph() {
             return self.eval_relu(x);
         }
         if !(train && cpu) {
@@ -96,8 +95,23 @@ impl BatchNorm2d {
         Ok(y)
     }
 
+    /// True when γ or β is a variable, whose uses autograd records.
+    pub(super) fn records_graph(&self) -> bool {
+        self.weight.track_op() || self.bias.track_op()
+    }
+
     /// Inference: one pass of the fused eval kernel, which has no backward.
     fn eval_relu(&self, x: &Tensor) -> Result<Tensor> {
+        let op = self.eval_map()?;
+        // A channel range of a wider tensor (a dense block's buffer) is read where it is.
+        match image_stride(x.layout()) {
+            Some(_) => x.apply_op1_no_bwd(&op),
+            None => x.contiguous()?.apply_op1_no_bwd(&op),
+        }
+    }
+
+    /// The eval-mode norm and its ReLU as a per-channel map, from the running statistics.
+    pub(super) fn eval_map(&self) -> Result<BnReluEval> {
         let f64s = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
         let (gamma, beta) = (f64s(&self.weight)?, f64s(&self.bias)?);
         let mean = f64s(self.running_mean.as_tensor())?;
@@ -113,12 +127,7 @@ impl BatchNorm2d {
             .zip(&scale)
             .map(|((b, m), s)| b - m * s)
             .collect();
-        let op = BnReluEval { scale, shift };
-        // A channel range of a wider tensor (a dense block's buffer) is read where it is.
-        match image_stride(x.layout()) {
-            Some(_) => x.apply_op1_no_bwd(&op),
-            None => x.contiguous()?.apply_op1_no_bwd(&op),
-        }
+        Ok(BnReluEval { scale, shift })
     }
 
     /// γ and β, (C) each, and ε.

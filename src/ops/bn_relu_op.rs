@@ -75,35 +75,37 @@ fn grad_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) 
     (sg.iter().sum::<f64>() + tail_g, sgx.iter().sum::<f64>() + tail_gx)
 }
 
-/// max(0, x·scale[ch] + shift[ch]) over `x`, n images of (c, hw) that start `image_stride`
-/// apart, into a contiguous (n, c, hw), in parallel over planes. Like torch's
-/// ReLU, NaN passes through (f64::max would turn it into 0).
-fn affine_relu<T: WithDType>(
-    x: &[T],
-    n: usize,
-    image_stride: usize,
-    (scale, shift): (&[f64], &[f64]),
-    c: usize,
-    hw: usize,
-) -> Vec<T> {
-    let mut y = unwritten_vec(n * c * hw);
-    y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-        let (img, ch) = (plane / c, plane % c);
-        let xs = &x[img * image_stride + ch * hw..img * image_stride + (ch + 1) * hw];
-        let (a, b) = (scale[ch], shift[ch]);
-        for (o, v) in out.iter_mut().zip(xs) {
-            let z = v.to_f64() * a + b;
-            *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
-        }
-    });
-    y
-}
-
 /// Eval-mode batch norm and ReLU in one pass, for inference: y = max(0, x·scale + shift) per
 /// channel, with scale = γ/√(running σ² + ε) and shift = β − running μ·scale. No backward.
+/// The training op applies its batch statistics through it too, and the convolution through
+/// it reads its input already normalised (`conv_op::Images`).
 pub struct BnReluEval {
     pub scale: Vec<f64>,
     pub shift: Vec<f64>,
+}
+
+impl BnReluEval {
+    /// `dst` = max(0, `src`·scale + shift) for values of channel `ch`. Like torch's ReLU, NaN
+    /// passes through (f64::max would turn it into 0).
+    #[inline]
+    pub(super) fn apply<T: WithDType>(&self, ch: usize, src: &[T], dst: &mut [T]) {
+        let (a, b) = (self.scale[ch], self.shift[ch]);
+        for (o, v) in dst.iter_mut().zip(src) {
+            let z = v.to_f64() * a + b;
+            *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
+        }
+    }
+
+    /// The map over `x`, n images of (c, hw) that start `image_stride` apart, into a
+    /// contiguous (n, c, hw), in parallel over planes.
+    fn planes<T: WithDType>(&self, x: &[T], n: usize, image_stride: usize, c: usize, hw: usize) -> Vec<T> {
+        let mut y = unwritten_vec(n * c * hw);
+        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+            let (img, ch) = (plane / c, plane % c);
+            self.apply(ch, &x[img * image_stride + ch * hw..], out);
+        });
+        y
+    }
 }
 
 impl CustomOp1 for BnReluEval {
@@ -124,10 +126,10 @@ impl CustomOp1 for BnReluEval {
         let n = l1.dims()[0];
         let span = if n == 0 { 0 } else { (n - 1) * stride + c * h * w };
         let part = l1.start_offset()..l1.start_offset() + span;
-        let (stats, hw) = ((&self.scale[..], &self.shift[..]), h * w);
+        let hw = h * w;
         let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(affine_relu(&x[part], n, stride, stats, c, hw)),
-            CpuStorage::F64(x) => CpuStorage::F64(affine_relu(&x[part], n, stride, stats, c, hw)),
+            CpuStorage::F32(x) => CpuStorage::F32(self.planes(&x[part], n, stride, c, hw)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.planes(&x[part], n, stride, c, hw)),
             _ => candle_core::bail!("{}: needs f32 or f64", self.name()),
         };
         Ok((out, l1.shape().clone()))
@@ -184,10 +186,10 @@ impl BnReluTrain {
         let scale: Vec<f64> = (0..c)
             .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
             .collect();
-        let shift: Vec<f64> = (0..c)
+        let shift = (0..c)
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
-        let y = affine_relu(x, n, c * hw, (&scale, &shift), c, hw);
+        let y = BnReluEval { scale, shift }.planes(x, n, c * hw, c, hw);
         *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
         y
     }

@@ -3,8 +3,10 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::conv_op::ConvOp;
+use super::bn_relu_op::image_stride;
+use super::conv_op::{ConvOp, NormReluConvOp};
 use super::im2col::Window;
+use super::BatchNorm2d;
 
 /// A k×k convolution with stride, zero padding and an optional bias.
 ///
@@ -92,6 +94,31 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.add_bias(conv2d(x, &self.weight, self.stride, self.padding)?)
     }
+}
+
+/// conv(max(0, norm(x))), the pre-activation unit: (N, Cin, H, W) → (N, Cout, H', W').
+///
+/// At inference on the CPU (f32, f64; nothing recording a graph), one op that applies the
+/// eval-mode norm and ReLU as the convolution reads `x`, with no normalised copy of `x` in
+/// between, reading a channel range of a wider tensor where it lies; otherwise
+/// [`BatchNorm2d::forward_relu_t`] then the convolution. Same values either way.
+pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+    let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let no_graph = !x.track_op() && !norm.records_graph() && !conv.weight.track_op();
+    if train || !cpu || !no_graph {
+        return conv.forward(&norm.forward_relu_t(x, train)?);
+    }
+    let op = NormReluConvOp {
+        window: conv.window()?,
+        norm_relu: norm.eval_map()?,
+    };
+    let y = match image_stride(x.layout()) {
+        Some(_) => x.apply_op2_no_bwd(&conv.weight.contiguous()?, &op)?,
+        None => x
+            .contiguous()?
+            .apply_op2_no_bwd(&conv.weight.contiguous()?, &op)?,
+    };
+    conv.add_bias(y)
 }
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W'), without bias.

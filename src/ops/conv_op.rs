@@ -16,8 +16,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDTyp
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::bn_relu_op::{image_stride, BnReluEval};
 use super::cpu::{float_kernel, unwritten_vec};
-use super::im2col::{fold, unfold, Window};
+use super::im2col::{fold, Unfold, Window};
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
 pub(super) struct ConvOp(pub Window);
@@ -84,19 +85,69 @@ fn plan(n: usize, l: usize) -> Plan {
     }
 }
 
-/// `count` images' (rows × l) blocks, side by side: (rows × count·l). One image is borrowed.
-fn side_by_side<T: WithDType>(images: &[T], rows: usize, l: usize, count: usize) -> Cow<'_, [T]> {
-    if count == 1 {
-        return Cow::Borrowed(&images[..rows * l]);
+/// What a convolution reads: images of (rows, l), each contiguous, `stride` elements apart
+/// (a channel range of a dense block's buffer at inference), read through `norm_relu` when
+/// there is one: the eval-mode batch norm and ReLU before the convolution, applied as the
+/// input is read instead of in a pass of its own.
+pub(super) struct Images<'a, T> {
+    pub data: &'a [T],
+    pub stride: usize,
+    pub norm_relu: Option<&'a BnReluEval>,
+}
+
+impl<'a, T: WithDType> Images<'a, T> {
+    /// Contiguous images of `len` elements each, read as they are.
+    pub(super) fn contiguous(data: &'a [T], len: usize) -> Self {
+        Self {
+            data,
+            stride: len,
+            norm_relu: None,
+        }
+    }
+
+    /// Image `i`, its first `len` elements.
+    fn image(&self, i: usize, len: usize) -> &'a [T] {
+        &self.data[i * self.stride..i * self.stride + len]
+    }
+
+    /// Row `r` (of length `l`) of image `i`, through `norm_relu` into `scratch` if needed.
+    fn row<'s>(&self, i: usize, r: usize, l: usize, scratch: &'s mut Vec<T>) -> &'s [T]
+    where
+        'a: 's,
+    {
+        let row = &self.data[i * self.stride + r * l..i * self.stride + (r + 1) * l];
+        match self.norm_relu {
+            Some(map) => {
+                scratch.resize(l, T::zero());
+                map.apply(r, row, scratch);
+                scratch
+            }
+            None => row,
+        }
+    }
+}
+
+/// Images first..first + count's (rows × l) blocks, side by side: (rows × count·l). One
+/// image read as it is is borrowed.
+fn side_by_side<'a, T: WithDType>(
+    x: &Images<'a, T>,
+    rows: usize,
+    l: usize,
+    first: usize,
+    count: usize,
+) -> Cow<'a, [T]> {
+    if count == 1 && x.norm_relu.is_none() {
+        return Cow::Borrowed(x.image(first, rows * l));
     }
     let width = count * l;
     let mut out = unwritten_vec(rows * width);
-    for i in 0..count {
-        for r in 0..rows {
-            let from = &images[(i * rows + r) * l..(i * rows + r + 1) * l];
-            out[r * width + i * l..r * width + (i + 1) * l].copy_from_slice(from);
-        }
-    }
+    out.par_chunks_mut(width)
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (r, dst)| {
+            for i in 0..count {
+                dst[i * l..(i + 1) * l].copy_from_slice(x.row(first + i, r, l, scratch));
+            }
+        });
     Cow::Owned(out)
 }
 
@@ -201,22 +252,33 @@ fn for_each_group<T: Send>(
 }
 
 impl ConvOp {
-    /// The columns (K × count·L) of images first..first + count, side by side.
-    fn columns<'a, T: WithDType>(&self, x: &'a [T], d: &Dims, first: usize, count: usize) -> Cow<'a, [T]> {
-        let plane = d.cin * d.h * d.w;
-        let images = &x[first * plane..(first + count) * plane];
+    /// The columns (K × count·L) of images first..first + count, side by side, in parallel
+    /// over channels.
+    fn columns<'a, T: WithDType>(
+        &self,
+        x: &Images<'a, T>,
+        d: &Dims,
+        first: usize,
+        count: usize,
+    ) -> Cow<'a, [T]> {
         if self.0.is_pointwise() {
-            return side_by_side(images, d.cin, d.l, count);
+            return side_by_side(x, d.cin, d.l, first, count);
         }
-        let width = count * d.l;
+        let (width, hw) = (count * d.l, d.h * d.w);
+        let unfold = Unfold::new(self.0, d.h, d.w);
         let mut cols = unwritten_vec(d.kk * width);
-        for (i, image) in images.chunks(plane).enumerate() {
-            unfold(image, d.cin, d.h, d.w, self.0, &mut cols, width, i * d.l);
-        }
+        let rows_per_channel = d.kk / d.cin;
+        cols.par_chunks_mut(rows_per_channel * width)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (ch, rows)| {
+                for i in 0..count {
+                    unfold.plane(x.row(first + i, ch, hw, scratch), rows, width, i * d.l);
+                }
+            });
         Cow::Owned(cols)
     }
 
-    pub(super) fn forward<T: WithDType>(&self, x: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    pub(super) fn forward<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
         let plan = plan(d.n, d.l);
         let mut y = unwritten_vec(d.n * d.cout * d.l);
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
@@ -237,7 +299,8 @@ impl ConvOp {
             // dx = Wᵀ·dy, images side by side.
             let plan = plan(d.n, d.l);
             for_each_group(&mut dx, plane, &plan, |first, count, out| {
-                let g = side_by_side(&dy[first * d.cout * d.l..], d.cout, d.l, count);
+                let dy = Images::contiguous(dy, d.cout * d.l);
+                let g = side_by_side(&dy, d.cout, d.l, first, count);
                 let dims = (d.kk, d.cout, d.l);
                 matmul_into_images(out, weight, &g, dims, true, count, plan.par);
             });
@@ -301,16 +364,20 @@ impl ConvOp {
             kk: row,
             l: d.h * d.w,
         };
-        ConvOp(adjoint).forward(dy, &flipped, &of_dy)
+        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
     }
 
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let plan = plan(d.n, d.l);
         // dW += dy (Cout × count·L) · colsᵀ (count·L × K) for each group of images.
+        let (x, dy) = (
+            Images::contiguous(x, d.cin * d.h * d.w),
+            Images::contiguous(dy, d.cout * d.l),
+        );
         let group = |first: usize, acc: &mut Vec<T>| {
             let count = plan.per_gemm.min(d.n - first);
-            let cols = self.columns(x, d, first, count);
-            let g = side_by_side(&dy[first * d.cout * d.l..], d.cout, d.l, count);
+            let cols = self.columns(&x, d, first, count);
+            let g = side_by_side(&dy, d.cout, d.l, first, count);
             let dims = (d.cout, count * d.l, d.kk);
             matmul(acc, &g, &cols, dims, false, true, true, plan.par);
         };
@@ -351,7 +418,10 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = self.dims(l1, l2)?;
-        let out = float_kernel!(self.name(), [x: s1, l1; w: s2, l2], self.forward(x, w, &d));
+        let plane = d.cin * d.h * d.w;
+        let out = float_kernel!(self.name(), [x: s1, l1; w: s2, l2], {
+            self.forward(&Images::contiguous(x, plane), w, &d)
+        });
         Ok((out, Shape::from((d.n, d.cout, self.0.out(d.h), self.0.out(d.w)))))
     }
 
@@ -386,6 +456,76 @@ pub(super) fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, window: Window) -> R
         },
     )?;
     Ok((dx, dw))
+}
+
+/// Inference: (x, W) → conv(max(0, x·scale + shift)), the eval-mode batch norm and ReLU
+/// applied as the convolution reads x, whose images may lie apart (a channel range of a dense
+/// block's buffer). No backward.
+pub(super) struct NormReluConvOp {
+    pub window: Window,
+    pub norm_relu: BnReluEval,
+}
+
+impl CustomOp2 for NormReluConvOp {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-conv2d-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let conv = ConvOp(self.window);
+        let d = conv.dims(l1, l2)?;
+        if self.norm_relu.scale.len() != d.cin {
+            candle_core::bail!(
+                "{}: {} channels, {} scales",
+                self.name(),
+                d.cin,
+                self.norm_relu.scale.len()
+            );
+        }
+        let Some(stride) = image_stride(l1) else {
+            candle_core::bail!("{}: each image must be contiguous", self.name());
+        };
+        let span = d.n.saturating_sub(1) * stride + d.cin * d.h * d.w;
+        let part = l1.start_offset()..l1.start_offset() + span;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                CpuStorage::F32(self.forward(&x[part], stride, w, l2, &d)?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                CpuStorage::F64(self.forward(&x[part], stride, w, l2, &d)?)
+            }
+            _ => candle_core::bail!("{}: inputs must both be f32 or both f64", self.name()),
+        };
+        Ok((
+            out,
+            Shape::from((d.n, d.cout, self.window.out(d.h), self.window.out(d.w))),
+        ))
+    }
+}
+
+impl NormReluConvOp {
+    fn forward<T: WithDType>(
+        &self,
+        x: &[T],
+        stride: usize,
+        w: &[T],
+        wl: &Layout,
+        d: &Dims,
+    ) -> Result<Vec<T>> {
+        let x = Images {
+            data: x,
+            stride,
+            norm_relu: Some(&self.norm_relu),
+        };
+        let w = super::cpu::contiguous(w, wl, self.name())?;
+        Ok(ConvOp(self.window).forward(&x, w, d))
+    }
 }
 
 /// (dy, W) → dx.

@@ -1,6 +1,6 @@
 //! `im2col` and `col2im` for one image: convolution as matrix multiplication.
 //!
-//! `unfold` turns an image (C, H, W) into columns (C·k·k, H'·W'): row c·k·k + ky·k + kx, column
+//! `Unfold` turns an image (C, H, W) into columns (C·k·k, H'·W'): row c·k·k + ky·k + kx, column
 //! y'·W' + x' holds x[c, y'·s − p + ky, x'·s − p + kx], or 0 in the padding. A k×k conv is then
 //! the weight (Cout, C·k·k) times the columns. `fold` is its adjoint: it adds columns back
 //! into an image, summing overlapping taps, which gives the input gradient.
@@ -57,7 +57,7 @@ fn for_each_run(w: Window, h: usize, wd: usize, mut f: impl FnMut(usize, usize, 
     }
 }
 
-/// Below this width, [`unfold`] gathers through a table instead of copying runs.
+/// Below this width, [`Unfold`] gathers through a table instead of copying runs.
 const SMALL_WIDTH: usize = 16;
 
 /// Marks a tap that falls in the padding in [`gather_table`].
@@ -75,49 +75,53 @@ fn gather_table(w: Window, h: usize, wd: usize) -> Vec<u32> {
     table
 }
 
-/// Image (C, H, W) → columns (C·k·k, H'·W'), written into `cols`, whose rows are `stride`
-/// long, from column `offset` on (several images side by side; stride H'·W' and offset 0 for
-/// one). The image's columns are zeroed first.
-#[allow(clippy::too_many_arguments)]
-pub fn unfold<T: WithDType>(
-    image: &[T],
-    c: usize,
+/// `im2col` for planes of one size: a channel plane (H, W) → its k·k rows of columns, row
+/// ky·k + kx, column y'·W' + x' holding x[y'·s − p + ky, x'·s − p + kx], or 0 in the padding.
+pub struct Unfold {
+    window: Window,
     h: usize,
     wd: usize,
-    w: Window,
-    cols: &mut [T],
-    stride: usize,
-    offset: usize,
-) {
-    let (k2, l) = (w.kernel * w.kernel, w.out(h) * w.out(wd));
-    if wd < SMALL_WIDTH {
-        // Runs of a few pixels: one gather through a table of where each column reads from.
-        let table = gather_table(w, h, wd);
-        for ch in 0..c {
-            let src = &image[ch * h * wd..(ch + 1) * h * wd];
+    /// Where each column reads from, for planes narrower than [`SMALL_WIDTH`], whose runs are
+    /// too short to copy one by one.
+    table: Option<Vec<u32>>,
+}
+
+impl Unfold {
+    /// Unfolding for (H, W) = (`h`, `wd`) planes under window `w`.
+    pub fn new(window: Window, h: usize, wd: usize) -> Self {
+        let table = (wd < SMALL_WIDTH).then(|| gather_table(window, h, wd));
+        Self { window, h, wd, table }
+    }
+
+    /// Writes the columns of `plane` (H·W) into `rows` (k·k rows `stride` long), from column
+    /// `offset` on: several images side by side share rows; stride H'·W' and offset 0 for one.
+    pub fn plane<T: WithDType>(&self, plane: &[T], rows: &mut [T], stride: usize, offset: usize) {
+        let w = self.window;
+        let (k2, l) = (w.kernel * w.kernel, w.out(self.h) * w.out(self.wd));
+        if let Some(table) = &self.table {
             for (tap, from) in table.chunks(l).enumerate() {
-                let start = (ch * k2 + tap) * stride + offset;
-                for (o, &i) in cols[start..start + l].iter_mut().zip(from) {
-                    *o = if i == PADDING { T::zero() } else { src[i as usize] };
+                let start = tap * stride + offset;
+                for (o, &i) in rows[start..start + l].iter_mut().zip(from) {
+                    *o = if i == PADDING {
+                        T::zero()
+                    } else {
+                        plane[i as usize]
+                    };
                 }
             }
+            return;
         }
-        return;
-    }
-    for row in 0..c * k2 {
-        cols[row * stride + offset..row * stride + offset + l].fill(T::zero());
-    }
-    for ch in 0..c {
-        let src = &image[ch * h * wd..(ch + 1) * h * wd];
-        let dst = &mut cols[ch * k2 * stride..];
-        for_each_run(w, h, wd, |row, col, i, count| {
+        for tap in 0..k2 {
+            rows[tap * stride + offset..tap * stride + offset + l].fill(T::zero());
+        }
+        for_each_run(w, self.h, self.wd, |row, col, i, count| {
             let start = row * stride + offset + col;
-            let out = &mut dst[start..start + count];
+            let out = &mut rows[start..start + count];
             if w.stride == 1 {
-                out.copy_from_slice(&src[i..i + count]);
+                out.copy_from_slice(&plane[i..i + count]);
             } else {
                 for (j, o) in out.iter_mut().enumerate() {
-                    *o = src[i + j * w.stride];
+                    *o = plane[i + j * w.stride];
                 }
             }
         });

@@ -19,7 +19,7 @@ mod pool;
 mod shared_features;
 
 pub use batch_norm::BatchNorm2d;
-pub use conv::{conv2d, Conv2d};
+pub use conv::{conv2d, norm_relu_conv, Conv2d};
 pub use feature_buffer::FeatureBuffer;
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
 pub use shared_features::SharedFeatures;

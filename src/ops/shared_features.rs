@@ -26,7 +26,7 @@ use candle_core::{
 
 use super::batch_norm::values_per_channel;
 use super::bn_relu_op::{self, BatchStats, BnReluTrain};
-use super::conv_op::{self, ConvOp};
+use super::conv_op::{self, ConvOp, Images};
 use super::cpu::float_kernel;
 use super::im2col::Window;
 use super::{BatchNorm2d, Conv2d};
@@ -262,7 +262,7 @@ impl FirstUnit {
         drop(x);
         let conv = ConvOp(self.window);
         let dims = conv.dims(&Layout::contiguous((n, c, h, wd)), w)?;
-        Ok(conv.forward(&z, weight, &dims))
+        Ok(conv.forward(&Images::contiguous(&z, c * hw), weight, &dims))
     }
 }
 
