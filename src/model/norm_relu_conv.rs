@@ -44,13 +44,18 @@ impl NormReluConv {
         ops::norm_relu_conv(&self.norm, &self.conv, x, train)
     }
 
+    /// The unit's first half, max(0, norm(x)): (N, in, H, W) → (N, in, H, W).
+    pub fn norm_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.norm.forward_relu_t(x, train)
+    }
+
     /// Applies the unit in training mode to the concatenation held by `features`, storing
     /// nothing but the output (see [`SharedFeatures`]).
     pub fn forward_shared(&self, features: &SharedFeatures) -> Result<Tensor> {
         features.norm_relu_conv(&self.norm, &self.conv)
     }
 
-    /// The convolution, for counting multiply-adds.
+    /// The convolution.
     pub fn conv(&self) -> &Conv2d {
         &self.conv
     }

@@ -1,6 +1,6 @@
 //! The transition between dense blocks: compress channels, halve the resolution.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
@@ -22,8 +22,13 @@ impl Transition {
     }
 
     /// Compresses and downsamples `x`; `train` selects batch statistics.
+    ///
+    /// The 2×2 average is taken before the 1×1 conv, not after as in torchvision: both are
+    /// linear and the conv acts on each pixel alone, so the two orders are the same function
+    /// (up to rounding), and this one convolves a quarter of the pixels.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        ops::avg_pool2x2(&self.unit.forward_t(x, train)?)
+        let pooled = ops::avg_pool2x2(&self.unit.norm_relu_t(x, train)?)?;
+        self.unit.conv().forward(&pooled)
     }
 
     /// Multiply-adds for one image whose input maps are `side`×`side`.
