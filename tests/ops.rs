@@ -28,6 +28,13 @@ fn conv2d_matches_candle_forward_and_backward() {
         (2, 3, 5, 7, 6, 3, 1, 0),
         (1, 2, 3, 6, 5, 5, 1, 1),
         (2, 4, 3, 8, 9, 5, 1, 2),
+        // Stride 1, k×k, fewer channels out than in: the forward pass sums each tap's
+        // product with the input, the weight gradient unfolds dy instead of x; grouped images
+        // (small maps), one image per GEMM (wide maps), and no padding.
+        (9, 6, 3, 5, 4, 3, 1, 1),
+        (2, 5, 2, 17, 16, 3, 1, 1),
+        (3, 7, 2, 6, 7, 3, 1, 0),
+        (2, 6, 4, 9, 8, 5, 1, 1),
         // Maps at least 16 wide: im2col copies runs instead of gathering through a table
         // (strided sizes that candle's reference backward accepts).
         (2, 3, 4, 17, 18, 3, 1, 1),

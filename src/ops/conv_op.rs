@@ -5,7 +5,10 @@
 //!   transposed weight; else dx[n] = col2im(Wᵀ (K×Cout) · dy[n] (Cout×L)) (Wᵀ·dy[n] for 1×1);
 //! - weight gradient: dW (Cout×K) = Σₙ dy[n] (Cout×L) · cols[n]ᵀ (L×K).
 //!
-//! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. Images with few
+//! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. A stride-1 k×k conv
+//! with fewer output than input channels (a dense layer's 3×3) avoids unfolding x, the larger
+//! side: its forward pass multiplies x by each tap's weights and sums the shifted products,
+//! and its weight gradient unfolds dy instead. Images with few
 //! output pixels are put side by side, several to a GEMM, so that each GEMM has at least
 //! [`MIN_COLUMNS`] columns. Groups are spread over threads; too few groups let each GEMM use
 //! them instead.
@@ -18,7 +21,7 @@ use rayon::prelude::*;
 
 use super::bn_relu_op::{image_stride, BnReluEval};
 use super::cpu::{float_kernel, unwritten_vec};
-use super::im2col::{fold, Unfold, Window};
+use super::im2col::{fold, sum_taps, Unfold, Window};
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
 pub(super) struct ConvOp(pub Window);
@@ -278,7 +281,47 @@ impl ConvOp {
         Cow::Owned(cols)
     }
 
+    /// True when the conv is cheaper as products of the input with each tap's weights than on
+    /// im2col columns: a k×k conv with stride 1 and fewer output than input channels, whose
+    /// k·k·Cout × H·W products are smaller than the Cin·k·k × H'·W' columns (a dense layer's
+    /// 3×3 conv: 128 channels in, 32 out, in the bottleneck nets).
+    fn by_taps(&self, d: &Dims) -> bool {
+        self.adjoint().is_some() && d.cout < d.cin
+    }
+
+    /// y[n] = Σ over taps t of shift_t(W_t · x[n]): one GEMM of the weights stacked by tap
+    /// (k·k·Cout × Cin) with the images side by side (Cin × count·H·W), then [`sum_taps`]
+    /// for each output plane.
+    fn forward_by_taps<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
+        let (k2, hw) = (d.kk / d.cin, d.h * d.w);
+        let mut stacked = unwritten_vec(k2 * d.cout * d.cin);
+        for co in 0..d.cout {
+            for ci in 0..d.cin {
+                for tap in 0..k2 {
+                    stacked[(tap * d.cout + co) * d.cin + ci] = weight[(co * d.cin + ci) * k2 + tap];
+                }
+            }
+        }
+        let plan = plan(d.n, hw);
+        let mut y = unwritten_vec(d.n * d.cout * d.l);
+        for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
+            let width = count * hw;
+            let xs = side_by_side(x, d.cin, hw, first, count);
+            let mut z = unwritten_vec(k2 * d.cout * width);
+            let dims = (k2 * d.cout, d.cin, width);
+            matmul(&mut z, &stacked, &xs, dims, false, false, false, plan.par);
+            out.par_chunks_mut(d.l).enumerate().for_each(|(plane, dst)| {
+                let (i, co) = (plane / d.cout, plane % d.cout);
+                sum_taps(self.0, (d.h, d.w), &z, d.cout * width, co * width + i * hw, dst);
+            });
+        });
+        y
+    }
+
     pub(super) fn forward<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
+        if self.by_taps(d) {
+            return self.forward_by_taps(x, weight, d);
+        }
         let plan = plan(d.n, d.l);
         let mut y = unwritten_vec(d.n * d.cout * d.l);
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
@@ -355,53 +398,97 @@ impl ConvOp {
                 }
             }
         }
-        let of_dy = Dims {
+        let of_dy = self.adjoint_dims(d);
+        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
+    }
+
+    /// The dims of the adjoint convolution, of dy (N, Cout, H', W') into (N, Cin, H, W).
+    fn adjoint_dims(&self, d: &Dims) -> Dims {
+        Dims {
             n: d.n,
             cin: d.cout,
             h: self.0.out(d.h),
             w: self.0.out(d.w),
             cout: d.cin,
-            kk: row,
+            kk: d.cout * (d.kk / d.cin),
             l: d.h * d.w,
-        };
-        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
+        }
     }
 
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
-        let plan = plan(d.n, d.l);
+        if let Some(adjoint) = self.adjoint().filter(|_| self.by_taps(d)) {
+            return self.weight_grad_by_taps(adjoint, x, dy, d);
+        }
         // dW += dy (Cout × count·L) · colsᵀ (count·L × K) for each group of images.
         let (x, dy) = (
             Images::contiguous(x, d.cin * d.h * d.w),
             Images::contiguous(dy, d.cout * d.l),
         );
-        let group = |first: usize, acc: &mut Vec<T>| {
-            let count = plan.per_gemm.min(d.n - first);
+        sum_over_groups(d.n, &plan(d.n, d.l), d.cout * d.kk, |first, count, acc, par| {
             let cols = self.columns(&x, d, first, count);
             let g = side_by_side(&dy, d.cout, d.l, first, count);
             let dims = (d.cout, count * d.l, d.kk);
-            matmul(acc, &g, &cols, dims, false, true, true, plan.par);
-        };
-        let firsts: Vec<usize> = (0..d.n).step_by(plan.per_gemm).collect();
-        let zero = || vec![T::zero(); d.cout * d.kk];
-        if plan.parallel {
-            let threads = rayon::current_num_threads();
-            let per = firsts.len().div_ceil(threads);
-            firsts
-                .par_chunks(per)
-                .map(|chunk| {
-                    let mut acc = zero();
-                    chunk.iter().for_each(|&first| group(first, &mut acc));
-                    acc
-                })
-                .reduce(zero, |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                })
-        } else {
-            let mut acc = zero();
-            firsts.iter().for_each(|&first| group(first, &mut acc));
-            acc
+            matmul(acc, &g, &cols, dims, false, true, true, par);
+        })
+    }
+
+    /// dW from R (Cout·k·k × Cin) = Σₙ unfold(dy[n]) (Cout·k·k × H·W) · x[n]ᵀ (H·W × Cin),
+    /// dy unfolded under the adjoint window: R's row co·k·k + t is tap k·k − 1 − t of dW.
+    /// Unfolds Cout channels where the plain weight gradient unfolds Cin.
+    fn weight_grad_by_taps<T: WithDType>(&self, adjoint: Window, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+        let (k2, hw) = (d.kk / d.cin, d.h * d.w);
+        let of_dy = self.adjoint_dims(d);
+        let (x, dy) = (
+            Images::contiguous(x, d.cin * hw),
+            Images::contiguous(dy, d.cout * d.l),
+        );
+        let rows = d.cout * k2;
+        let r = sum_over_groups(d.n, &plan(d.n, hw), rows * d.cin, |first, count, acc, par| {
+            let cols = ConvOp(adjoint).columns(&dy, &of_dy, first, count);
+            let xs = side_by_side(&x, d.cin, hw, first, count);
+            matmul(acc, &cols, &xs, (rows, count * hw, d.cin), false, true, true, par);
+        });
+        let mut dw = unwritten_vec(d.cout * d.kk);
+        for co in 0..d.cout {
+            for ci in 0..d.cin {
+                for tap in 0..k2 {
+                    dw[(co * d.cin + ci) * k2 + tap] = r[(co * k2 + k2 - 1 - tap) * d.cin + ci];
+                }
+            }
         }
+        dw
+    }
+}
+
+/// Σ over groups of images of what `group(first, count, acc, parallelism)` accumulates into
+/// `acc` (`len` elements, zeroed first): one accumulator per thread when the groups run in
+/// parallel, summed at the end.
+fn sum_over_groups<T: WithDType>(
+    n: usize,
+    plan: &Plan,
+    len: usize,
+    group: impl Fn(usize, usize, &mut Vec<T>, Parallelism) + Sync,
+) -> Vec<T> {
+    let firsts: Vec<usize> = (0..n).step_by(plan.per_gemm).collect();
+    let run = |first: usize, acc: &mut Vec<T>| group(first, plan.per_gemm.min(n - first), acc, plan.par);
+    let zero = || vec![T::zero(); len];
+    if plan.parallel {
+        let per = firsts.len().div_ceil(rayon::current_num_threads());
+        firsts
+            .par_chunks(per)
+            .map(|chunk| {
+                let mut acc = zero();
+                chunk.iter().for_each(|&first| run(first, &mut acc));
+                acc
+            })
+            .reduce(zero, |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            })
+    } else {
+        let mut acc = zero();
+        firsts.iter().for_each(|&first| run(first, &mut acc));
+        acc
     }
 }
 

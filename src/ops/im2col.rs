@@ -128,6 +128,34 @@ impl Unfold {
     }
 }
 
+/// The convolution's output plane from its per-tap products: `out` (H'·W') = Σ over taps t of
+/// z_t shifted, out[y', x'] = Σ z_t[y'·s − p + ky, x'·s − p + kx] over in-bounds taps, where
+/// z_t, the (H, W) product of tap t's weights with the input, starts at `z[t·tap_stride +
+/// offset]`. With k·k·Cout < Cin·k·k this moves less data than unfolding the input.
+pub fn sum_taps<T: WithDType>(
+    w: Window,
+    (h, wd): (usize, usize),
+    z: &[T],
+    tap_stride: usize,
+    offset: usize,
+    out: &mut [T],
+) {
+    out.fill(T::zero());
+    for_each_run(w, h, wd, |tap, col, i, count| {
+        let start = tap * tap_stride + offset + i;
+        let dst = &mut out[col..col + count];
+        if w.stride == 1 {
+            dst.iter_mut()
+                .zip(&z[start..start + count])
+                .for_each(|(o, v)| *o += *v);
+        } else {
+            for (j, o) in dst.iter_mut().enumerate() {
+                *o += z[start + j * w.stride];
+            }
+        }
+    });
+}
+
 /// Columns (C·k·k, H'·W') → image (C, H, W), summing overlaps into `image` (zeroed first).
 pub fn fold<T: WithDType>(cols: &[T], c: usize, h: usize, wd: usize, w: Window, image: &mut [T]) {
     let (k2, l) = (w.kernel * w.kernel, w.out(h) * w.out(wd));
