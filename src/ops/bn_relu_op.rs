@@ -85,24 +85,28 @@ pub struct BnReluEval {
 }
 
 impl BnReluEval {
-    /// `dst` = max(0, `src`·scale + shift) for values of channel `ch`. Like torch's ReLU, NaN
-    /// passes through (f64::max would turn it into 0).
+    /// `dst` = max(0, `src`·scale + shift) for values of channel `ch`, in T's precision as
+    /// torch computes it. Like torch's ReLU, NaN passes through (`max` would turn it into 0).
     #[inline]
     pub(super) fn apply<T: WithDType>(&self, ch: usize, src: &[T], dst: &mut [T]) {
-        let (a, b) = (self.scale[ch], self.shift[ch]);
+        let (a, b) = (T::from_f64(self.scale[ch]), T::from_f64(self.shift[ch]));
         for (o, v) in dst.iter_mut().zip(src) {
-            let z = v.to_f64() * a + b;
-            *o = T::from_f64(if z > 0.0 || z.is_nan() { z } else { 0.0 });
+            let z = *v * a + b;
+            *o = if z <= T::zero() { T::zero() } else { z };
         }
     }
 
     /// The map over `x`, n images of (c, hw) that start `image_stride` apart, into a
-    /// contiguous (n, c, hw), in parallel over planes.
+    /// contiguous (n, c, hw), in parallel over images.
     fn planes<T: WithDType>(&self, x: &[T], n: usize, image_stride: usize, c: usize, hw: usize) -> Vec<T> {
         let mut y = unwritten_vec(n * c * hw);
-        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let (img, ch) = (plane / c, plane % c);
-            self.apply(ch, &x[img * image_stride + ch * hw..], out);
+        if hw == 0 {
+            return y;
+        }
+        y.par_chunks_mut(c * hw).enumerate().for_each(|(img, out)| {
+            for (ch, dst) in out.chunks_mut(hw).enumerate() {
+                self.apply(ch, &x[img * image_stride + ch * hw..], dst);
+            }
         });
         y
     }
@@ -154,9 +158,44 @@ pub(super) fn image_stride(layout: &Layout) -> Option<usize> {
     })
 }
 
-/// The planes (one per image) of channel `ch` of `x` (n, c, hw).
-fn planes<T>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[T]> {
-    (0..n).map(move |img| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw])
+/// `f(channel, plane of x, plane of y, plane of dy)` for each of the n·c planes of (n, c, hw)
+/// tensors (pass `x` for those not needed), in an (n, c) table, in parallel over images: a
+/// sweep through contiguous memory, whose cost per plane stays small when planes are 1×1.
+fn plane_table<T: WithDType, R: Copy + Default + Send>(
+    (x, y, dy): (&[T], &[T], &[T]),
+    c: usize,
+    hw: usize,
+    f: impl Fn(usize, &[T], &[T], &[T]) -> R + Sync,
+) -> Vec<R> {
+    let image = c * hw;
+    let mut table = vec![R::default(); if image == 0 { 0 } else { x.len() / hw }];
+    if image == 0 {
+        return table;
+    }
+    let images = x
+        .par_chunks(image)
+        .zip(y.par_chunks(image))
+        .zip(dy.par_chunks(image));
+    table
+        .par_chunks_mut(c)
+        .zip(images)
+        .for_each(|(row, ((x, y), dy))| {
+            let planes = x.chunks(hw).zip(y.chunks(hw)).zip(dy.chunks(hw));
+            for (ch, (o, ((x, y), dy))) in row.iter_mut().zip(planes).enumerate() {
+                *o = f(ch, x, y, dy);
+            }
+        });
+    table
+}
+
+/// Column `ch` of an (n, c) table summed over its n rows, in row order (so the sum does not
+/// depend on the thread count), for every channel.
+fn channel_totals(table: &[f64], c: usize) -> Vec<f64> {
+    let mut totals = vec![0.0; c];
+    for row in table.chunks(c) {
+        totals.iter_mut().zip(row).for_each(|(t, v)| *t += v);
+    }
+    totals
 }
 
 impl BnReluTrain {
@@ -171,18 +210,12 @@ impl BnReluTrain {
         hw: usize,
     ) -> Vec<T> {
         let count = (n * hw) as f64;
-        let mean: Vec<f64> = (0..c)
-            .into_par_iter()
-            .map(|ch| planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| v)).sum::<f64>() / count)
-            .collect();
-        let var: Vec<f64> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let m = mean[ch];
-                let squares = |p| lane_sum(p, |v| (v - m) * (v - m));
-                planes(x, n, c, hw, ch).map(squares).sum::<f64>() / count
-            })
-            .collect();
+        let sums = plane_table((x, x, x), c, hw, |_, p, _, _| lane_sum(p, |v| v));
+        let mean: Vec<f64> = channel_totals(&sums, c).iter().map(|s| s / count).collect();
+        let squares = plane_table((x, x, x), c, hw, |ch, p, _, _| {
+            lane_sum(p, |v| (v - mean[ch]) * (v - mean[ch]))
+        });
+        let var: Vec<f64> = channel_totals(&squares, c).iter().map(|s| s / count).collect();
         let scale: Vec<f64> = (0..c)
             .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
             .collect();
@@ -270,43 +303,60 @@ impl BnReluBackward {
         let stats = self.stats.lock().expect("stats lock").clone();
         let count = (n * hw) as f64;
         let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
+        let table = plane_table((x, y, dy), c, hw, |ch, x, y, dy| {
+            let (g, gx) = grad_sums(x, y, dy, stats.mean[ch]);
+            [g, gx]
+        });
+        let (g, gx): (Vec<f64>, Vec<f64>) = table.iter().map(|[g, gx]| (*g, *gx)).unzip();
+        let sum_g = channel_totals(&g, c);
+        let sum_gx: Vec<f64> = channel_totals(&gx, c)
+            .iter()
+            .zip(&inv_std)
+            .map(|(s, i)| s * i)
+            .collect();
+        // dx = a·(g − mean_g − x̂·mean_gx) with x̂ = (x − μ)·s, as a·g + r·(x − μ) + q per
+        // channel, in T's precision (x − μ first, which loses nothing when x is near μ).
+        let coefficients: Vec<[T; 4]> = (0..c)
             .map(|ch| {
-                let m = stats.mean[ch];
-                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-                let each = planes(x, n, c, hw, ch).zip(planes(y, n, c, hw, ch));
-                for ((xs, ys), dys) in each.zip(planes(dy, n, c, hw, ch)) {
-                    let (g, gx) = grad_sums(xs, ys, dys, m);
-                    sum_g += g;
-                    sum_gx += gx;
-                }
-                (sum_g, sum_gx * inv_std[ch])
+                let (a, s) = (self.gamma[ch] * inv_std[ch], inv_std[ch]);
+                let (r, q) = (-a * s * sum_gx[ch] / count, -a * sum_g[ch] / count);
+                [a, r, q, stats.mean[ch]].map(T::from_f64)
             })
             .collect();
         let numel = x.len();
         let mut out = unwritten_vec(numel + 2 * c);
         let (dx, tail) = out.split_at_mut(numel);
-        let inputs = x.par_chunks(hw).zip(y.par_chunks(hw)).zip(dy.par_chunks(hw));
-        dx.par_chunks_mut(hw)
-            .zip(inputs)
-            .enumerate()
-            .for_each(|(plane, (d, ((xs, ys), dys)))| {
-                let ch = plane % c;
-                let (mean_g, mean_gx) = (sums[ch].0 / count, sums[ch].1 / count);
-                // dx = a·(g − mean_g − x̂·mean_gx) with x̂ = (x − μ)·s, as p·g + r·x + q.
-                let (a, s) = (self.gamma[ch] * inv_std[ch], inv_std[ch]);
-                let r = -a * s * mean_gx;
-                let q = -a * mean_g - r * stats.mean[ch];
-                for (((o, x), y), dy) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
-                    let g = if *y > T::zero() { dy.to_f64() } else { 0.0 };
-                    *o = T::from_f64(a * g + r * x.to_f64() + q);
-                }
-            });
-        for ch in 0..c {
-            tail[ch] = T::from_f64(sums[ch].1);
-            tail[c + ch] = T::from_f64(sums[ch].0);
+        if numel > 0 {
+            let image = c * hw;
+            let inputs = x
+                .par_chunks(image)
+                .zip(y.par_chunks(image))
+                .zip(dy.par_chunks(image));
+            dx.par_chunks_mut(image)
+                .zip(inputs)
+                .for_each(|(d, ((x, y), dy))| {
+                    let planes = d
+                        .chunks_mut(hw)
+                        .zip(x.chunks(hw))
+                        .zip(y.chunks(hw))
+                        .zip(dy.chunks(hw));
+                    for (ch, (((d, x), y), dy)) in planes.enumerate() {
+                        let [a, r, q, mean] = coefficients[ch];
+                        for (((o, x), y), dy) in d.iter_mut().zip(x).zip(y).zip(dy) {
+                            let g = if *y > T::zero() { *dy } else { T::zero() };
+                            *o = a * g + r * (*x - mean) + q;
+                        }
+                    }
+                });
         }
+        tail[..c]
+            .iter_mut()
+            .zip(&sum_gx)
+            .for_each(|(t, v)| *t = T::from_f64(*v));
+        tail[c..]
+            .iter_mut()
+            .zip(&sum_g)
+            .for_each(|(t, v)| *t = T::from_f64(*v));
         out
     }
 }
