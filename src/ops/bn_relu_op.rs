@@ -30,18 +30,26 @@ pub struct BnReluTrain {
 /// on the thread count.
 const LANES: usize = 8;
 
-/// Σ f(v) over `xs`, in f64.
-fn lane_sum<T: WithDType>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; LANES];
+/// (Σd, Σd²) over `xs` with d = x − `pivot`, in f64: the first two moments in one pass. A
+/// pivot near the mean (a value of the channel) keeps Σd² − (Σd)²/n from cancelling.
+fn moments<T: WithDType>(xs: &[T], pivot: f64) -> [f64; 2] {
+    let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
     let chunks = xs.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|v| f(v.to_f64())).sum();
+    let [mut t1, mut t2] = [0.0; 2];
+    for v in chunks.remainder() {
+        let d = v.to_f64() - pivot;
+        t1 += d;
+        t2 += d * d;
+    }
     for chunk in chunks {
         let chunk: &[T; LANES] = chunk.try_into().expect("chunks of LANES");
-        for (a, v) in acc.iter_mut().zip(chunk) {
-            *a += f(v.to_f64());
+        for j in 0..LANES {
+            let d = chunk[j].to_f64() - pivot;
+            s1[j] += d;
+            s2[j] += d * d;
         }
     }
-    acc.iter().sum::<f64>() + tail
+    [s1.iter().sum::<f64>() + t1, s2.iter().sum::<f64>() + t2]
 }
 
 /// (Σg, Σg·(x − mean)) over one plane, with g = dy where y > 0, else 0.
@@ -210,12 +218,17 @@ impl BnReluTrain {
         hw: usize,
     ) -> Vec<T> {
         let count = (n * hw) as f64;
-        let sums = plane_table((x, x, x), c, hw, |_, p, _, _| lane_sum(p, |v| v));
-        let mean: Vec<f64> = channel_totals(&sums, c).iter().map(|s| s / count).collect();
-        let squares = plane_table((x, x, x), c, hw, |ch, p, _, _| {
-            lane_sum(p, |v| (v - mean[ch]) * (v - mean[ch]))
-        });
-        let var: Vec<f64> = channel_totals(&squares, c).iter().map(|s| s / count).collect();
+        // Moments about a value of each channel (its first in image 0), in one pass.
+        let pivot: Vec<f64> = (0..c)
+            .map(|ch| x.get(ch * hw).map_or(0.0, |v| v.to_f64()))
+            .collect();
+        let table = plane_table((x, x, x), c, hw, |ch, p, _, _| moments(p, pivot[ch]));
+        let (s1, s2): (Vec<f64>, Vec<f64>) = table.iter().map(|[a, b]| (*a, *b)).unzip();
+        let (s1, s2) = (channel_totals(&s1, c), channel_totals(&s2, c));
+        let mean: Vec<f64> = (0..c).map(|ch| pivot[ch] + s1[ch] / count).collect();
+        let var: Vec<f64> = (0..c)
+            .map(|ch| (s2[ch] / count - (s1[ch] / count).powi(2)).max(0.0))
+            .collect();
         let scale: Vec<f64> = (0..c)
             .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
             .collect();
