@@ -294,13 +294,13 @@ impl ConvOp {
     /// for each output plane.
     fn forward_by_taps<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
         let (k2, hw) = (d.kk / d.cin, d.h * d.w);
+        // Tap t's block (Cout × Cin) is every k·k-th weight from the t-th.
         let mut stacked = unwritten_vec(k2 * d.cout * d.cin);
-        for co in 0..d.cout {
-            for ci in 0..d.cin {
-                for tap in 0..k2 {
-                    stacked[(tap * d.cout + co) * d.cin + ci] = weight[(co * d.cin + ci) * k2 + tap];
-                }
-            }
+        for (tap, block) in stacked.chunks_exact_mut(d.cout * d.cin).enumerate() {
+            block
+                .iter_mut()
+                .zip(weight[tap..].iter().step_by(k2))
+                .for_each(|(o, w)| *o = *w);
         }
         let plan = plan(d.n, hw);
         let mut y = unwritten_vec(d.n * d.cout * d.l);
@@ -390,12 +390,11 @@ impl ConvOp {
     fn input_grad_as_conv<T: WithDType>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         let k2 = self.0.kernel * self.0.kernel;
         let row = d.cout * k2;
-        let mut flipped = vec![T::zero(); d.cin * row];
-        for co in 0..d.cout {
-            for ci in 0..d.cin {
-                for tap in 0..k2 {
-                    flipped[ci * row + co * k2 + (k2 - 1 - tap)] = weight[(co * d.cin + ci) * k2 + tap];
-                }
+        let mut flipped = unwritten_vec(d.cin * row);
+        for (co, filters) in weight.chunks_exact(d.cin * k2).enumerate() {
+            for (ci, taps) in filters.chunks_exact(k2).enumerate() {
+                let dst = &mut flipped[ci * row + co * k2..ci * row + (co + 1) * k2];
+                dst.iter_mut().zip(taps.iter().rev()).for_each(|(o, w)| *o = *w);
             }
         }
         let of_dy = self.adjoint_dims(d);
