@@ -108,7 +108,7 @@ impl BnReluEval {
     /// contiguous (n, c, hw), in parallel over images.
     fn planes<T: WithDType>(&self, x: &[T], n: usize, image_stride: usize, c: usize, hw: usize) -> Vec<T> {
         let mut y = unwritten_vec(n * c * hw);
-        if hw == 0 {
+        if c * hw == 0 {
             return y;
         }
         y.par_chunks_mut(c * hw).enumerate().for_each(|(img, out)| {
@@ -176,10 +176,10 @@ fn plane_table<T: WithDType, R: Copy + Default + Send>(
     f: impl Fn(usize, &[T], &[T], &[T]) -> R + Sync,
 ) -> Vec<R> {
     let image = c * hw;
-    let mut table = vec![R::default(); if image == 0 { 0 } else { x.len() / hw }];
     if image == 0 {
-        return table;
+        return Vec::new();
     }
+    let mut table = vec![R::default(); x.len() / hw];
     let images = x
         .par_chunks(image)
         .zip(y.par_chunks(image))

@@ -281,12 +281,12 @@ impl ConvOp {
         Cow::Owned(cols)
     }
 
-    /// True when the conv is cheaper as products of the input with each tap's weights than on
-    /// im2col columns: a k×k conv with stride 1 and fewer output than input channels, whose
-    /// k·k·Cout × H·W products are smaller than the Cin·k·k × H'·W' columns (a dense layer's
-    /// 3×3 conv: 128 channels in, 32 out, in the bottleneck nets).
-    fn by_taps(&self, d: &Dims) -> bool {
-        self.adjoint().is_some() && d.cout < d.cin
+    /// The adjoint window when the conv is cheaper as products of the input with each tap's
+    /// weights than on im2col columns: a k×k conv with stride 1 and fewer output than input
+    /// channels, whose k·k·Cout × H·W products are smaller than the Cin·k·k × H'·W' columns (a
+    /// dense layer's 3×3 conv: 128 channels in, 32 out, in the bottleneck nets).
+    fn by_taps(&self, d: &Dims) -> Option<Window> {
+        self.adjoint().filter(|_| d.cout < d.cin)
     }
 
     /// y[n] = Σ over taps t of shift_t(W_t · x[n]): one GEMM of the weights stacked by tap
@@ -319,7 +319,7 @@ impl ConvOp {
     }
 
     pub(super) fn forward<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
-        if self.by_taps(d) {
+        if self.by_taps(d).is_some() {
             return self.forward_by_taps(x, weight, d);
         }
         let plan = plan(d.n, d.l);
@@ -415,7 +415,7 @@ impl ConvOp {
     }
 
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
-        if let Some(adjoint) = self.adjoint().filter(|_| self.by_taps(d)) {
+        if let Some(adjoint) = self.by_taps(d) {
             return self.weight_grad_by_taps(adjoint, x, dy, d);
         }
         // dW += dy (Cout × count·L) · colsᵀ (count·L × K) for each group of images.
@@ -448,11 +448,15 @@ impl ConvOp {
             matmul(acc, &cols, &xs, (rows, count * hw, d.cin), false, true, true, par);
         });
         let mut dw = unwritten_vec(d.cout * d.kk);
-        for co in 0..d.cout {
-            for ci in 0..d.cin {
-                for tap in 0..k2 {
-                    dw[(co * d.cin + ci) * k2 + tap] = r[(co * k2 + k2 - 1 - tap) * d.cin + ci];
-                }
+        for (filters, taps) in dw.chunks_exact_mut(d.kk).zip(r.chunks_exact(d.kk)) {
+            // One output channel's k·k rows of R, each scattered into its filters, flipped.
+            for (tap, row) in taps.chunks_exact(d.cin).enumerate() {
+                let flipped = k2 - 1 - tap;
+                filters[flipped..]
+                    .iter_mut()
+                    .step_by(k2)
+                    .zip(row)
+                    .for_each(|(o, v)| *o = *v);
             }
         }
         dw
