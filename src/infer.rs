@@ -53,7 +53,9 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
         }
     };
     let spec = ckpt.spec(if weights.is_some() { variant } else { None })?;
-    let notices = ckpt.adapt(&spec, false)?;
+    let adapted = ckpt.adapt(&spec, false)?;
+    let mut notices = std::mem::take(&mut ckpt.notices);
+    notices.extend(adapted);
     let classes = match &ckpt.metadata {
         Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
         _ => crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),

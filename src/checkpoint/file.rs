@@ -1,4 +1,5 @@
-//! Reading checkpoint files (safetensors and PyTorch `.pth`) and writing safetensors atomically.
+//! Reading checkpoint files (safetensors, PyTorch's zip and legacy `.pth`) and writing
+//! safetensors atomically.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::{pth_guard, Metadata};
+use super::{pth, Metadata};
 use crate::error::{Error, Result};
 
 fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
@@ -16,22 +17,50 @@ fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Tensors in the file's own names, and its `__metadata__` if it is a safetensors file with one.
-pub(super) type RawCheckpoint = (Vec<(String, Tensor)>, Option<HashMap<String, String>>);
+/// What a checkpoint file holds, before renaming.
+pub(super) struct RawCheckpoint {
+    /// Tensors in the file's own names, in file order.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The `__metadata__` of a safetensors file, where it has one.
+    pub header: Option<HashMap<String, String>>,
+    /// What reading decided on the user's behalf.
+    pub notices: Vec<String>,
+}
 
-/// Reads a `.safetensors` or PyTorch `.pth`/`.pt`/`.bin` file, by its first bytes.
+/// Reads a checkpoint file, its format decided by its bytes (never by its extension):
+/// PyTorch's zip container, PyTorch's legacy stream, or safetensors.
 pub(super) fn read(path: &Path, device: &Device) -> Result<RawCheckpoint> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    if bytes.starts_with(b"PK\x03\x04") {
-        return Ok((read_pth(path, &bytes, device)?, None));
+    if pth::is_zip(&bytes) || pth::is_legacy(&bytes) {
+        let format = if pth::is_zip(&bytes) {
+            "PyTorch zip (torch.save, 1.6 and later)"
+        } else {
+            "PyTorch legacy (torch.save before 1.6)"
+        };
+        let contents = pth::read(&bytes, device).map_err(|m| bad(path, format!("{format}: {m}")))?;
+        return Ok(RawCheckpoint {
+            tensors: contents.tensors,
+            header: None,
+            notices: contents.notices,
+        });
+    }
+    if let (true, Err(e)) = (bytes.len() >= 8, safetensors::SafeTensors::read_metadata(&bytes)) {
+        return Err(bad(
+            path,
+            format!(
+                "not a valid safetensors file ({e}), nor a PyTorch file (zip: starts with \
+                 PK\\x03\\x04; legacy: a pickle of the magic number 0x1950a86a20f9469cfc6c)"
+            ),
+        ));
     }
     parse_safetensors(&bytes, path, device)
 }
 
-/// Parses safetensors bytes; `path` names them in errors.
+/// Parses safetensors bytes; `path` names them in errors, and a tensor that cannot be read
+/// (a dtype candle lacks, such as BOOL) is named too.
 pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<RawCheckpoint> {
     if bytes.len() < 8 {
         return Err(bad(
@@ -41,40 +70,21 @@ pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> R
     }
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
-    let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(path, e))?;
-    Ok((tensors.into_iter().collect(), header.metadata().clone()))
-}
-
-/// Reads a `torch.save`d state dict without executing any pickle code: the dict itself, or
-/// the one under `state_dict` or `model`, as training scripts often save.
-fn read_pth(path: &Path, bytes: &[u8], device: &Device) -> Result<Vec<(String, Tensor)>> {
-    pth_guard::check_container(bytes).map_err(|m| bad(path, m))?;
-    for key in [None, Some("state_dict"), Some("model")] {
-        let pth = match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(pth) => pth,
-            Err(e) if key.is_none() && !matches!(e, candle_core::Error::Msg(_)) => {
-                return Err(bad(path, format!("not a readable PyTorch file: {e}")));
-            }
-            Err(_) => continue,
-        };
-        if pth.tensor_infos().is_empty() {
-            continue;
-        }
-        pth_guard::check_tensors(bytes, pth.tensor_infos().values()).map_err(|m| bad(path, m))?;
-        return pth
-            .tensor_infos()
-            .keys()
-            .map(|name| {
-                let tensor = pth.get(name)?.expect("listed tensor");
-                Ok((name.clone(), tensor.to_device(device)?))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()
-            .map_err(|e| bad(path, e));
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+    let mut tensors = Vec::with_capacity(file.len());
+    for (name, view) in file.iter() {
+        use candle_core::safetensors::Load;
+        let tensor = view
+            .load(device)
+            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+        tensors.push((name.to_string(), tensor));
     }
-    Err(bad(
-        path,
-        "no tensors found (looked at the top level, `state_dict` and `model`)",
-    ))
+    Ok(RawCheckpoint {
+        tensors,
+        header: header.metadata().clone(),
+        notices: Vec::new(),
+    })
 }
 
 /// Writes tensors and metadata as safetensors, atomically: a temporary file in the same folder,

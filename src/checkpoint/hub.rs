@@ -2,11 +2,12 @@
 //! Python's `huggingface_hub` shares: `hf:OWNER/REPO[:FILE]`, `FILE` defaulting to
 //! `model.safetensors`.
 //!
-//! Honours `HF_HOME` (the cache is `$HF_HOME/hub`), `HF_ENDPOINT` (another server) and
-//! `HF_HUB_OFFLINE=1` (the cache only, no request at all).
+//! Where the cache is, which server, whether to go online and which token to send are read from
+//! the environment exactly as Python's `huggingface_hub` reads them ([`HubSettings`]), so that
+//! both find each other's downloads.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -53,17 +54,20 @@ impl HubFile {
             path: self.to_string(),
             message,
         };
-        let cache = hf_hub::Cache::from_env();
+        let settings = HubSettings::from_env();
+        let cache = hf_hub::Cache::new(settings.cache.clone());
         if let Some(path) = cache.model(self.repo.clone()).get(&self.file) {
             return Ok(path);
         }
-        if offline() {
+        if settings.offline {
             return Err(fail(format!(
                 "not in the cache at {} and HF_HUB_OFFLINE is set",
                 cache.path().display()
             )));
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_env()
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+            .with_endpoint(settings.endpoint)
+            .with_token(settings.token)
             .with_progress(true)
             .build()
             .map_err(|e| fail(e.to_string()))?;
@@ -103,10 +107,119 @@ fn verify_download(pointer: &std::path::Path) -> std::result::Result<(), String>
     ))
 }
 
-/// True when `HF_HUB_OFFLINE` asks for no network, as Python's `huggingface_hub` reads it.
-fn offline() -> bool {
-    matches!(
-        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()),
-        Ok(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on")
-    )
+/// The hub settings Python's `huggingface_hub` (2.x, `constants.py` and `utils/_auth.py`)
+/// reads from the environment, read the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// The cache: `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else
+    /// `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+    pub cache: PathBuf,
+    /// The token file: `HF_TOKEN_PATH`, else `HF_HOME/token` (with `HF_HOME` defaulting as above).
+    pub token_path: PathBuf,
+    /// The server: `HF_ENDPOINT` without trailing slashes, else `https://huggingface.co`.
+    pub endpoint: String,
+    /// `HF_HUB_OFFLINE`, else `TRANSFORMERS_OFFLINE`, is 1, ON, YES or TRUE (any case).
+    pub offline: bool,
+    /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file's content, with line
+    /// breaks removed and spaces trimmed; `None` when empty or when
+    /// `HF_HUB_DISABLE_IMPLICIT_TOKEN` is true.
+    pub token: Option<String>,
+}
+
+impl HubSettings {
+    /// The settings of this process's environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The settings for the environment variables `var` returns (for tests: any table).
+    /// Paths go through `~` and `$VAR` expansion as Python's `expanduser` and `expandvars` do,
+    /// where Python applies them.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        // Python's `os.getenv(A) or os.getenv(B)`: an empty value counts as unset.
+        let set = |name: &str| var(name).filter(|v| !v.is_empty());
+        let expand = |path: String| PathBuf::from(expand_vars(&expand_user(&path, &var), &var));
+        let home = expand(var("HF_HOME").unwrap_or_else(|| {
+            let cache_home = var("XDG_CACHE_HOME").unwrap_or_else(|| {
+                Path::new(&expand_user("~", &var))
+                    .join(".cache")
+                    .display()
+                    .to_string()
+            });
+            Path::new(&cache_home).join("huggingface").display().to_string()
+        }));
+        let legacy_cache =
+            var("HUGGINGFACE_HUB_CACHE").unwrap_or_else(|| home.join("hub").display().to_string());
+        let cache = expand(var("HF_HUB_CACHE").unwrap_or(legacy_cache));
+        let token_path =
+            expand(var("HF_TOKEN_PATH").unwrap_or_else(|| home.join("token").display().to_string()));
+        let is_true = |v: Option<String>| {
+            v.is_some_and(|v| matches!(v.to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"))
+        };
+        let clean = |t: String| {
+            let t = t.replace(['\r', '\n'], "");
+            let t = t.trim();
+            (!t.is_empty()).then(|| t.to_string())
+        };
+        let token = set("HF_TOKEN")
+            .or_else(|| set("HUGGING_FACE_HUB_TOKEN"))
+            .and_then(clean)
+            .or_else(|| std::fs::read_to_string(&token_path).ok().and_then(clean))
+            .filter(|_| !is_true(var("HF_HUB_DISABLE_IMPLICIT_TOKEN")));
+        Self {
+            cache,
+            token_path,
+            endpoint: var("HF_ENDPOINT")
+                .unwrap_or_else(|| "https://huggingface.co".into())
+                .trim_end_matches('/')
+                .to_string(),
+            offline: is_true(set("HF_HUB_OFFLINE").or_else(|| var("TRANSFORMERS_OFFLINE"))),
+            token,
+        }
+    }
+}
+
+/// Python's `os.path.expanduser`: a leading `~` (alone or before `/`) becomes `$HOME`.
+fn expand_user(path: &str, var: &impl Fn(&str) -> Option<String>) -> String {
+    let home = || var("HOME").unwrap_or_else(|| "/".into());
+    match path.strip_prefix('~') {
+        Some("") => home(),
+        Some(rest) if rest.starts_with('/') => format!("{}{rest}", home().trim_end_matches('/')),
+        _ => path.to_string(),
+    }
+}
+
+/// Python's `os.path.expandvars` (POSIX): `$NAME` and `${NAME}` replaced by set variables,
+/// anything else left as it is.
+fn expand_vars(path: &str, var: &impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, consumed) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) => (&inner[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        match var(name).filter(|_| !name.is_empty()) {
+            Some(value) => {
+                out.push_str(&value);
+                rest = &after[consumed..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

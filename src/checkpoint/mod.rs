@@ -5,26 +5,32 @@
 //! use candle_core::Device;
 //! use densenet_zoo::checkpoint::Checkpoint;
 //!
-//! // A path (.safetensors or .pth) or `hf:OWNER/REPO[:FILE]`.
-//! let ckpt = Checkpoint::open("hf:timm/densenet121.tv_in1k", &Device::Cpu)?;
+//! // A path (safetensors, or a .pth in either of torch.save's formats) or `hf:OWNER/REPO[:FILE]`.
+//! let mut ckpt = Checkpoint::open("hf:timm/densenet121.tv_in1k", &Device::Cpu)?;
 //! let spec = ckpt.spec(None)?;            // from the metadata, else from the tensor shapes
+//! for notice in &ckpt.notices {           // what loading cast, stripped or decided
+//!     eprintln!("note: {notice}");
+//! }
 //! let model = ckpt.into_model(&spec, &Device::Cpu)?;
 //! # Ok::<(), densenet_zoo::Error>(())
 //! ```
 
 mod adapt;
+mod architecture;
 mod expected;
 mod file;
 pub mod hub;
 mod metadata;
 mod names;
+mod pth;
 mod pth_guard;
 
 pub use adapt::{adapt, adapt_input_conv};
+pub use architecture::{architecture_differences, nearest_builtin, spec_from_tensors};
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
 pub use file::{is_temporary, write_atomic, write_safetensors};
 pub use metadata::{Metadata, PreprocessRecord};
-pub use names::{canonical_to_d2l, to_canonical, NamingScheme};
+pub use names::{canonical_to_d2l, to_canonical, Canonical, NamingScheme};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -49,6 +55,10 @@ pub struct Checkpoint {
     pub metadata: Option<Metadata>,
     /// Optimiser state saved with a training checkpoint (`optimizer.*` tensors), kept apart.
     pub optimizer: HashMap<String, Tensor>,
+    /// What loading did on the user's behalf, one sentence each, for the user to see: the state
+    /// dict read from a nested key, a prefix stripped, dtypes cast, the architecture read from
+    /// the tensors or fitted to them.
+    pub notices: Vec<String>,
 }
 
 impl Checkpoint {
@@ -65,7 +75,9 @@ impl Checkpoint {
         }
     }
 
-    /// Reads a `.safetensors` or `.pth` file, detecting its naming scheme.
+    /// Reads a safetensors file or a PyTorch `.pth` in either of `torch.save`'s formats (zip,
+    /// or the legacy stream of files saved before PyTorch 1.6), its format decided by its bytes
+    /// and its naming scheme by its names.
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
         Self::from_raw(path.display().to_string(), file::read(path, device)?)
     }
@@ -78,15 +90,29 @@ impl Checkpoint {
         )
     }
 
-    fn from_raw(origin: String, (raw, header): file::RawCheckpoint) -> Result<Self> {
-        let (scheme, renamed) = to_canonical(raw);
-        let mut tensors = HashMap::with_capacity(renamed.len());
+    fn from_raw(origin: String, raw: file::RawCheckpoint) -> Result<Self> {
+        let mut notices = raw.notices;
+        let canonical = to_canonical(raw.tensors);
+        if let Some(prefix) = &canonical.stripped_prefix {
+            notices.push(format!(
+                "stripped the prefix `{prefix}` that every tensor name shares (a training \
+                 wrapper's)"
+            ));
+        }
+        let mut tensors = HashMap::with_capacity(canonical.tensors.len());
         let mut optimizer = HashMap::new();
-        for (name, t) in renamed {
+        let mut cast: Vec<(String, DType)> = Vec::new();
+        for (name, t) in canonical.tensors {
             if name.starts_with("optimizer.") {
                 optimizer.insert(name, t);
                 continue;
             }
+            let t = if matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F64) {
+                cast.push((name.clone(), t.dtype()));
+                t.to_dtype(DType::F32)?
+            } else {
+                t
+            };
             if tensors.insert(name.clone(), t).is_some() {
                 return Err(Error::Checkpoint {
                     path: origin,
@@ -94,7 +120,10 @@ impl Checkpoint {
                 });
             }
         }
-        let metadata = match header.as_ref().map(Metadata::from_map).transpose() {
+        if !cast.is_empty() {
+            notices.push(cast_notice(&cast));
+        }
+        let metadata = match raw.header.as_ref().map(Metadata::from_map).transpose() {
             Ok(m) => m.flatten(),
             Err(message) => {
                 return Err(Error::Checkpoint {
@@ -105,45 +134,116 @@ impl Checkpoint {
         };
         Ok(Self {
             origin,
-            scheme,
+            scheme: canonical.scheme,
             tensors,
             metadata,
             optimizer,
+            notices,
         })
     }
 
-    /// The spec to build: `variant` when given (a name or a JSON path), else the one in the
-    /// metadata, else the built-in variant whose tensors these are (its number of classes and
-    /// input channels taken from `classifier` and `conv0`).
-    pub fn spec(&self, variant: Option<&str>) -> Result<VariantSpec> {
+    /// The spec to build, in this order: `variant` when given (a name or a JSON path), else
+    /// the one in the metadata, else the built-in variant whose architecture the tensors have,
+    /// else the architecture read from the tensors ([`spec_from_tensors`]). The number of
+    /// classes comes from `classifier.weight`, and so do the input channels from `conv0` where
+    /// timm's rule cannot adapt them ([`adapt`]); each such decision is added to
+    /// [`Checkpoint::notices`]. When the tensors describe no DenseNet, the error says why and
+    /// why the nearest built-in variant does not fit.
+    pub fn spec(&mut self, variant: Option<&str>) -> Result<VariantSpec> {
         if let Some(v) = variant {
-            return VariantSpec::resolve(v);
+            let mut spec = VariantSpec::resolve(v)?;
+            let notices = self.fit_ends(&mut spec)?;
+            self.notices.extend(notices);
+            return Ok(spec);
         }
         if let Some(m) = &self.metadata {
             return Ok(m.spec.clone());
         }
-        let mut spec = None;
-        for mut candidate in VariantSpec::builtin() {
-            if let Some(w) = self.tensors.get("classifier.weight") {
-                candidate.num_classes = w.dim(0)?;
+        match spec_from_tensors(&self.tensors) {
+            Ok(derived) => {
+                let builtin = VariantSpec::builtin()
+                    .into_iter()
+                    .find(|b| architecture_differences(&derived, b).is_empty());
+                let spec = match builtin {
+                    Some(mut b) => {
+                        if b.num_classes != derived.num_classes {
+                            b.num_classes = derived.num_classes;
+                            b.labels = None;
+                        }
+                        b
+                    }
+                    None => {
+                        let nearest = nearest_builtin(&derived);
+                        self.notices.push(format!(
+                            "the tensors match no built-in variant: the architecture is read \
+                             from them; nearest built-in: {}, which differs in {}",
+                            nearest.name,
+                            architecture_differences(&derived, &nearest).join(", ")
+                        ));
+                        derived
+                    }
+                };
+                self.check(&spec)?;
+                Ok(spec)
             }
-            if let Some(w) = self.tensors.get("features.conv0.weight") {
-                if w.rank() == 4 && w.dim(1)? != candidate.in_channels {
-                    continue;
-                }
-            }
-            if check_tensors(&candidate, &self.tensors, &self.origin, &[]).is_ok() {
-                if candidate.num_classes != VariantSpec::resolve(&candidate.name)?.num_classes {
-                    candidate.labels = None;
-                }
-                spec = Some(candidate);
-                break;
+            Err(reason) => {
+                let nearest = VariantSpec::builtin()
+                    .into_iter()
+                    .map(|mut candidate| {
+                        let _ = self.fit_ends(&mut candidate);
+                        let problems = match check_tensors(&candidate, &self.tensors, &self.origin, &[]) {
+                            Err(Error::Checkpoint { message, .. }) => message,
+                            _ => String::new(),
+                        };
+                        (problems.lines().count(), candidate.name, problems)
+                    })
+                    .min_by_key(|(count, ..)| *count)
+                    .expect("there are built-in variants");
+                Err(Error::Checkpoint {
+                    path: self.origin.clone(),
+                    message: format!(
+                        "its tensors describe no DenseNet ({reason}) and it carries no spec; the \
+                         nearest built-in variant, {}, {}",
+                        nearest.1,
+                        first_lines(&nearest.2, 12)
+                    ),
+                })
             }
         }
-        spec.ok_or_else(|| Error::Checkpoint {
-            path: self.origin.clone(),
-            message: "matches no built-in variant and carries no spec: pass --variant".into(),
-        })
+    }
+
+    /// Takes the number of classes, and the input channels where [`adapt`] cannot convert
+    /// them, from the tensors; returns a notice for each change.
+    fn fit_ends(&self, spec: &mut VariantSpec) -> Result<Vec<String>> {
+        let mut notices = Vec::new();
+        if let Some(w) = self.tensors.get("classifier.weight").filter(|w| w.rank() == 2) {
+            let classes = w.dim(0)?;
+            if classes != spec.num_classes {
+                notices.push(format!(
+                    "{}: {classes} classes, as classifier.weight has (the variant has {})",
+                    spec.name, spec.num_classes
+                ));
+                spec.num_classes = classes;
+                spec.labels = None;
+            }
+        }
+        if let Some(w) = self
+            .tensors
+            .get("features.conv0.weight")
+            .filter(|w| w.rank() == 4)
+        {
+            let channels = w.dim(1)?;
+            if channels != spec.in_channels && channels != 3 {
+                notices.push(format!(
+                    "{}: {channels} input channels, as features.conv0.weight has (the variant \
+                     has {})",
+                    spec.name, spec.in_channels
+                ));
+                spec.in_channels = channels;
+                architecture::fit_preprocess_channels(spec);
+            }
+        }
+        Ok(notices)
     }
 
     /// Fits the tensors to `spec` (timm's input-channel rule; with `new_classifier`, a
@@ -299,6 +399,7 @@ pub fn model_from_tensors(
         tensors,
         metadata: None,
         optimizer: HashMap::new(),
+        notices: Vec::new(),
     }
     .into_model(spec, device)
 }
@@ -310,4 +411,42 @@ pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     data.iter()
         .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
         .collect()
+}
+
+/// One line for every tensor cast to float32, by source dtype: `cast 40 float16 tensors to
+/// float32 (as torch's load_state_dict does)`.
+fn cast_notice(cast: &[(String, DType)]) -> String {
+    let mut counts: Vec<(DType, usize)> = Vec::new();
+    for (_, dtype) in cast {
+        match counts.iter_mut().find(|(d, _)| d == dtype) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*dtype, 1)),
+        }
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(d, n)| format!("{n} {} tensor{}", torch_dtype(*d), if *n == 1 { "" } else { "s" }))
+        .collect();
+    format!(
+        "cast {} to float32, as PyTorch's load_state_dict does",
+        parts.join(" and ")
+    )
+}
+
+fn torch_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::F64 => "float64",
+        _ => "other",
+    }
+}
+
+/// The first `n` lines of `text`, and how many more there are.
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= n {
+        return text.to_string();
+    }
+    format!("{}\n  ... and {} more", lines[..n].join("\n"), lines.len() - n)
 }

@@ -1,10 +1,19 @@
 //! Naming schemes: the names other tools give DenseNet tensors, and the mapping to ours.
 //!
 //! Ours are torchvision's (`features.denseblock1.denselayer1.norm1.weight`), which timm's hub
-//! files use too. Two other schemes are found in the wild:
+//! files use too. Three other schemes are found in the wild:
 //! - torchvision's legacy `.pth` files: `features.denseblock1.denselayer1.norm.1.weight`;
-//! - the book's `nn.Sequential`: `0.0.weight` (stem conv), `1.net.0.0.weight` (block 1, layer 1,
-//!   norm), `2.2.weight` (transition 1, conv), ..., then the last norm and the `Linear`.
+//! - the book's first edition, an `nn.Sequential`: `0.0.weight` (stem conv), `1.net.0.0.weight`
+//!   (block 1, layer 1, norm), `2.2.weight` (transition 1, conv), ..., then the last norm and
+//!   the `Linear`;
+//! - the book's current edition (8.7), a `DenseNet` class whose `net` has named children:
+//!   `net.0.0.weight` (stem conv), `net.dense_blk1.net.0.0.weight` (block 1, layer 1, norm),
+//!   `net.tran_blk1.2.weight` (transition 1, conv), `net.last.0` (last norm), `net.last.4`
+//!   (the `Linear`); the inner `net`'s own state dict has the same names without `net.`.
+//!
+//! Training frameworks put a prefix before every name (`module.` for DataParallel, `model.`
+//! for Lightning, `_orig_mod.` for `torch.compile`, ...): a prefix that every name shares is
+//! stripped when the names without it are a known scheme's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,14 +24,26 @@ pub enum NamingScheme {
     Torchvision,
     /// torchvision's legacy names, with `norm.1` for `norm1` inside dense layers.
     TorchvisionLegacy,
-    /// The book's `nn.Sequential` state dict.
+    /// The book's first-edition `nn.Sequential` state dict.
     D2l,
+    /// The book's current-edition `DenseNet` (`net.dense_blk1...`), or its inner `net`.
+    D2lCurrent,
 }
 
 impl NamingScheme {
-    /// Detects the scheme from a set of names (after any `module.` prefix is removed).
+    /// Detects the scheme from a set of names (after any wrapper's prefix is removed).
     pub fn detect<'a>(names: impl IntoIterator<Item = &'a str>) -> NamingScheme {
         let mut scheme = NamingScheme::Torchvision;
+        let names: Vec<&str> = names.into_iter().collect();
+        let current = |n: &&str| {
+            let rest = n.strip_prefix("net.").unwrap_or(n);
+            ["dense_blk", "tran_blk", "last."]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        };
+        if names.iter().any(current) {
+            return NamingScheme::D2lCurrent;
+        }
         for name in names {
             if name.split('.').next().is_some_and(|s| s.parse::<usize>().is_ok()) {
                 return NamingScheme::D2l;
@@ -48,6 +69,34 @@ fn legacy_to_canonical(name: &str) -> Option<String> {
     out.push(format!("{}{}", parts[i + 1], parts[i + 2]));
     out.extend(parts[i + 3..].iter().map(|s| s.to_string()));
     Some(out.join("."))
+}
+
+/// A name of the book's current edition (`net.dense_blk1.net.0.2.weight`, with or without the
+/// leading `net.`) → ours; `None` for any other name.
+fn d2l_current_to_canonical(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("net.").unwrap_or(name);
+    let (module, leaf) = split_leaf(rest);
+    let parts: Vec<&str> = module.split('.').collect();
+    let number = |s: &str, prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse::<usize>().ok());
+    let ours = match parts.as_slice() {
+        [block, "net", layer, unit @ ("0" | "2")] => format!(
+            "features.denseblock{}.denselayer{}.{}",
+            number(block, "dense_blk")?,
+            layer.parse::<usize>().ok()? + 1,
+            if *unit == "0" { "norm1" } else { "conv1" }
+        ),
+        [transition, unit @ ("0" | "2")] if transition.starts_with("tran_blk") => format!(
+            "features.transition{}.{}",
+            number(transition, "tran_blk")?,
+            if *unit == "0" { "norm" } else { "conv" }
+        ),
+        ["last", "0"] => "features.norm5".into(),
+        ["last", "4"] => "classifier".into(),
+        ["0", "0"] => "features.conv0".into(),
+        ["0", "1"] => "features.norm0".into(),
+        _ => return None,
+    };
+    Some(format!("{ours}.{leaf}"))
 }
 
 /// Where each module of the book's `nn.Sequential` sits, for a net with `block_config`.
@@ -101,31 +150,92 @@ fn split_leaf(name: &str) -> (&str, &str) {
     name.rsplit_once('.').unwrap_or(("", name))
 }
 
-/// Renames every tensor to the canonical scheme. Names that the scheme does not know are kept
-/// as they are, so that strict checking reports them as unexpected.
-pub fn to_canonical<T>(tensors: Vec<(String, T)>) -> (NamingScheme, Vec<(String, T)>) {
-    let tensors: Vec<(String, T)> = tensors
-        .into_iter()
-        .map(|(n, t)| (n.strip_prefix("module.").map(str::to_string).unwrap_or(n), t))
-        .collect();
-    let scheme = NamingScheme::detect(tensors.iter().map(|(n, _)| n.as_str()));
+/// Tensors renamed to the canonical scheme, and how.
+#[derive(Debug)]
+pub struct Canonical<T> {
+    /// The scheme the names were in.
+    pub scheme: NamingScheme,
+    /// The prefix every name shared and that was stripped (`module.`, `model.`, ...), if any.
+    pub stripped_prefix: Option<String>,
+    /// The tensors under canonical names; names no scheme knows are kept as they were.
+    pub tensors: Vec<(String, T)>,
+}
+
+/// Renames every tensor to the canonical scheme. A prefix of whole dot-separated segments that
+/// every name shares is stripped when more names are then known (canonical after renaming):
+/// the shortest such prefix that makes the most names known. Names that no scheme knows are
+/// kept as they are, so that strict checking reports them as unexpected.
+pub fn to_canonical<T>(tensors: Vec<(String, T)>) -> Canonical<T> {
+    let (names, values): (Vec<String>, Vec<T>) = tensors.into_iter().unzip();
+    let mut best: Option<(usize, usize, NamingScheme, Vec<String>)> = None;
+    for prefix_len in shared_prefixes(&names) {
+        let stripped: Vec<&str> = names.iter().map(|n| &n[prefix_len..]).collect();
+        let (scheme, renamed) = rename(&stripped);
+        let known = renamed.iter().filter(|n| is_canonical(n)).count();
+        if best.as_ref().is_none_or(|(k, ..)| known > *k) {
+            best = Some((known, prefix_len, scheme, renamed));
+        }
+    }
+    let (_, prefix_len, scheme, renamed) = best.expect("the empty prefix is always tried");
+    Canonical {
+        scheme,
+        stripped_prefix: (prefix_len > 0).then(|| names[0][..prefix_len].to_string()),
+        tensors: renamed.into_iter().zip(values).collect(),
+    }
+}
+
+/// The byte lengths of every prefix of whole segments (`a.`, `a.b.`) that all names share,
+/// shortest first, starting with the empty prefix.
+fn shared_prefixes(names: &[String]) -> Vec<usize> {
+    let mut out = vec![0];
+    let Some(first) = names.first() else {
+        return out;
+    };
+    for (i, _) in first.match_indices('.') {
+        let prefix = &first[..=i];
+        if names
+            .iter()
+            .all(|n| n.starts_with(prefix) && n.len() > prefix.len())
+        {
+            out.push(i + 1);
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// A canonical name: `features.*` or the classifier's.
+fn is_canonical(name: &str) -> bool {
+    name.starts_with("features.") || name.starts_with("classifier.")
+}
+
+/// Detects the scheme of `names` and renames them to the canonical scheme.
+fn rename(names: &[&str]) -> (NamingScheme, Vec<String>) {
+    let scheme = NamingScheme::detect(names.iter().copied());
     let renamed = match scheme {
-        NamingScheme::Torchvision => tensors,
-        NamingScheme::TorchvisionLegacy => tensors
-            .into_iter()
-            .map(|(n, t)| (legacy_to_canonical(&n).unwrap_or(n), t))
+        NamingScheme::Torchvision => names.iter().map(|n| n.to_string()).collect(),
+        NamingScheme::TorchvisionLegacy => names
+            .iter()
+            .map(|n| legacy_to_canonical(n).unwrap_or_else(|| n.to_string()))
             .collect(),
         NamingScheme::D2l => {
-            let table = d2l_table(&d2l_block_config(tensors.iter().map(|(n, _)| n.as_str())));
-            tensors
-                .into_iter()
-                .map(|(n, t)| {
-                    let (module, leaf) = split_leaf(&n);
-                    let renamed = table.get(module).map(|m| format!("{m}.{leaf}"));
-                    (renamed.unwrap_or(n), t)
+            let table = d2l_table(&d2l_block_config(names.iter().copied()));
+            names
+                .iter()
+                .map(|n| {
+                    let (module, leaf) = split_leaf(n);
+                    table
+                        .get(module)
+                        .map(|m| format!("{m}.{leaf}"))
+                        .unwrap_or_else(|| n.to_string())
                 })
                 .collect()
         }
+        NamingScheme::D2lCurrent => names
+            .iter()
+            .map(|n| d2l_current_to_canonical(n).unwrap_or_else(|| n.to_string()))
+            .collect(),
     };
     (scheme, renamed)
 }
@@ -162,7 +272,9 @@ mod tests {
 
     #[test]
     fn legacy_names_are_remapped_like_torchvision() {
-        let (scheme, out) = to_canonical(names(&[
+        let Canonical {
+            scheme, tensors: out, ..
+        } = to_canonical(names(&[
             "features.conv0.weight",
             "features.denseblock1.denselayer1.norm.1.weight",
             "features.denseblock1.denselayer1.conv.2.weight",
@@ -195,7 +307,11 @@ mod tests {
             "4.weight",
             "8.bias",
         ]);
-        let (scheme, canonical) = to_canonical(book.clone());
+        let Canonical {
+            scheme,
+            tensors: canonical,
+            ..
+        } = to_canonical(book.clone());
         assert_eq!(scheme, NamingScheme::D2l);
         let got: Vec<&str> = canonical.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -217,9 +333,64 @@ mod tests {
     }
 
     #[test]
-    fn a_dataparallel_prefix_is_dropped() {
-        let (scheme, out) = to_canonical(names(&["module.features.conv0.weight"]));
-        assert_eq!(scheme, NamingScheme::Torchvision);
-        assert_eq!(out[0].0, "features.conv0.weight");
+    fn a_prefix_every_name_shares_is_stripped_when_it_hides_a_scheme() {
+        for prefix in [
+            "module.",
+            "model.",
+            "_orig_mod.",
+            "model.module.",
+            "backbone.encoder.",
+        ] {
+            let out = to_canonical(names(&[
+                &format!("{prefix}features.conv0.weight"),
+                &format!("{prefix}features.denseblock1.denselayer1.norm.1.weight"),
+                &format!("{prefix}classifier.bias"),
+            ]));
+            assert_eq!(out.scheme, NamingScheme::TorchvisionLegacy, "{prefix}");
+            assert_eq!(out.stripped_prefix.as_deref(), Some(prefix));
+            assert_eq!(out.tensors[1].0, "features.denseblock1.denselayer1.norm1.weight");
+        }
+        // `features.` itself is shared by these names but is part of the scheme.
+        let out = to_canonical(names(&["features.conv0.weight", "features.norm0.bias"]));
+        assert_eq!(out.stripped_prefix, None);
+        // A prefix that reveals nothing known is kept.
+        let out = to_canonical(names(&["head.fc.weight", "head.fc.bias"]));
+        assert_eq!(out.stripped_prefix, None);
+        assert_eq!(out.tensors[0].0, "head.fc.weight");
+    }
+
+    #[test]
+    fn the_books_current_edition_is_renamed_with_or_without_net() {
+        let current = [
+            ("net.0.0.weight", "features.conv0.weight"),
+            ("net.0.0.bias", "features.conv0.bias"),
+            ("net.0.1.running_mean", "features.norm0.running_mean"),
+            (
+                "net.dense_blk1.net.0.0.weight",
+                "features.denseblock1.denselayer1.norm1.weight",
+            ),
+            (
+                "net.dense_blk1.net.1.2.bias",
+                "features.denseblock1.denselayer2.conv1.bias",
+            ),
+            ("net.tran_blk1.0.weight", "features.transition1.norm.weight"),
+            ("net.tran_blk1.2.weight", "features.transition1.conv.weight"),
+            (
+                "net.dense_blk2.net.0.2.weight",
+                "features.denseblock2.denselayer1.conv1.weight",
+            ),
+            ("net.last.0.running_var", "features.norm5.running_var"),
+            ("net.last.4.weight", "classifier.weight"),
+        ];
+        let full: Vec<&str> = current.iter().map(|(n, _)| *n).collect();
+        let inner: Vec<&str> = full.iter().map(|n| &n[4..]).collect();
+        for list in [full, inner] {
+            let out = to_canonical(names(&list));
+            assert_eq!(out.scheme, NamingScheme::D2lCurrent);
+            assert_eq!(out.stripped_prefix, None);
+            let got: Vec<String> = out.tensors.into_iter().map(|(n, _)| n).collect();
+            let want: Vec<&str> = current.iter().map(|(_, c)| *c).collect();
+            assert_eq!(got, want);
+        }
     }
 }

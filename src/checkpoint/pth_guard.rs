@@ -5,13 +5,11 @@
 
 use std::io::{Cursor, Read};
 
-use candle_core::pickle::TensorInfo;
-
 /// Checks the zip container and every `data.pkl` in it: no entry claims more bytes than the
 /// file holds, and every length-prefixed pickle argument fits in what remains of its pickle.
 pub(super) fn check_container(bytes: &[u8]) -> Result<(), String> {
     let mut zip =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a readable PyTorch file: {e}"))?;
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a readable zip archive: {e}"))?;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| format!("entry {i}: {e}"))?;
         let name = entry.name().map_err(|e| format!("entry {i}: {e}"))?.into_owned();
@@ -34,46 +32,10 @@ pub(super) fn check_container(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that each tensor's shape fits in the storage the file holds for it.
-pub(super) fn check_tensors<'a>(
-    bytes: &[u8],
-    infos: impl IntoIterator<Item = &'a TensorInfo>,
-) -> Result<(), String> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| e.to_string())?;
-    for info in infos {
-        let stored = zip
-            .by_name(&info.path)
-            .map_err(|e| format!("tensor {}: storage {}: {e}", info.name, info.path))?
-            .size();
-        let needed = elements_after_offset(info).and_then(|n| n.checked_mul(info.dtype.size_in_bytes()));
-        match needed {
-            Some(n) if n as u64 <= stored => {}
-            _ => {
-                return Err(format!(
-                    "tensor {}: shape {:?} needs more than the {stored} bytes of its storage {}",
-                    info.name,
-                    info.layout.shape().dims(),
-                    info.path
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The elements a tensor spans in its storage: its offset plus its element count.
-fn elements_after_offset(info: &TensorInfo) -> Option<usize> {
-    info.layout
-        .shape()
-        .dims()
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .and_then(|n| n.checked_add(info.layout.start_offset()))
-}
-
 /// Walks a pickle's opcodes without executing any: each argument must fit in the bytes left,
-/// and every opcode must be one of pickle's (protocols 0 to 5).
-fn scan_pickle(pickle: &[u8]) -> Result<(), String> {
+/// and every opcode must be one of pickle's (protocols 0 to 5). Returns the pickle's length,
+/// up to and including its STOP opcode (bytes after it belong to whatever follows).
+pub(super) fn scan_pickle(pickle: &[u8]) -> Result<usize, String> {
     let mut at = 0usize;
     while at < pickle.len() {
         let (op, start) = (pickle[at], at);
@@ -88,7 +50,7 @@ fn scan_pickle(pickle: &[u8]) -> Result<(), String> {
         };
         at += 1;
         at = match op {
-            b'.' => return Ok(()),
+            b'.' => return Ok(at),
             // No argument.
             b'('
             | b'0'
@@ -143,6 +105,11 @@ fn scan_pickle(pickle: &[u8]) -> Result<(), String> {
                     .get(at..at + width)
                     .ok_or_else(|| fail("truncated".into()))?;
                 let len = bytes.iter().rev().fold(0u64, |v, &b| v << 8 | b as u64);
+                // No tensor field needs an integer wider than 64 bits, and the reader's
+                // arithmetic stops there.
+                if op == 0x8a && len > 8 {
+                    return Err(fail(format!("an integer of {len} bytes")));
+                }
                 take(at + width, len)?
             }
             _ => return Err(format!("not a pickle: unknown opcode {op:#04x} at byte {start}")),
@@ -158,7 +125,9 @@ mod tests {
     #[test]
     fn lengths_beyond_the_pickle_are_refused() {
         // PROTO 2, EMPTY_DICT, STOP.
-        assert_eq!(scan_pickle(b"\x80\x02}."), Ok(()));
+        assert_eq!(scan_pickle(b"\x80\x02}."), Ok(4));
+        // Bytes after STOP are not part of the pickle.
+        assert_eq!(scan_pickle(b"\x80\x02}.junk"), Ok(4));
         // BINUNICODE claiming 4 GiB with 3 bytes left.
         let err = scan_pickle(b"\x80\x02X\xff\xff\xff\xffabc.").unwrap_err();
         assert_eq!(
@@ -172,7 +141,10 @@ mod tests {
         );
         assert!(scan_pickle(b"\xff").unwrap_err().contains("unknown opcode 0xff"));
         // GLOBAL takes two lines.
-        assert_eq!(scan_pickle(b"ctorch\nFloatStorage\n."), Ok(()));
+        assert_eq!(scan_pickle(b"ctorch\nFloatStorage\n."), Ok(21));
+        assert!(scan_pickle(b"\x8a\x0a0123456789.")
+            .unwrap_err()
+            .contains("an integer of 10 bytes"));
         assert!(scan_pickle(b"ctorch\nFloat")
             .unwrap_err()
             .contains("no end of line"));

@@ -34,7 +34,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ckpt = Checkpoint::open(&args.weights, &Device::Cpu)?;
     let spec = ckpt.spec(args.variant.as_deref())?;
-    for notice in ckpt.adapt(&spec, false)? {
+    let adapted = ckpt.adapt(&spec, false)?;
+    for notice in ckpt.notices.iter().chain(&adapted) {
         eprintln!("note: {notice}");
     }
     ckpt.check(&spec)?;
