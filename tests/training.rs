@@ -244,30 +244,6 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before);
 }
 
-#[test]
-fn fine_tuning_from_weights_with_a_new_classifier() {
-    let data = slice_of_fashion_mnist("finetune", 512, 64);
-    let d = data.to_str().unwrap();
-    let (a, b) = (data.join("pretrain"), data.join("finetune"));
-    assert!(zoo(&train_args(d, a.to_str().unwrap(), "1")).status.success());
-    let best = a.join("best.safetensors");
-    let mut args = train_args(d, b.to_str().unwrap(), "1");
-    args.extend(["--weights", best.to_str().unwrap(), "--num-classes", "12"]);
-    let out = zoo(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(
-            "note: classifier: the checkpoint has 10 classes and the model 12: classifier.weight and \
-                      classifier.bias are skipped and initialised fresh"
-        ),
-        "{err}"
-    );
-    let tuned = Checkpoint::read(&b.join("last.safetensors"), &candle_core::Device::Cpu).unwrap();
-    assert_eq!(tuned.tensors["classifier.weight"].dims(), &[12, 248]);
-    assert_eq!(tuned.metadata.unwrap().spec.num_classes, 12);
-}
-
 /// Names in `out` of the temporary files that checkpoint writes use.
 fn temporary_files(out: &Path) -> Vec<String> {
     std::fs::read_dir(out)

@@ -33,10 +33,40 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let ckpt = Checkpoint::open(&args.weights, &device)?;
+    let mut ckpt = Checkpoint::open(&args.weights, &device)?;
     let spec = ckpt.spec(args.variant.as_deref())?;
+    for notice in &ckpt.notices {
+        eprintln!("note: {notice}");
+    }
+    let model_classes = match &ckpt.metadata {
+        Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
+        _ => densenet_zoo::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+    };
     let model = ckpt.into_model(&spec, &device)?;
     let test = Arc::new(data::open(&args.data, Split::Test)?);
+    anyhow::ensure!(
+        test.classes.len() == spec.num_classes,
+        "{} has {} classes but {} has {} outputs: its labels cannot be scored against them",
+        args.data.display(),
+        test.classes.len(),
+        args.weights,
+        spec.num_classes
+    );
+    if test.classes != model_classes {
+        let pairs: Vec<String> = test
+            .classes
+            .iter()
+            .zip(&model_classes)
+            .filter(|(a, b)| a != b)
+            .take(3)
+            .map(|(a, b)| format!("{a} → {b}"))
+            .collect();
+        eprintln!(
+            "note: the data's class names differ from the model's; classes are matched by sorted \
+             position ({}, ...)",
+            pairs.join(", ")
+        );
+    }
     let result = evaluate(
         &model,
         test,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 use densenet_zoo::checkpoint::{write_atomic, Metadata};
+use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
 
@@ -26,7 +27,8 @@ enum Layer {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Image files or folders.
+    /// Image files or folders (every image under a folder, at any depth); one folder of class
+    /// sub-folders is read as an ImageFolder, and its labels are written too.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Output .safetensors: one tensor per level, one row per image in the order given.
@@ -47,6 +49,33 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+}
+
+/// The images to embed: one folder laid out as an ImageFolder (class sub-folders) is read as
+/// torchvision's `ImageFolder` reads it, and its labels come back too; anything else is
+/// expanded by [`expand_inputs`], and any argument that cannot be read is an error.
+fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Dataset>)> {
+    if let [dir] = inputs {
+        if data::is_image_folder(dir) {
+            let folder = data::image_folder(dir)?;
+            eprintln!(
+                "note: {} read as an ImageFolder: {} images of {} classes (written as `labels`)",
+                dir.display(),
+                folder.len(),
+                folder.classes.len()
+            );
+            let files = match &folder.samples {
+                Samples::Files(files) => files.clone(),
+                Samples::InMemory { .. } => unreachable!("an ImageFolder lists files"),
+            };
+            return Ok((files, Some(folder)));
+        }
+    }
+    let (files, failures) = expand_inputs(inputs);
+    if let Some((path, e)) = failures.first() {
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    Ok((files, None))
 }
 
 fn name(layer: Layer) -> &'static str {
@@ -87,10 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let transform = eval_transform(model.spec());
-    let (files, failures) = expand_inputs(&args.images);
-    if let Some((path, e)) = failures.first() {
-        anyhow::bail!("{}: {e}", path.display());
-    }
+    let (files, labelled) = list_images(&args.images)?;
     let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
     for chunk in files.chunks(args.batch_size.max(1)) {
         let images = chunk
@@ -122,6 +148,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let mut metadata = Metadata::for_spec(model.spec()).to_map();
+    if let Some(folder) = labelled {
+        let labels: Vec<i64> = folder.labels.iter().map(|&l| l as i64).collect();
+        tensors.push(("labels".into(), Tensor::new(labels, &candle_core::Device::Cpu)?));
+        metadata.insert(
+            "densenet_zoo.classes".into(),
+            serde_json::to_string(&folder.classes)?,
+        );
+    }
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     metadata.insert("densenet_zoo.files".into(), serde_json::to_string(&names)?);
     metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());

@@ -1,19 +1,27 @@
 //! Turning the image arguments of `infer` and `features` into a list of files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Files as given, and folders expanded to their files (sorted, not recursive, hidden files
-/// skipped). Arguments that cannot be read come back as failures with the reason.
+use densenet_zoo::data::images_under;
+
+/// Files as given (whatever their extension), and folders expanded to every image under them
+/// at any depth, as torchvision's `ImageFolder` finds them (its extensions, its order, hidden
+/// files and folders skipped). Arguments that cannot be read come back as failures with the
+/// reason; a folder with no image is one.
 pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut failures = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            match list_dir(input) {
-                Ok(mut entries) => {
-                    entries.sort();
-                    files.extend(entries);
-                }
+            match images_under(input) {
+                Ok(found) if found.is_empty() => failures.push((
+                    input.clone(),
+                    format!(
+                        "no image in this folder ({})",
+                        densenet_zoo::data::IMAGE_EXTENSIONS.join(", ")
+                    ),
+                )),
+                Ok(found) => files.extend(found),
                 Err(e) => failures.push((input.clone(), e.to_string())),
             }
         } else if input.exists() {
@@ -23,18 +31,4 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)
         }
     }
     (files, failures)
-}
-
-fn list_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if path.is_file() && !hidden {
-            out.push(path);
-        }
-    }
-    Ok(out)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use densenet_zoo::data::DEFAULT_DATA;
+use densenet_zoo::data::{self, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::train::{self, saved_config, OptimizerKind, Outcome, ScheduleKind, TrainConfig};
 use densenet_zoo::VariantSpec;
@@ -64,7 +64,7 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Classifier outputs, when the data set's classes differ from the variant's.
+    /// Classifier outputs; must equal the number of classes in the data [default: the data's].
     #[arg(long)]
     num_classes: Option<usize>,
     /// Start from these weights (path or hf:OWNER/REPO[:FILE]) to fine-tune; with
@@ -101,13 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         override_with(&mut config, &args);
         config
     } else {
-        let mut spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
-        if let Some(n) = args.num_classes {
-            if n != spec.num_classes {
-                spec.num_classes = n;
-                spec.labels = None;
-            }
-        }
+        let spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
         let mut config = TrainConfig {
             image_size: spec.input_size,
             data: PathBuf::from(DEFAULT_DATA),
@@ -118,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             spec,
         };
         override_with(&mut config, &args);
+        fit_classes_to_data(&mut config, args.num_classes)?;
         config
     };
     let r = &config.recipe;
@@ -168,6 +163,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Outcome::Interrupted => std::process::exit(130),
     }
     Ok(())
+}
+
+/// Gives a new run's classifier one output per class of the training data, whose class names
+/// the checkpoints then carry: `--num-classes` must agree with the data, and without it the
+/// variant's number of classes gives way to the data's, with a notice.
+fn fit_classes_to_data(config: &mut TrainConfig, num_classes: Option<usize>) -> anyhow::Result<()> {
+    let classes = data::open(&config.data, Split::Train)?.classes;
+    let spec = &mut config.spec;
+    match num_classes {
+        Some(n) if n != classes.len() => anyhow::bail!(
+            "--num-classes {n} disagrees with the data: {} has {} classes ({})",
+            config.data.display(),
+            classes.len(),
+            shown(&classes)
+        ),
+        _ if classes.len() != spec.num_classes => {
+            eprintln!(
+                "note: {} classes from {} ({}); {} has {} outputs, its classifier gets {}",
+                classes.len(),
+                config.data.display(),
+                shown(&classes),
+                spec.name,
+                spec.num_classes,
+                classes.len()
+            );
+            spec.num_classes = classes.len();
+            spec.labels = None;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// At most the first eight names, then how many more.
+fn shown(names: &[String]) -> String {
+    let mut out = names.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 8 {
+        out.push_str(&format!(", ... {} more", names.len() - 8));
+    }
+    out
 }
 
 /// Applies the flags that were given; a new image size also becomes the saved spec's input

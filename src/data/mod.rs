@@ -4,7 +4,8 @@
 //! - IDX (MNIST, Fashion-MNIST), gzipped or not: `train-images-idx3-ubyte[.gz]`, ...;
 //! - CIFAR-10 / CIFAR-100 binary batches: `data_batch_{1..5}.bin` + `test_batch.bin`, or
 //!   `train.bin` + `test.bin`;
-//! - an ImageFolder tree: `train/` and `val/`, one sub-folder per class, PNG/JPEG files.
+//! - an ImageFolder tree: `train/` and `val/`, one sub-folder per class, read as torchvision's
+//!   `ImageFolder` reads it (images found at any depth, torchvision's extensions).
 
 pub mod cifar;
 mod dataset;
@@ -14,6 +15,7 @@ mod loader;
 mod transforms;
 
 pub use dataset::{Dataset, Samples, Split};
+pub use folder::{has_image_extension, image_folder, images_under, is_image_folder, IMAGE_EXTENSIONS};
 pub use loader::{Batch, Loader};
 pub use transforms::Transform;
 

@@ -124,11 +124,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
     let train_set = Arc::new(data::open(&config.data, Split::Train)?);
     let test_set = Arc::new(data::open(&config.data, Split::Test)?);
     check_classes(&train_set, spec, &config.data)?;
-    let classes = if train_set.classes.len() == spec.num_classes {
-        train_set.classes.clone()
-    } else {
-        crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes)
-    };
+    let classes = train_set.classes.clone();
     let transform = |augment: bool| Transform {
         size: config.image_size,
         resize: config.image_size,
@@ -350,9 +346,11 @@ fn remove_temporary_files(out: &Path) {
     }
 }
 
+/// The data must have exactly one class per classifier output: fewer would train outputs that
+/// no image teaches and label them with names the data does not have.
 fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()> {
     let max_label = dataset.labels.iter().copied().max().unwrap_or(0) as usize;
-    if dataset.classes.len() > spec.num_classes || max_label >= spec.num_classes {
+    if dataset.classes.len() != spec.num_classes || max_label >= spec.num_classes {
         return Err(Error::Training(format!(
             "{} has {} classes but {} has {} outputs: pass --num-classes {}",
             dir.display(),
