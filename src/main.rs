@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    end_quietly_when_the_reader_goes();
     densenet_zoo::allocator::keep_freed_memory();
     let args = cli::Cli::parse();
     match cli::run(args) {
@@ -13,5 +14,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores: a write to a pipe
+/// whose reader has gone (`densenet-zoo infer --json DIR | head -1`) then ends the process
+/// quietly, as it ends `cat` or `grep`, instead of making `println!` panic. Anything being
+/// written then is written atomically (a temporary file and a rename), so nothing is lost.
+fn end_quietly_when_the_reader_goes() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

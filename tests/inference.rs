@@ -265,3 +265,44 @@ fn variants_without_published_weights_say_so() {
         "error: checkpoint densenet264: has no published pretrained weights: pass --weights\n"
     );
 }
+
+/// `densenet-zoo infer --json DIR | head -1`: the reader goes after one line, and the program
+/// ends as Unix tools do, by SIGPIPE, quietly: no panic, no "failed printing" message. The same
+/// holds for every command, through one setting in `main`; infer's output is the one long
+/// enough to outlast a pipe's buffer.
+#[test]
+#[cfg(unix)]
+fn a_reader_that_goes_away_ends_the_program_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let inputs = vec!["weights/examples"; 30];
+    for args in [[&["infer", "--json", "--batch-size", "1"][..], &inputs[..]].concat()] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?} printed nothing");
+        // The reader is gone now: stdout's pipe was dropped with the BufReader.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("failed printing"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
