@@ -278,31 +278,30 @@ fn a_reader_that_goes_away_ends_the_program_quietly() {
     use std::process::Stdio;
 
     let inputs = vec!["weights/examples"; 30];
-    for args in [[&["infer", "--json", "--batch-size", "1"][..], &inputs[..]].concat()] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        assert!(!first.is_empty(), "{args:?} printed nothing");
-        // The reader is gone now: stdout's pipe was dropped with the BufReader.
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !err.contains("panicked") && !err.contains("failed printing"),
-            "{args:?}: {err}"
-        );
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGPIPE),
-            "{args:?}: {:?} {err}",
-            out.status
-        );
-    }
+    let args = [&["infer", "--json", "--batch-size", "1"][..], &inputs[..]].concat();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    // The reader is gone now: stdout's pipe was dropped with the BufReader.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("failed printing"),
+        "{args:?}: {err}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{args:?}: {:?} {err}",
+        out.status
+    );
 }
