@@ -2,6 +2,8 @@
 //! on 127.0.0.1 that serves files in the hub's URL layout and headers: a cache miss downloads,
 //! a cache hit makes no request, and `HF_HUB_OFFLINE=1` never touches the network.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
+use densenet_zoo::checkpoint::hub::HubSettings;
 use densenet_zoo::checkpoint::{state_dict, varmap_tensors, write_safetensors};
 use densenet_zoo::VariantSpec;
 use sha2::{Digest, Sha256};
@@ -31,6 +34,8 @@ enum Cut {
 struct Seen {
     requests: AtomicUsize,
     body_starts: Mutex<Vec<usize>>,
+    /// Every `Authorization` header received.
+    authorization: Mutex<Vec<String>>,
 }
 
 /// Serves `files` (URL path → bytes) as the hub does, with the LFS ETag (the body's SHA-256);
@@ -57,6 +62,12 @@ fn serve(files: Vec<(String, Vec<u8>)>, limit: usize, cut: Cut) -> (String, Arc<
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
+                }
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    log.authorization
+                        .lock()
+                        .unwrap()
+                        .push(line.trim_end().to_string());
                 }
                 if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
                     let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
@@ -117,12 +128,23 @@ fn densenet121_bytes(dir: &Path) -> Vec<u8> {
 }
 
 fn zoo(args: &[&str], hf_home: &Path, endpoint: &str, offline: bool) -> Output {
+    zoo_with(args, hf_home, endpoint, offline, &[])
+}
+
+/// [`zoo`] with more environment variables set; every other hub variable is unset.
+fn zoo_with(args: &[&str], hf_home: &Path, endpoint: &str, offline: bool, vars: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"));
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("HF_HOME", hf_home)
         .env("HF_ENDPOINT", endpoint);
     for var in [
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_TOKEN_PATH",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+        "TRANSFORMERS_OFFLINE",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
@@ -138,6 +160,7 @@ fn zoo(args: &[&str], hf_home: &Path, endpoint: &str, offline: bool) -> Output {
     } else {
         cmd.env_remove("HF_HUB_OFFLINE");
     }
+    cmd.envs(vars.iter().copied());
     cmd.output().unwrap()
 }
 
@@ -335,4 +358,189 @@ fn a_download_cut_without_a_length_is_caught_by_its_hash_and_removed() {
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert_eq!(*seen.body_starts.lock().unwrap(), [0, 0]);
     assert_eq!(std::fs::read(cached_file(&hf_home)).unwrap(), body);
+}
+
+/// The fixtures of make_hf_hub_fixtures.py, written by Python's huggingface_hub.
+fn python_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_hub")
+}
+
+#[test]
+fn hub_settings_are_read_from_the_environment_as_pythons_client_reads_them() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(python_fixtures().join("settings.json")).unwrap())
+            .unwrap();
+    let token_dir = temp("token-dir");
+    std::fs::write(token_dir.join("token"), "  tok-from-file\n").unwrap();
+    let token_dir = token_dir.to_str().unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let mut env: std::collections::HashMap<String, String> = [
+            ("HOME".to_string(), fixture["home"].as_str().unwrap().to_string()),
+            ("TOKEN_DIR".to_string(), token_dir.to_string()),
+        ]
+        .into();
+        for (k, v) in case["env"].as_object().unwrap() {
+            env.insert(k.clone(), v.as_str().unwrap().to_string());
+        }
+        let ours = HubSettings::from_vars(|name| env.get(name).cloned());
+        let python = &case["python"];
+        let path = |key: &str| python[key].as_str().unwrap().replace("$TOKEN_DIR", token_dir);
+        let what = &case["env"];
+        assert_eq!(ours.cache.display().to_string(), path("cache"), "cache, {what}");
+        assert_eq!(
+            ours.token_path.display().to_string(),
+            path("token_path"),
+            "token path, {what}"
+        );
+        assert_eq!(
+            ours.endpoint,
+            python["endpoint"].as_str().unwrap(),
+            "endpoint, {what}"
+        );
+        assert_eq!(
+            ours.offline,
+            python["offline"].as_bool().unwrap(),
+            "offline, {what}"
+        );
+        assert_eq!(ours.token.as_deref(), python["token"].as_str(), "token, {what}");
+    }
+}
+
+/// Copies a folder, links as links (a hub cache's snapshots are links to its blobs).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_cache_that_pythons_client_wrote_is_found_offline() {
+    let dir = temp("python-cache");
+    let cache = dir.join("python-cache");
+    copy_tree(&python_fixtures().join("cache"), &cache);
+    let out = dir.join("out.safetensors");
+    // HF_HUB_CACHE wins over HF_HOME, whose cache is empty; no server at all.
+    let result = zoo_with(
+        &[
+            "export",
+            "--weights",
+            "hf:densenet-zoo/tiny-bottleneck",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.join("empty-home"),
+        "http://127.0.0.1:9",
+        true,
+        &[("HF_HUB_CACHE", cache.to_str().unwrap())],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let fixture = common::Fixture::load("tiny_bottleneck");
+    let exported = densenet_zoo::checkpoint::Checkpoint::read(&out, &Device::Cpu).unwrap();
+    for (name, want) in fixture.state() {
+        let got = &exported.tensors[&name];
+        assert_eq!(
+            got.flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            want.flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn our_downloads_take_pythons_layout_and_send_the_token() {
+    let dir = temp("layout");
+    let python_cache = python_fixtures().join("cache/models--densenet-zoo--tiny-bottleneck");
+    let body = std::fs::read(
+        python_cache
+            .join("blobs")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    let (endpoint, seen) = serve(
+        vec![(
+            "/densenet-zoo/tiny-bottleneck/resolve/main/model.safetensors".into(),
+            body.clone(),
+        )],
+        10,
+        Cut::Never,
+    );
+    let cache = dir.join("cache");
+    std::fs::write(dir.join("my-token"), "hf_secret_from_file\n").unwrap();
+    let result = zoo_with(
+        &[
+            "export",
+            "--weights",
+            "hf:densenet-zoo/tiny-bottleneck",
+            "--out",
+            dir.join("out.safetensors").to_str().unwrap(),
+        ],
+        &dir.join("home"),
+        &endpoint,
+        false,
+        &[
+            ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_TOKEN_PATH", dir.join("my-token").to_str().unwrap()),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let auth = seen.authorization.lock().unwrap().clone();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a.ends_with("Bearer hf_secret_from_file")),
+        "{auth:?}"
+    );
+
+    // The same files as Python's client writes: refs/main, the blob named by its SHA-256, and
+    // the snapshot entry a relative link to it.
+    let ours = cache.join("models--densenet-zoo--tiny-bottleneck");
+    let sha = format!("{:x}", Sha256::digest(&body));
+    assert_eq!(std::fs::read(ours.join("blobs").join(&sha)).unwrap(), body);
+    let blobs: Vec<_> = std::fs::read_dir(ours.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        blobs,
+        [std::ffi::OsString::from(&sha)],
+        "only the blob, no lock file"
+    );
+    assert!(python_cache.join("blobs").join(&sha).exists());
+    assert_eq!(std::fs::read_to_string(ours.join("refs/main")).unwrap(), COMMIT);
+    let link = |root: &Path, commit: &str| {
+        std::fs::read_link(root.join(format!("snapshots/{commit}/model.safetensors"))).unwrap()
+    };
+    let python_commit = std::fs::read_to_string(python_cache.join("refs/main")).unwrap();
+    assert_eq!(link(&ours, COMMIT), link(&python_cache, &python_commit));
 }

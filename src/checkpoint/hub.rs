@@ -76,7 +76,21 @@ impl HubFile {
             .get(&self.file)
             .map_err(|e| fail(format!("download failed: {e} (run again to resume it)")))?;
         verify_download(&path).map_err(fail)?;
+        remove_lock_file(&path);
         Ok(path)
+    }
+}
+
+/// Removes the empty `BLOB.lock` that hf-hub leaves beside a downloaded blob: Python's client
+/// keeps its locks in `.locks/`, and counts every file in `blobs/` as a blob.
+fn remove_lock_file(pointer: &std::path::Path) {
+    if let Ok(blob) = std::fs::canonicalize(pointer) {
+        let mut lock = blob.into_os_string();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        if std::fs::metadata(&lock).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(lock);
+        }
     }
 }
 
