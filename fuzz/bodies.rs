@@ -29,7 +29,8 @@ fn use_checkpoint(mut ckpt: Checkpoint) {
     }
 }
 
-/// A PyTorch `.pth` (a zip holding a pickle), through a file as users pass it.
+/// A PyTorch `.pth` (a zip holding a pickle, or the legacy stream of pickles and storages),
+/// through a file as users pass it.
 pub fn pth(data: &[u8]) {
     let path = scratch_file("pth");
     if std::fs::write(&path, data).is_ok() {

@@ -73,6 +73,26 @@ def main():
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         write("pth", name, buffer.getvalue())
+    # PyTorch's legacy stream (torch.save before 1.6, or _use_new_zipfile_serialization=False):
+    # torchvision's legacy names, a nested dict, float16, and tensors sharing one storage.
+    flat = torch.cat([t.flatten() for t in tensors.values() if t.is_floating_point()])
+    shared, at = {}, 0
+    for k, t in tensors.items():
+        if t.is_floating_point():
+            shared[k] = flat[at:at + t.numel()].view(t.shape)
+            at += t.numel()
+        else:
+            shared[k] = t
+    legacy_tensors = {k: torch.from_numpy(v) for k, v in legacy.items()}
+    for name, obj in [
+        ("legacy-names.pth", legacy_tensors),
+        ("legacy-nested.pth", {"state_dict": tensors, "epoch": 3}),
+        ("legacy-half.pth", {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}),
+        ("legacy-shared.pth", shared),
+    ]:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer, _use_new_zipfile_serialization=False)
+        write("pth_legacy", name, buffer.getvalue())
 
     for name in ["d2l", "densenet121", "densenet161", "bc-100-12"]:
         write("spec", f"{name}.json", (ROOT / "variants" / f"{name}.json").read_bytes())

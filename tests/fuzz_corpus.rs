@@ -33,6 +33,7 @@ fn replay(target: &str, body: fn(&[u8])) {
 fn every_corpus_input_is_handled_without_a_panic() {
     replay("checkpoint", bodies::checkpoint);
     replay("pth", bodies::pth);
+    replay("pth_legacy", bodies::pth);
     replay("spec", bodies::spec);
     replay("idx", bodies::idx);
     replay("cifar", bodies::cifar);
@@ -46,6 +47,10 @@ fn the_seed_checkpoints_are_valid_models() {
         "checkpoint/tiny-legacy-names.safetensors",
         "pth/tiny.pth",
         "pth/tiny-nested.pth",
+        "pth_legacy/legacy-names.pth",
+        "pth_legacy/legacy-nested.pth",
+        "pth_legacy/legacy-half.pth",
+        "pth_legacy/legacy-shared.pth",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/corpus")
