@@ -268,44 +268,36 @@ fn training_eval_infer_and_features_take_the_classes_from_the_folders() {
 
     // Fine-tuning on two classes: the three-class classifier is dropped and made anew.
     let tune = dir.join("tune");
-    let out = zoo(&[
-        "train",
-        "--variant",
-        "d2l",
-        "--data",
-        two.to_str().unwrap(),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--out",
-        tune.to_str().unwrap(),
-        "--weights",
-        best.to_str().unwrap(),
-    ]);
+    let fine_tune = || {
+        zoo(&[
+            "train",
+            "--variant",
+            "d2l",
+            "--data",
+            two.to_str().unwrap(),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--out",
+            tune.to_str().unwrap(),
+            "--weights",
+            best.to_str().unwrap(),
+        ])
+    };
     // val/ only: no train/ split, a clear refusal naming it.
+    let out = fine_tune();
     assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("data {}: ", two.join("train").display())),
+        "{}",
+        stderr(&out)
+    );
     png(&two.join("train/cat/1.png"), 220, 3);
     png(&two.join("train/dog/1.png"), 30, 3);
-    let out = zoo(&[
-        "train",
-        "--variant",
-        "d2l",
-        "--data",
-        two.to_str().unwrap(),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--out",
-        tune.to_str().unwrap(),
-        "--weights",
-        best.to_str().unwrap(),
-    ]);
+    let out = fine_tune();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
