@@ -30,10 +30,12 @@ pub mod infer;
 pub mod labels;
 pub mod model;
 pub mod ops;
+pub mod plan;
 pub mod spec;
 pub mod summary;
 pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stem, Transition};
+pub use plan::{StagePlan, TransitionPlan};
 pub use spec::VariantSpec;

@@ -302,14 +302,9 @@ impl VariantSpec {
                 self.preprocess.crop, self.preprocess.resize
             ));
         }
-        let mut channels = self.stem_features;
-        for (i, &layers) in self.block_config.iter().enumerate() {
-            channels += layers * self.growth_rate;
-            if i + 1 < self.block_config.len() {
-                channels = self.transition_channels(channels);
-                if channels == 0 {
-                    return Err(format!("transition {} would keep 0 channels", i + 1));
-                }
+        for t in self.stages().iter().filter_map(|s| s.transition) {
+            if t.out_channels == 0 {
+                return Err(format!("transition {} would keep 0 channels", t.number));
             }
         }
         self.check_input_size(self.input_size)
@@ -322,24 +317,16 @@ impl VariantSpec {
 
     /// Channels out of the last dense block (the width of the pooled embedding).
     pub fn num_features(&self) -> usize {
-        self.stage_channels()
+        self.stages()
             .last()
-            .copied()
-            .unwrap_or(self.stem_features)
+            .map_or(self.stem_features, |s| s.out_channels)
     }
 
     /// Channels after the stem and after each dense block, in order.
     pub fn stage_channels(&self) -> Vec<usize> {
-        let mut out = vec![self.stem_features];
-        let mut channels = self.stem_features;
-        for (i, &layers) in self.block_config.iter().enumerate() {
-            if i > 0 {
-                channels = self.transition_channels(channels);
-            }
-            channels += layers * self.growth_rate;
-            out.push(channels);
-        }
-        out
+        std::iter::once(self.stem_features)
+            .chain(self.stages().iter().map(|s| s.out_channels))
+            .collect()
     }
 
     /// Spatial side after the stem and after each dense block, for a square input of

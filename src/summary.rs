@@ -52,28 +52,28 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
             .map(|t| t.shape.iter().product::<usize>() as u64)
             .sum()
     };
-    let channels = spec.stage_channels();
     let mut stages = vec![StageSummary {
         name: "stem".into(),
-        output_shape: vec![channels[0], sides[0], sides[0]],
+        output_shape: vec![spec.stem_features, sides[0], sides[0]],
         params: params_under(&["features.conv0".into(), "features.norm0".into()]),
         macs: model.stem().macs(input_size),
     }];
-    for (i, block) in model.blocks().iter().enumerate() {
-        if i > 0 {
-            let name = format!("transition{i}");
+    for ((plan, stage), side) in spec.stages().iter().zip(model.stages()).zip(sides.windows(2)) {
+        let (side_in, side) = (side[0], side[1]);
+        if let (Some(t), Some(transition)) = (plan.transition, &stage.transition) {
+            let name = format!("transition{}", t.number);
             stages.push(StageSummary {
-                output_shape: vec![spec.transition_channels(channels[i]), sides[i + 1], sides[i + 1]],
+                output_shape: vec![t.out_channels, side, side],
                 params: params_under(&[format!("features.{name}")]),
-                macs: model.transitions()[i - 1].macs(sides[i]),
+                macs: transition.macs(side_in),
                 name,
             });
         }
-        let name = format!("denseblock{}", i + 1);
+        let name = format!("denseblock{}", plan.block);
         stages.push(StageSummary {
-            output_shape: vec![channels[i + 1], sides[i + 1], sides[i + 1]],
+            output_shape: vec![plan.out_channels, side, side],
             params: params_under(&[format!("features.{name}")]),
-            macs: block.macs(sides[i + 1]),
+            macs: stage.block.macs(side),
             name,
         });
     }

@@ -253,6 +253,45 @@ fn features_writes_one_row_per_image_per_level() {
         "d2l",
     ]);
     assert!(bad.status.success());
+
+    // The levels are the model's own: a net of three blocks has no block4, and says so.
+    let dir = std::env::temp_dir().join(format!("zoo-levels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = VariantSpec::from_file(&fixtures_dir().join("tiny_cifar.json")).unwrap();
+    let weights = dir.join("tiny_cifar.safetensors");
+    let state = Fixture::load("tiny_cifar").state();
+    densenet_zoo::checkpoint::write_safetensors(
+        &weights,
+        &densenet_zoo::checkpoint::state_dict(&spec, &state).unwrap(),
+        Some(&densenet_zoo::checkpoint::Metadata::for_spec(&spec)),
+    )
+    .unwrap();
+    let levels = |layer: &str| {
+        zoo(&[
+            "features",
+            images[0],
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            dir.join("f.safetensors").to_str().unwrap(),
+            "--layer",
+            layer,
+        ])
+    };
+    let blocks = spec.block_config.len();
+    assert!(levels(&format!("block{blocks}")).status.success());
+    let out = levels(&format!("block{}", blocks + 1));
+    assert!(!out.status.success());
+    let want: Vec<String> = (1..=blocks).map(|b| format!("block{b}")).collect();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "--layer block{}: tiny_cifar has the levels pooled, logits, stem, {}",
+            blocks + 1,
+            want.join(", ")
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

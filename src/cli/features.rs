@@ -8,21 +8,38 @@ use densenet_zoo::checkpoint::{write_atomic, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
+use densenet_zoo::FeatureInfo;
 
 use super::images::expand_inputs;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+/// What `--layer` names: the pooled embedding (N, F) before the classifier, the logits
+/// (N, classes), or a `features_only` level by its `feature_info` name (`stem`, the stem before
+/// its pool; `block1` ... `blockN`, each dense block's output, the last after `norm5` + ReLU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Layer {
-    /// The pooled embedding (N, F), before the classifier.
     Pooled,
-    /// The logits (N, classes).
     Logits,
-    /// The stem's output before its pool (features_only level 0).
-    Stem,
-    Block1,
-    Block2,
-    Block3,
-    Block4,
+    /// Index into `features_only`'s levels.
+    Level(usize),
+}
+
+/// Resolves a `--layer` name against the model's levels.
+fn parse_layer(name: &str, levels: &[FeatureInfo], variant: &str) -> anyhow::Result<Layer> {
+    match name {
+        "pooled" => Ok(Layer::Pooled),
+        "logits" => Ok(Layer::Logits),
+        _ => levels
+            .iter()
+            .position(|l| l.name == name)
+            .map(Layer::Level)
+            .ok_or_else(|| {
+                let names: Vec<&str> = levels.iter().map(|l| l.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "--layer {name}: {variant} has the levels pooled, logits, {}",
+                    names.join(", ")
+                )
+            }),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,9 +51,10 @@ pub struct Args {
     /// Output .safetensors: one tensor per level, one row per image in the order given.
     #[arg(long)]
     out: PathBuf,
-    /// Level to write; repeat for several [default: pooled].
-    #[arg(long = "layer", value_enum)]
-    layers: Vec<Layer>,
+    /// Level to write: pooled, logits, stem, block1 ... blockN (one per dense block); repeat for
+    /// several [default: pooled].
+    #[arg(long = "layer")]
+    layers: Vec<String>,
     /// Variant name or JSON spec [default: the checkpoint's].
     #[arg(long)]
     variant: Option<String>,
@@ -78,43 +96,19 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
     Ok((files, None))
 }
 
-fn name(layer: Layer) -> &'static str {
-    match layer {
-        Layer::Pooled => "pooled",
-        Layer::Logits => "logits",
-        Layer::Stem => "stem",
-        Layer::Block1 => "block1",
-        Layer::Block2 => "block2",
-        Layer::Block3 => "block3",
-        Layer::Block4 => "block4",
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     let model = &loaded.model;
-    let layers = if args.layers.is_empty() {
-        vec![Layer::Pooled]
+    let names = if args.layers.is_empty() {
+        vec!["pooled".to_string()]
     } else {
         args.layers.clone()
     };
-    let blocks = model.spec().block_config.len();
-    for &layer in &layers {
-        let b = match layer {
-            Layer::Block1 => 1,
-            Layer::Block2 => 2,
-            Layer::Block3 => 3,
-            Layer::Block4 => 4,
-            _ => 0,
-        };
-        anyhow::ensure!(
-            b <= blocks,
-            "--layer {}: {} has only {blocks} dense blocks",
-            name(layer),
-            model.spec().name
-        );
-    }
+    let layers = names
+        .iter()
+        .map(|n| parse_layer(n, model.feature_info(), &model.spec().name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let transform = eval_transform(model.spec());
     let (files, labelled) = list_images(&args.images)?;
     let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
@@ -130,20 +124,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let t = match layer {
                 Layer::Pooled => model.forward_head(&last, true)?,
                 Layer::Logits => model.forward_head(&last, false)?,
-                Layer::Stem => levels[0].clone(),
-                Layer::Block1 => levels[1].clone(),
-                Layer::Block2 => levels[2].clone(),
-                Layer::Block3 => levels[3].clone(),
-                Layer::Block4 => levels[4].clone(),
+                Layer::Level(i) => levels[i].clone(),
             };
             rows.entry(layer).or_default().push(t);
         }
     }
     let mut tensors = Vec::new();
-    for &layer in &layers {
-        if let Some(parts) = rows.get(&layer) {
-            if !tensors.iter().any(|(n, _): &(String, Tensor)| n == name(layer)) {
-                tensors.push((name(layer).to_string(), Tensor::cat(parts, 0)?));
+    for (name, layer) in names.iter().zip(&layers) {
+        if let Some(parts) = rows.get(layer) {
+            if !tensors.iter().any(|(n, _): &(String, Tensor)| n == name) {
+                tensors.push((name.clone(), Tensor::cat(parts, 0)?));
             }
         }
     }

@@ -21,6 +21,27 @@ pub struct FeatureInfo {
     pub module: String,
 }
 
+/// One stage of the model, as the [`StagePlan`](crate::plan::StagePlan) says: the transition before a dense block
+/// (none before the first), then the block.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// The transition, `features.transition{n}`.
+    pub transition: Option<Transition>,
+    /// The dense block, `features.denseblock{n}`.
+    pub block: DenseBlock,
+}
+
+impl Stage {
+    /// (N, C, H, W) → (N, C', H', W'): the transition (if any), then the block.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = match &self.transition {
+            Some(t) => t.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        Ok(self.block.forward_t(&x, train)?)
+    }
+}
+
 /// A DenseNet built from a [`VariantSpec`], with torchvision's tensor names:
 /// `features.conv0`, `features.norm0`, `features.denseblock{b}.denselayer{l}.{norm1,conv1,norm2,conv2}`,
 /// `features.transition{t}.{norm,conv}`, `features.norm5` and `classifier`.
@@ -30,10 +51,10 @@ pub struct FeatureInfo {
 pub struct DenseNet {
     spec: VariantSpec,
     stem: Stem,
-    blocks: Vec<DenseBlock>,
-    transitions: Vec<Transition>,
+    stages: Vec<Stage>,
     norm5: BatchNorm2d,
     classifier: Option<Linear>,
+    feature_info: Vec<FeatureInfo>,
 }
 
 impl DenseNet {
@@ -52,41 +73,61 @@ impl DenseNet {
             spec.stem_features,
             spec.conv_bias,
         )?;
-        let mut blocks = Vec::new();
-        let mut transitions = Vec::new();
-        let mut channels = spec.stem_features;
-        for (i, &num_layers) in spec.block_config.iter().enumerate() {
-            if i > 0 {
-                let out = spec.transition_channels(channels);
-                transitions.push(Transition::new(
-                    features.pp(format!("transition{i}")),
-                    channels,
-                    out,
-                    spec.conv_bias,
-                )?);
-                channels = out;
+        let stem_reduction = stem.unpooled_reduction();
+        let mut feature_info = vec![FeatureInfo {
+            name: "stem".into(),
+            channels: spec.stem_features,
+            reduction: stem_reduction,
+            module: if stem_reduction == 2 {
+                "features.norm0"
+            } else {
+                "features.conv0"
             }
+            .into(),
+        }];
+        let plan = spec.stages();
+        let mut stages = Vec::with_capacity(plan.len());
+        for p in &plan {
+            let transition = match p.transition {
+                Some(t) => Some(Transition::new(
+                    features.pp(format!("transition{}", t.number)),
+                    t.in_channels,
+                    t.out_channels,
+                    spec.conv_bias,
+                )?),
+                None => None,
+            };
             let block = DenseBlock::new(
-                features.pp(format!("denseblock{}", i + 1)),
+                features.pp(format!("denseblock{}", p.block)),
                 spec.layer,
-                num_layers,
-                channels,
+                p.layers,
+                p.in_channels,
                 spec.growth_rate,
                 spec.conv_bias,
                 spec.drop_rate,
             )?;
-            channels = block.out_channels();
-            blocks.push(block);
+            feature_info.push(FeatureInfo {
+                name: p.level_name(),
+                channels: p.out_channels,
+                reduction: p.reduction,
+                module: if p.block == plan.len() {
+                    "features.norm5".into()
+                } else {
+                    format!("features.denseblock{}", p.block)
+                },
+            });
+            stages.push(Stage { transition, block });
         }
+        let channels = spec.num_features();
         let norm5 = BatchNorm2d::new(features.pp("norm5"), channels)?;
         let classifier = linear(vb.pp("classifier"), channels, spec.num_classes)?;
         Ok(Self {
             spec: spec.clone(),
             stem,
-            blocks,
-            transitions,
+            stages,
             norm5,
             classifier: Some(classifier),
+            feature_info,
         })
     }
 
@@ -96,8 +137,8 @@ impl DenseNet {
     /// quadratically. Outputs, running statistics and gradients are bit-identical to the
     /// default. CPU only (f32, f64); on other devices it changes nothing.
     pub fn with_memory_efficient(mut self, on: bool) -> Self {
-        for block in &mut self.blocks {
-            block.set_memory_efficient(on);
+        for stage in &mut self.stages {
+            stage.block.set_memory_efficient(on);
         }
         self
     }
@@ -120,11 +161,8 @@ impl DenseNet {
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let mut x = self.stem.forward_t(x, train)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i > 0 {
-                x = self.transitions[i - 1].forward_t(&x, train)?;
-            }
-            x = block.forward_t(&x, train)?;
+        for stage in &self.stages {
+            x = stage.forward_t(&x, train)?;
         }
         Ok(self.norm5.forward_relu_t(&x, train)?)
     }
@@ -163,12 +201,9 @@ impl DenseNet {
         let stem = self.stem.forward_unpooled(x, train)?;
         let mut x = self.stem.pool(&stem)?;
         let mut levels = vec![stem];
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i > 0 {
-                x = self.transitions[i - 1].forward_t(&x, train)?;
-            }
-            x = block.forward_t(&x, train)?;
-            if i + 1 == self.blocks.len() {
+        for (i, stage) in self.stages.iter().enumerate() {
+            x = stage.forward_t(&x, train)?;
+            if i + 1 == self.stages.len() {
                 levels.push(self.norm5.forward_relu_t(&x, train)?);
             } else {
                 levels.push(x.clone());
@@ -177,40 +212,10 @@ impl DenseNet {
         Ok(levels)
     }
 
-    /// Channels and reduction of each [`DenseNet::features_only`] level; for DenseNet-121:
-    /// 64@2, 256@4, 512@8, 1024@16, 1024@32.
-    pub fn feature_info(&self) -> Vec<FeatureInfo> {
-        let channels = self.spec.stage_channels();
-        let stem_reduction = self.stem.unpooled_reduction();
-        let first_block_reduction = match self.spec.stem {
-            crate::spec::StemKind::Imagenet => 4,
-            crate::spec::StemKind::Cifar => 1,
-        };
-        let mut info = vec![FeatureInfo {
-            name: "stem".into(),
-            channels: channels[0],
-            reduction: stem_reduction,
-            module: if stem_reduction == 2 {
-                "features.norm0"
-            } else {
-                "features.conv0"
-            }
-            .into(),
-        }];
-        let last = self.blocks.len();
-        for (b, &channels) in channels.iter().enumerate().skip(1) {
-            info.push(FeatureInfo {
-                name: format!("block{b}"),
-                channels,
-                reduction: first_block_reduction << (b - 1),
-                module: if b == last {
-                    "features.norm5".into()
-                } else {
-                    format!("features.denseblock{b}")
-                },
-            });
-        }
-        info
+    /// Channels and reduction of each [`DenseNet::features_only`] level, built with the layers;
+    /// for DenseNet-121: 64@2, 256@4, 512@8, 1024@16, 1024@32.
+    pub fn feature_info(&self) -> &[FeatureInfo] {
+        &self.feature_info
     }
 
     /// Refuses an input that is not (N, in_channels, H, W) with H and W large enough.
@@ -236,12 +241,9 @@ impl DenseNet {
         &self.stem
     }
 
-    pub(crate) fn blocks(&self) -> &[DenseBlock] {
-        &self.blocks
-    }
-
-    pub(crate) fn transitions(&self) -> &[Transition] {
-        &self.transitions
+    /// The stages in order, as [`VariantSpec::stages`] plans them.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
     }
 }
 

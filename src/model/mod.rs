@@ -9,7 +9,7 @@ mod stem;
 mod transition;
 
 pub use block::DenseBlock;
-pub use densenet::{DenseNet, FeatureInfo};
+pub use densenet::{DenseNet, FeatureInfo, Stage};
 pub use layer::DenseLayer;
 pub use norm_relu_conv::NormReluConv;
 pub use stem::Stem;
