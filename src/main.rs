@@ -1,5 +1,6 @@
 //! The `densenet-zoo` command line: thin commands over the library.
 
+#[macro_use]
 mod cli;
 
 use clap::Parser;
@@ -11,10 +12,24 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {}", message_of(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: a cause whose text the message already holds (the
+/// library's errors quote their source) is not repeated.
+fn message_of(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }
 
 /// Restores the default action of SIGPIPE, which Rust's runtime ignores: a write to a pipe

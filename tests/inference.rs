@@ -195,6 +195,21 @@ fn a_folder_with_a_non_image_reports_it_and_goes_on() {
     );
     assert_eq!(lines.iter().filter(|l| l.get("top").is_some()).count(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 3 inputs could not be classified"));
+    // One line per input in the order of the listing, the failure in its place.
+    let order: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            Path::new(l["path"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["notes.png", "t10k-00001-pullover.png", "t10k-00002-trouser.png"]
+    );
 }
 
 #[test]
@@ -343,4 +358,24 @@ fn a_reader_that_goes_away_ends_the_program_quietly() {
         "{args:?}: {:?} {err}",
         out.status
     );
+}
+
+/// An output that cannot be written (a full disk) is the command's error, not a panic.
+#[test]
+#[cfg(target_os = "linux")]
+fn an_output_that_cannot_be_written_is_an_error() {
+    for args in [&["summary", "--variant", "121"][..], &["infer", "--json"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.ends_with("error: standard output: No space left on device (os error 28)\n"),
+            "{args:?}: {err}"
+        );
+    }
 }

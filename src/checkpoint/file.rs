@@ -117,6 +117,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     let name = path.file_name().ok_or_else(|| bad(path, "not a file name"))?;
+    if path.is_dir() {
+        return Err(io(std::io::Error::other(
+            "is a folder: name a file in it; nothing was written",
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(io(std::io::Error::other(format!(
+            "the folder {} does not exist; nothing was written",
+            dir.display()
+        ))));
+    }
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
@@ -131,7 +142,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     result.map_err(|e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
-        let kept = if path.exists() {
+        let kept = if path.is_file() {
             "the previous file is unchanged"
         } else {
             "nothing was written"

@@ -121,9 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "device": format!("{device:?}"),
     });
     if args.json {
-        println!("{report}");
+        out!("{report}")?;
     } else {
-        println!(
+        out!(
             "{} {}{} batch {} at {size}: {:.2} examples/s (min {:.2}, max {:.2}), {:.1} GFLOP/s, peak RSS {:.0} MiB",
             spec.name,
             report["mode"].as_str().unwrap_or(""),
@@ -134,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report["examples_per_s_max"].as_f64().unwrap_or(0.0),
             report["gflops"].as_f64().unwrap_or(0.0),
             report["peak_rss_mib"].as_f64().unwrap_or(0.0),
-        );
+        )?;
     }
     Ok(())
 }

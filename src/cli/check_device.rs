@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let rows = check_fixture(&args.fixtures, case, &device)?;
         if args.json {
             for r in &rows {
-                println!("{}", serde_json::to_string(r)?);
+                out!("{}", serde_json::to_string(r)?)?;
             }
         } else {
             let worst = |f: fn(&Comparison) -> f64| {
@@ -40,12 +40,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .map(|r| format!("{:.2e} ({})", f(r), r.quantity))
                     .unwrap_or_default()
             };
-            println!(
+            out!(
                 "{case}: {} quantities on {device:?}; worst vs CPU {}; worst vs PyTorch {}",
                 rows.len(),
                 worst(|r| r.vs_cpu),
                 worst(|r| r.vs_pytorch)
-            );
+            )?;
         }
         all.extend(rows);
     }
@@ -68,6 +68,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             failed.join("\n  ")
         );
     }
-    eprintln!("all {} quantities within {:e}", all.len(), args.tolerance);
+    say!("all {} quantities within {:e}", all.len(), args.tolerance);
     Ok(())
 }

@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut ckpt = Checkpoint::open(&args.weights, &device)?;
     let spec = ckpt.spec(args.variant.as_deref())?;
     for notice in &ckpt.notices {
-        eprintln!("note: {notice}");
+        say!("note: {notice}");
     }
     let model_classes = match &ckpt.metadata {
         Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .take(3)
             .map(|(a, b)| format!("{a} → {b}"))
             .collect();
-        eprintln!(
+        say!(
             "note: the data's class names differ from the model's; classes are matched by sorted \
              position ({}, ...)",
             pairs.join(", ")
@@ -75,15 +75,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &device,
     )?;
     if args.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "weights": args.weights, "data": args.data, "variant": spec.name,
                 "top1": result.top1, "top5": result.top5, "loss": result.loss, "samples": result.samples,
             })
-        );
+        )?;
     } else {
-        println!(
+        out!(
             "{} on {}: top-1 {:.4}, top-5 {:.4}, loss {:.4} ({} images)",
             args.weights,
             args.data.display(),
@@ -91,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             result.top5,
             result.loss,
             result.samples
-        );
+        )?;
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = ckpt.spec(args.variant.as_deref())?;
     let adapted = ckpt.adapt(&spec, false)?;
     for notice in ckpt.notices.iter().chain(&adapted) {
-        eprintln!("note: {notice}");
+        say!("note: {notice}");
     }
     ckpt.check(&spec)?;
     let mut tensors = state_dict(&spec, &ckpt.tensors)?;
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         metadata.training = old.training;
     }
     write_safetensors(&args.out, &tensors, Some(&metadata))?;
-    eprintln!(
+    say!(
         "wrote {} ({} tensors of {}, {} names, read as {:?})",
         args.out.display(),
         tensors.len(),

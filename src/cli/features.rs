@@ -76,7 +76,7 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
     if let [dir] = inputs {
         if data::is_image_folder(dir) {
             let folder = data::image_folder(dir)?;
-            eprintln!(
+            say!(
                 "note: {} read as an ImageFolder: {} images of {} classes (written as `labels`)",
                 dir.display(),
                 folder.len(),
@@ -155,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect::<candle_core::Result<_>>()?;
     let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))?;
     write_atomic(&args.out, &bytes)?;
-    eprintln!(
+    say!(
         "wrote {} ({} images; {})",
         args.out.display(),
         files.len(),

@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     for notice in &loaded.notices {
-        eprintln!("note: {notice}");
+        say!("note: {notice}");
     }
     let spec = loaded.model.spec().clone();
     let transform = eval_transform(&spec);
@@ -50,44 +50,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.images.clone()
     };
-    let (files, mut failures) = expand_inputs(&inputs);
-    let total = files.len() + failures.len();
-    for (path, error) in &failures {
-        report_error(path, error, args.json);
+    let (files, arg_failures) = expand_inputs(&inputs);
+    let total = files.len() + arg_failures.len();
+    let mut failed = arg_failures.len();
+    for (path, error) in &arg_failures {
+        report_error(path, error, args.json)?;
     }
     for chunk in files.chunks(args.batch_size.max(1)) {
-        let mut ready = Vec::new();
-        for path in chunk {
-            match preprocess_file(path, &transform) {
-                Ok(pixels) => ready.push((path, pixels)),
+        let prepared: Vec<Result<Vec<f32>, String>> = chunk
+            .iter()
+            .map(|path| preprocess_file(path, &transform))
+            .collect();
+        let images: Vec<Vec<f32>> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let mut predictions = if images.is_empty() {
+            Vec::new()
+        } else {
+            let logits = loaded
+                .model
+                .forward_t(&batch(&images, &transform, &device)?, false)?;
+            top_k(&logits, &loaded.classes, args.topk)?
+        }
+        .into_iter();
+        // One line per input, in the order given, failures in their place.
+        for (path, pixels) in chunk.iter().zip(&prepared) {
+            match pixels {
                 Err(e) => {
-                    report_error(path, &e, args.json);
-                    failures.push((path.clone(), e));
+                    failed += 1;
+                    report_error(path, e, args.json)?;
+                }
+                Ok(_) => {
+                    let top = predictions.next().expect("one prediction per prepared image");
+                    if args.json {
+                        out!("{}", json_line(path, &top))?;
+                    } else {
+                        let shown: Vec<String> =
+                            top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
+                        out!("{}: {}", path.display(), shown.join(", "))?;
+                    }
                 }
             }
         }
-        if ready.is_empty() {
-            continue;
-        }
-        let images: Vec<Vec<f32>> = ready.iter().map(|(_, p)| p.clone()).collect();
-        let logits = loaded
-            .model
-            .forward_t(&batch(&images, &transform, &device)?, false)?;
-        for ((path, _), top) in ready.iter().zip(top_k(&logits, &loaded.classes, args.topk)?) {
-            if args.json {
-                println!("{}", json_line(path, &top));
-            } else {
-                let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
-                println!("{}: {}", path.display(), shown.join(", "));
-            }
-        }
     }
-    if !failures.is_empty() {
-        anyhow::bail!("{} of {total} inputs could not be classified", failures.len());
+    if failed > 0 {
+        anyhow::bail!("{failed} of {total} inputs could not be classified");
     }
     Ok(())
 }
-
 /// `{"path": "...", "top": [{"index": 3, "label": "Dress", "prob": 0.91}, ...]}`: the contracted
 /// form, its keys in this order and spaced like it.
 fn json_line(path: &std::path::Path, top: &[densenet_zoo::infer::Prediction]) -> String {
@@ -110,11 +118,14 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }
 
-fn report_error(path: &std::path::Path, error: &str, json: bool) {
+/// An input that could not be classified: a JSON line on stdout with `--json`, else a line on
+/// stderr.
+fn report_error(path: &std::path::Path, error: &str, json: bool) -> anyhow::Result<()> {
     if json {
         let (path, error) = (json_string(&path.display().to_string()), json_string(error));
-        println!("{{\"path\": {path}, \"error\": {error}}}");
+        out!("{{\"path\": {path}, \"error\": {error}}}")?;
     } else {
-        eprintln!("{}: {error}", path.display());
+        say!("{}: {error}", path.display());
     }
+    Ok(())
 }

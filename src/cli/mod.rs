@@ -1,5 +1,23 @@
 //! Command-line parsing: one file per subcommand, each thin: parse, call the library, print.
 
+/// Prints one line to standard output; a write that fails (a full disk, a closed descriptor)
+/// is an error of the command, not a panic. A reader that went away ends the process by
+/// SIGPIPE (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(&mut std::io::stdout().lock(), format_args!($($arg)*))
+            .map_err(|e| anyhow::anyhow!("standard output: {e}"))
+    };
+}
+
+/// Prints one line to standard error: notes, progress and errors. A failed write is ignored:
+/// there is nowhere left to report it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = $crate::cli::write_line(&mut std::io::stderr().lock(), format_args!($($arg)*));
+    }};
+}
+
 mod bench;
 mod check_device;
 mod eval;
@@ -38,6 +56,13 @@ enum Command {
     Eval(eval::Args),
     /// Check a device (a GPU) against the CPU and PyTorch on the committed fixtures.
     CheckDevice(check_device::Args),
+}
+
+/// Writes `args` and a newline to `to`, flushed.
+pub fn write_line(to: &mut impl std::io::Write, args: std::fmt::Arguments) -> std::io::Result<()> {
+    to.write_fmt(args)?;
+    to.write_all(b"\n")?;
+    to.flush()
 }
 
 /// Runs the parsed command.

@@ -19,17 +19,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = VariantSpec::resolve(&args.variant)?;
     let summary = summarize(&spec, args.input_size.unwrap_or(spec.input_size))?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        out!("{}", serde_json::to_string(&summary)?)?;
         return Ok(());
     }
-    println!(
+    out!(
         "{} at {}×{}×{} ({})",
-        summary.variant, spec.in_channels, summary.input_size, summary.input_size, spec.description
-    );
-    println!(
+        summary.variant,
+        spec.in_channels,
+        summary.input_size,
+        summary.input_size,
+        spec.description
+    )?;
+    out!(
         "{:<14} {:>18} {:>14} {:>18}",
-        "stage", "output", "params", "mult-adds"
-    );
+        "stage",
+        "output",
+        "params",
+        "mult-adds"
+    )?;
     for stage in &summary.stages {
         let shape = stage
             .output_shape
@@ -37,21 +44,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("×");
-        println!(
+        out!(
             "{:<14} {:>18} {:>14} {:>18}",
             stage.name,
             shape,
             group(stage.params),
             group(stage.macs)
-        );
+        )?;
     }
-    println!(
+    out!(
         "{:<14} {:>18} {:>14} {:>18}",
         "total",
         "",
         group(summary.params),
         group(summary.macs)
-    );
+    )?;
     Ok(())
 }
 

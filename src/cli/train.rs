@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--lr must be positive, found {}",
         r.lr
     );
-    eprintln!(
+    say!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
          weight decay {}, augment {}, seed {}, device {:?}{}",
         config.spec.name,
@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         weights: args.weights.clone(),
     };
     match train::train(&config, &args.out, &start, &device)? {
-        Outcome::Finished => eprintln!(
+        Outcome::Finished => say!(
             "done: {} (metrics.jsonl, last.safetensors, best.safetensors, curves.svg)",
             args.out.display()
         ),
@@ -179,7 +179,7 @@ fn fit_classes_to_data(config: &mut TrainConfig, num_classes: Option<usize>) -> 
             shown(&classes)
         ),
         _ if classes.len() != spec.num_classes => {
-            eprintln!(
+            say!(
                 "note: {} classes from {} ({}); {} has {} outputs, its classifier gets {}",
                 classes.len(),
                 config.data.display(),
