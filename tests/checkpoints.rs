@@ -408,3 +408,29 @@ fn hub_references_parse() {
     assert!(HubFile::parse("weights/model.safetensors").unwrap().is_none());
     assert!(HubFile::parse("hf:../x").is_err());
 }
+
+#[test]
+fn a_variant_flag_keeps_the_checkpoints_own_spec_of_that_architecture() {
+    // The book's net trained at 32×32 on three classes: `--variant d2l` names its architecture,
+    // and must not bring back the variant's 96×96 and ten classes.
+    let dir = temp_dir("variant-flag");
+    let mut trained = VariantSpec::resolve("d2l").unwrap();
+    trained.num_classes = 3;
+    trained.labels = None;
+    trained.input_size = 32;
+    trained.preprocess.resize = 32;
+    trained.preprocess.crop = 32;
+    let varmap = densenet_zoo::train::seeded_varmap(&trained, 1, &Device::Cpu).unwrap();
+    let path = dir.join("trained.safetensors");
+    let tensors = state_dict(&trained, &varmap_tensors(&varmap)).unwrap();
+    write_safetensors(&path, &tensors, Some(&Metadata::for_spec(&trained))).unwrap();
+    let mut ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.spec(Some("d2l")).unwrap(), trained);
+    assert_eq!(
+        ckpt.notices,
+        [
+            "--variant d2l: the checkpoint's own spec of that architecture is used, with its 3 \
+          classes and preprocessing (resize 32, crop 32)"
+        ]
+    );
+}

@@ -91,6 +91,9 @@ fn pytorch_legacy_files_load_exactly_with_torchvisions_legacy_names() {
     assert_eq!((spec.growth_rate, &spec.block_config), (4, &vec![2, 3]));
     assert_eq!(spec.layer, LayerKind::Bottleneck { bn_size: 2 });
     assert_eq!((spec.compression, spec.conv_bias), (0.5, false));
+    // An ImageNet stem is fed as the ImageNet nets are.
+    assert_eq!((spec.preprocess.resize, spec.preprocess.crop), (256, 224));
+    assert_eq!(spec.preprocess.mean, [0.485, 0.456, 0.406]);
     assert!(
         ckpt.notices
             .iter()
@@ -314,7 +317,8 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
         ckpt.notices,
         [
             "the tensors match no built-in variant: the architecture is read from them; nearest \
-          built-in: densenet121, which differs in in_channels 1 (densenet121 has 3)"
+          built-in: densenet121, which differs in in_channels 1 (densenet121 has 3); input size \
+          and preprocessing as densenet121's (resize 256, crop 224)"
         ]
     );
     // With --variant 121 the channels and classes come from the tensors too, said.

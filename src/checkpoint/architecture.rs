@@ -118,7 +118,11 @@ pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpe
         reference: None,
         pretrained: None,
     };
-    let nearest = nearest_builtin(&spec);
+    let nearest = preprocessing_source(&spec);
+    spec.description = format!(
+        "read from a checkpoint's tensor shapes; input size, preprocessing and recipe as {}'s",
+        nearest.name
+    );
     spec.input_size = nearest.input_size.max(spec.min_input_size());
     spec.preprocess = nearest.preprocess.clone();
     spec.preprocess.resize = spec.preprocess.resize.max(spec.input_size);
@@ -150,6 +154,21 @@ fn compression_of(transitions: &[(usize, usize)]) -> Option<f64> {
 /// The built-in variant nearest to `spec`: the fewest architecture fields that differ, plus
 /// the number of dense blocks whose depth differs; the first in the table on a tie.
 pub fn nearest_builtin(spec: &VariantSpec) -> VariantSpec {
+    nearest_of(spec, VariantSpec::builtin())
+}
+
+/// The built-in variant whose input size, preprocessing and recipe a spec read from tensors
+/// takes: the nearest one with the same stem (an ImageNet-stem net is fed as ImageNet nets are,
+/// a CIFAR-stem net as CIFAR nets are).
+pub fn preprocessing_source(spec: &VariantSpec) -> VariantSpec {
+    let same_stem: Vec<VariantSpec> = VariantSpec::builtin()
+        .into_iter()
+        .filter(|b| b.stem == spec.stem)
+        .collect();
+    nearest_of(spec, same_stem)
+}
+
+fn nearest_of(spec: &VariantSpec, candidates: Vec<VariantSpec>) -> VariantSpec {
     let distance = |other: &VariantSpec| {
         let blocks = spec.block_config.len().max(other.block_config.len());
         let differing_blocks = (0..blocks)
@@ -157,10 +176,10 @@ pub fn nearest_builtin(spec: &VariantSpec) -> VariantSpec {
             .count();
         architecture_differences(spec, other).len() + differing_blocks
     };
-    VariantSpec::builtin()
+    candidates
         .into_iter()
         .min_by_key(distance)
-        .expect("there are built-in variants")
+        .expect("there are built-in variants of each stem")
 }
 
 /// The architecture fields in which `spec` differs from `other`, each as

@@ -26,7 +26,7 @@ mod pth;
 mod pth_guard;
 
 pub use adapt::{adapt, adapt_input_conv};
-pub use architecture::{architecture_differences, nearest_builtin, spec_from_tensors};
+pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
 pub use file::{is_temporary, write_atomic, write_safetensors};
 pub use metadata::{Metadata, PreprocessRecord};
@@ -152,6 +152,22 @@ impl Checkpoint {
     pub fn spec(&mut self, variant: Option<&str>) -> Result<VariantSpec> {
         if let Some(v) = variant {
             let mut spec = VariantSpec::resolve(v)?;
+            // The checkpoint's own spec, where it has one of this architecture, keeps what
+            // training chose (its classes, input size and preprocessing).
+            if let Some(m) = self
+                .metadata
+                .as_ref()
+                .filter(|m| architecture_differences(&m.spec, &spec).is_empty())
+            {
+                if m.spec.preprocess != spec.preprocess || m.spec.num_classes != spec.num_classes {
+                    self.notices.push(format!(
+                        "--variant {v}: the checkpoint's own spec of that architecture is used, with its \
+                         {} classes and preprocessing (resize {}, crop {})",
+                        m.spec.num_classes, m.spec.preprocess.resize, m.spec.preprocess.crop
+                    ));
+                }
+                return Ok(m.spec.clone());
+            }
             let notices = self.fit_ends(&mut spec)?;
             self.notices.extend(notices);
             return Ok(spec);
@@ -176,9 +192,13 @@ impl Checkpoint {
                         let nearest = nearest_builtin(&derived);
                         self.notices.push(format!(
                             "the tensors match no built-in variant: the architecture is read \
-                             from them; nearest built-in: {}, which differs in {}",
+                             from them; nearest built-in: {}, which differs in {}; input size \
+                             and preprocessing as {}'s (resize {}, crop {})",
                             nearest.name,
-                            architecture_differences(&derived, &nearest).join(", ")
+                            architecture_differences(&derived, &nearest).join(", "),
+                            preprocessing_source(&derived).name,
+                            derived.preprocess.resize,
+                            derived.preprocess.crop
                         ));
                         derived
                     }
