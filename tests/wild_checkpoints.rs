@@ -277,6 +277,35 @@ fn a_prefix_every_name_shares_is_stripped_and_said() {
         let back = Checkpoint::read(&out, &Device::Cpu).unwrap();
         assert_tensors(&back, &f.state(), identity);
     }
+
+    // A prefix on all names but one (a loss's weight saved beside a Lightning module's
+    // `model.*`): stripped where it stands, and the odd tensor is named in the refusal.
+    let mut renamed: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (format!("model.{n}"), t.clone()))
+        .collect();
+    renamed.push((
+        "criterion.weight".into(),
+        Tensor::ones(7, DType::F32, &Device::Cpu).unwrap(),
+    ));
+    let path = dir.join("mixed.safetensors");
+    write_safetensors(&path, &renamed, None).unwrap();
+    let result = zoo(&["export", "--weights", path.to_str().unwrap(), "--out", "x"]);
+    let err = stderr(&result);
+    assert!(!result.status.success());
+    assert!(
+        err.contains(&format!(
+            "while reading it: stripped the prefix `model.` (a training wrapper's) from {} of {} tensor names; \
+             kept as they are: criterion.weight",
+            tensors.len(),
+            tensors.len() + 1
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("does not fit variant from-tensors (1 problem):\n  unexpected tensor criterion.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -370,7 +399,10 @@ fn when_nothing_fits_the_error_names_the_tensor() {
         err.contains("describe no DenseNet (no tensor features.denseblock2.denselayer1.conv1.weight)"),
         "{err}"
     );
-    assert!(err.contains("the nearest built-in variant"), "{err}");
+    assert!(
+        err.contains("tensors are named classifier.bias, classifier.weight, features.conv0.weight, "),
+        "{err}"
+    );
 }
 
 #[test]

@@ -94,10 +94,17 @@ impl Checkpoint {
         let mut notices = raw.notices;
         let canonical = to_canonical(raw.tensors);
         if let Some(prefix) = &canonical.stripped_prefix {
-            notices.push(format!(
-                "stripped the prefix `{prefix}` that every tensor name shares (a training \
-                 wrapper's)"
-            ));
+            notices.push(if canonical.without_prefix.is_empty() {
+                format!("stripped the prefix `{prefix}` that every tensor name shares (a training wrapper's)")
+            } else {
+                format!(
+                    "stripped the prefix `{prefix}` (a training wrapper's) from {} of {} tensor \
+                     names; kept as they are: {}",
+                    canonical.tensors.len() - canonical.without_prefix.len(),
+                    canonical.tensors.len(),
+                    first_items(&canonical.without_prefix, 5)
+                )
+            });
         }
         let mut tensors = HashMap::with_capacity(canonical.tensors.len());
         let mut optimizer = HashMap::new();
@@ -203,7 +210,7 @@ impl Checkpoint {
                         derived
                     }
                 };
-                self.check(&spec)?;
+                self.check(&spec).map_err(|e| self.with_notices(e))?;
                 Ok(spec)
             }
             Err(reason) => {
@@ -219,16 +226,34 @@ impl Checkpoint {
                     })
                     .min_by_key(|(count, ..)| *count)
                     .expect("there are built-in variants");
-                Err(Error::Checkpoint {
+                // A near miss is worth listing; a file of another network is better shown by
+                // its own names.
+                let why = if nearest.0 <= 12 {
+                    format!("the nearest built-in variant, {}, {}", nearest.1, nearest.2)
+                } else {
+                    let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+                    names.sort();
+                    format!("its {} tensors are named {}", names.len(), first_items(&names, 6))
+                };
+                Err(self.with_notices(Error::Checkpoint {
                     path: self.origin.clone(),
                     message: format!(
-                        "its tensors describe no DenseNet ({reason}) and it carries no spec; the \
-                         nearest built-in variant, {}, {}",
-                        nearest.1,
-                        first_lines(&nearest.2, 12)
+                        "its tensors describe no DenseNet ({reason}) and it carries no spec; {why}"
                     ),
-                })
+                }))
             }
+        }
+    }
+
+    /// A refusal with what reading decided appended (a stripped prefix explains an unexpected
+    /// tensor): the command line prints notices only for a checkpoint it goes on with.
+    fn with_notices(&self, error: Error) -> Error {
+        match error {
+            Error::Checkpoint { path, message } if !self.notices.is_empty() => Error::Checkpoint {
+                path,
+                message: format!("{message}\nwhile reading it: {}", self.notices.join("; ")),
+            },
+            other => other,
         }
     }
 
@@ -374,10 +399,11 @@ pub fn check_tensors(
         Err(Error::Checkpoint {
             path: origin.to_string(),
             message: format!(
-                "does not fit variant {} ({} problems):\n  {}",
+                "does not fit variant {} ({} problem{}):\n  {}",
                 spec.name,
                 problems.len(),
-                problems.join("\n  ")
+                if problems.len() == 1 { "" } else { "s" },
+                first_lines(&problems.join("\n  "), 20)
             ),
         })
     }
@@ -460,6 +486,15 @@ fn torch_dtype(dtype: DType) -> &'static str {
         DType::F64 => "float64",
         _ => "other",
     }
+}
+
+/// The first `n` items, comma-separated, and how many more there are.
+fn first_items(items: &[String], n: usize) -> String {
+    let mut out = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > n {
+        out.push_str(&format!(" and {} more", items.len() - n));
+    }
+    out
 }
 
 /// The first `n` lines of `text`, and how many more there are.

@@ -155,54 +155,70 @@ fn split_leaf(name: &str) -> (&str, &str) {
 pub struct Canonical<T> {
     /// The scheme the names were in.
     pub scheme: NamingScheme,
-    /// The prefix every name shared and that was stripped (`module.`, `model.`, ...), if any.
+    /// The prefix that was stripped (`module.`, `model.`, ...), if any.
     pub stripped_prefix: Option<String>,
+    /// The names that did not carry that prefix, kept as they were (a loss's weight saved
+    /// beside a Lightning module's `model.*`); empty when every name carried it.
+    pub without_prefix: Vec<String>,
     /// The tensors under canonical names; names no scheme knows are kept as they were.
     pub tensors: Vec<(String, T)>,
 }
 
-/// Renames every tensor to the canonical scheme. A prefix of whole dot-separated segments that
-/// every name shares is stripped when more names are then known (canonical after renaming):
-/// the shortest such prefix that makes the most names known. Names that no scheme knows are
-/// kept as they are, so that strict checking reports them as unexpected.
+/// Renames every tensor to the canonical scheme. A training wrapper's prefix of whole
+/// dot-separated segments, shared by every name or by most of them, is stripped (from the names
+/// that carry it) when more names are then known (canonical after renaming): of the prefixes
+/// that make the most names known, the one shared by the most names, then the shortest. Names
+/// that no scheme knows are kept as they are, so that strict checking reports them as
+/// unexpected.
 pub fn to_canonical<T>(tensors: Vec<(String, T)>) -> Canonical<T> {
     let (names, values): (Vec<String>, Vec<T>) = tensors.into_iter().unzip();
-    let mut best: Option<(usize, usize, NamingScheme, Vec<String>)> = None;
-    for prefix_len in shared_prefixes(&names) {
-        let stripped: Vec<&str> = names.iter().map(|n| &n[prefix_len..]).collect();
+    let mut best: Option<(usize, String, NamingScheme, Vec<String>)> = None;
+    for prefix in candidate_prefixes(&names) {
+        let stripped: Vec<&str> = names
+            .iter()
+            .map(|n| n.strip_prefix(prefix.as_str()).unwrap_or(n))
+            .collect();
         let (scheme, renamed) = rename(&stripped);
         let known = renamed.iter().filter(|n| is_canonical(n)).count();
         if best.as_ref().is_none_or(|(k, ..)| known > *k) {
-            best = Some((known, prefix_len, scheme, renamed));
+            best = Some((known, prefix, scheme, renamed));
         }
     }
-    let (_, prefix_len, scheme, renamed) = best.expect("the empty prefix is always tried");
+    let (_, prefix, scheme, renamed) = best.expect("the empty prefix is always tried");
+    let without_prefix = if prefix.is_empty() {
+        Vec::new()
+    } else {
+        names
+            .iter()
+            .filter(|n| !n.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
     Canonical {
         scheme,
-        stripped_prefix: (prefix_len > 0).then(|| names[0][..prefix_len].to_string()),
+        stripped_prefix: (!prefix.is_empty()).then_some(prefix),
+        without_prefix,
         tensors: renamed.into_iter().zip(values).collect(),
     }
 }
 
-/// The byte lengths of every prefix of whole segments (`a.`, `a.b.`) that all names share,
-/// shortest first, starting with the empty prefix.
-fn shared_prefixes(names: &[String]) -> Vec<usize> {
-    let mut out = vec![0];
-    let Some(first) = names.first() else {
-        return out;
-    };
-    for (i, _) in first.match_indices('.') {
-        let prefix = &first[..=i];
-        if names
-            .iter()
-            .all(|n| n.starts_with(prefix) && n.len() > prefix.len())
-        {
-            out.push(i + 1);
-        } else {
-            break;
+/// The prefixes to try: none, then every prefix of whole segments (`a.`, `a.b.`, up to three
+/// segments) that more than half of the names carry (with something after it), those that
+/// every name carries first, each group shortest first.
+fn candidate_prefixes(names: &[String]) -> Vec<String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in names {
+        for (i, _) in name.match_indices('.').take(3) {
+            if i + 1 < name.len() {
+                *counts.entry(&name[..=i]).or_default() += 1;
+            }
         }
     }
-    out
+    let mut shared: Vec<(&str, usize)> = counts.into_iter().filter(|&(_, n)| 2 * n > names.len()).collect();
+    shared.sort_by_key(|&(p, n)| (std::cmp::Reverse(n), p.len()));
+    std::iter::once(String::new())
+        .chain(shared.into_iter().map(|(p, _)| p.to_string()))
+        .collect()
 }
 
 /// A canonical name: `features.*` or the classifier's.
@@ -357,6 +373,25 @@ mod tests {
         let out = to_canonical(names(&["head.fc.weight", "head.fc.bias"]));
         assert_eq!(out.stripped_prefix, None);
         assert_eq!(out.tensors[0].0, "head.fc.weight");
+        // A prefix most names carry is stripped from those; the others stay, and are said.
+        let out = to_canonical(names(&[
+            "model.features.conv0.weight",
+            "model.features.norm0.weight",
+            "model.classifier.bias",
+            "criterion.weight",
+        ]));
+        assert_eq!(out.stripped_prefix.as_deref(), Some("model."));
+        assert_eq!(out.without_prefix, ["criterion.weight"]);
+        let got: Vec<&str> = out.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "features.conv0.weight",
+                "features.norm0.weight",
+                "classifier.bias",
+                "criterion.weight"
+            ]
+        );
     }
 
     #[test]
