@@ -361,7 +361,7 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
         ckpt.notices,
         [
             "densenet121: 2 classes, as classifier.weight has (the variant has 1000)",
-            "densenet121: 1 input channels, as features.conv0.weight has (the variant has 3)"
+            "densenet121: 1 input channel, as features.conv0.weight has (the variant has 3)"
         ]
     );
     let x = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu).unwrap();

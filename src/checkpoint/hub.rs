@@ -61,7 +61,7 @@ impl HubFile {
         }
         if settings.offline {
             return Err(fail(format!(
-                "not in the cache at {} and HF_HUB_OFFLINE is set",
+                "not in the cache at {} and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)",
                 cache.path().display()
             )));
         }

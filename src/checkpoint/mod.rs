@@ -280,9 +280,11 @@ impl Checkpoint {
             let channels = w.dim(1)?;
             if channels != spec.in_channels && channels != 3 {
                 notices.push(format!(
-                    "{}: {channels} input channels, as features.conv0.weight has (the variant \
+                    "{}: {channels} input channel{}, as features.conv0.weight has (the variant \
                      has {})",
-                    spec.name, spec.in_channels
+                    spec.name,
+                    if channels == 1 { "" } else { "s" },
+                    spec.in_channels
                 ));
                 spec.in_channels = channels;
                 architecture::fit_preprocess_channels(spec);

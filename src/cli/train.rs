@@ -165,11 +165,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gives a new run's classifier one output per class of the training data, whose class names
-/// the checkpoints then carry: `--num-classes` must agree with the data, and without it the
+/// Checks that both splits of the data open, and gives a new run's classifier one output per
+/// class of the training data, whose class names the checkpoints then carry: `--num-classes` must agree with the data, and without it the
 /// variant's number of classes gives way to the data's, with a notice.
 fn fit_classes_to_data(config: &mut TrainConfig, num_classes: Option<usize>) -> anyhow::Result<()> {
     let classes = data::open(&config.data, Split::Train)?.classes;
+    // The test split too, so that a data set that cannot be used is refused before the run
+    // is announced.
+    data::open(&config.data, Split::Test)?;
     let spec = &mut config.spec;
     match num_classes {
         Some(n) if n != classes.len() => anyhow::bail!(

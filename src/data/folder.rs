@@ -30,15 +30,34 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         if train != val {
             let missing: Vec<&String> = train.iter().filter(|c| !val.contains(c)).collect();
             let extra: Vec<&String> = val.iter().filter(|c| !train.contains(c)).collect();
+            let mut differences = Vec::new();
+            if !missing.is_empty() {
+                differences.push(format!("missing here: {missing:?}"));
+            }
+            if !extra.is_empty() {
+                differences.push(format!("not in train: {extra:?}"));
+            }
             return Err(data_error(
                 &split_dir,
                 format!(
-                    "its classes differ from {}'s (missing here: {missing:?}; not in train: \
-                     {extra:?}): its labels would mean other classes",
-                    train_dir.display()
+                    "its classes differ from {}'s ({}): its labels would mean other classes",
+                    train_dir.display(),
+                    differences.join("; ")
                 ),
             ));
         }
+    }
+    if !split_dir.is_dir() {
+        let test = dir.join("test");
+        let hint = if split == Split::Test && test.is_dir() {
+            format!("; {} exists: torchvision's layout names it val/", test.display())
+        } else {
+            String::new()
+        };
+        return Err(data_error(
+            &split_dir,
+            format!("no such folder: an image-folder data set has train/ and val/, one sub-folder per class in each{hint}"),
+        ));
     }
     image_folder(&split_dir)
 }

@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 /// Where Debian's `dataset-fashion-mnist` package puts the official Fashion-MNIST files.
 pub const DEFAULT_DATA: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Opens the `split` of the data set in `dir`, whatever its format.
+/// Opens the `split` of the data set in `dir`, whatever its format. For the test split, `dir`
+/// may also be one folder of class folders (`imagenet/val`), read as torchvision's
+/// `ImageFolder(dir)`.
 pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
     if !dir.is_dir() {
         return Err(data_error(dir, "no such folder".into()));
@@ -37,6 +39,16 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         cifar::open(dir, split)
     } else if dir.join("train").is_dir() || dir.join("val").is_dir() {
         folder::open(dir, split)
+    } else if split == Split::Test && folder::is_image_folder(dir) {
+        // `eval --data imagenet/val`: the folder of classes itself, as `ImageFolder(root)`.
+        folder::image_folder(dir)
+    } else if folder::is_image_folder(dir) {
+        Err(data_error(
+            dir,
+            "a folder of class folders, but training needs two splits: DIR/train/CLASS/... and \
+             DIR/val/CLASS/... (as torchvision's ImageNet layout)"
+                .into(),
+        ))
     } else {
         Err(data_error(
             dir,
