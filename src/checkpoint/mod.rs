@@ -30,7 +30,7 @@ pub use architecture::{architecture_differences, nearest_builtin, preprocessing_
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
 pub use file::{is_temporary, write_atomic, write_safetensors};
 pub use metadata::{Metadata, PreprocessRecord};
-pub use names::{canonical_to_d2l, to_canonical, Canonical, NamingScheme};
+pub use names::{canonical_to_d2l, canonical_to_d2l_current, to_canonical, Canonical, NamingScheme};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

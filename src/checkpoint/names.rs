@@ -256,6 +256,44 @@ fn rename(names: &[&str]) -> (NamingScheme, Vec<String>) {
     (scheme, renamed)
 }
 
+/// Renames canonical tensors to the names of the book's current-edition `DenseNet` class
+/// (`net.0.0.weight`, `net.dense_blk1.net.0.0.weight`, ..., `net.last.4.bias`): the inverse of
+/// reading that scheme. The error names the first tensor that has no place in it.
+pub fn canonical_to_d2l_current<T>(tensors: Vec<(String, T)>) -> Result<Vec<(String, T)>, String> {
+    tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let (module, leaf) = split_leaf(&n);
+            let parts: Vec<&str> = module.split('.').collect();
+            let number = |s: &str, prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse::<usize>().ok());
+            let book = match parts.as_slice() {
+                ["features", "conv0"] => Some("0.0".to_string()),
+                ["features", "norm0"] => Some("0.1".to_string()),
+                ["features", block, layer, unit @ ("norm1" | "conv1")] => number(block, "denseblock")
+                    .zip(number(layer, "denselayer"))
+                    .map(|(b, l)| {
+                        format!(
+                            "dense_blk{b}.net.{}.{}",
+                            l - 1,
+                            if *unit == "norm1" { 0 } else { 2 }
+                        )
+                    }),
+                ["features", transition, unit @ ("norm" | "conv")] => number(transition, "transition")
+                    .map(|t| format!("tran_blk{t}.{}", if *unit == "norm" { 0 } else { 2 })),
+                ["features", "norm5"] => Some("last.0".to_string()),
+                ["classifier"] => Some("last.4".to_string()),
+                _ => None,
+            };
+            match book {
+                Some(b) => Ok((format!("net.{b}.{leaf}"), t)),
+                None => Err(format!(
+                    "tensor {n} has no place in the book's current DenseNet class"
+                )),
+            }
+        })
+        .collect()
+}
+
 /// Renames canonical tensors to the book's `nn.Sequential` names for a net with `block_config`.
 /// Every name must have a place in the book's layout; the error names the first that does not.
 pub fn canonical_to_d2l<T>(
@@ -419,7 +457,7 @@ mod tests {
         ];
         let full: Vec<&str> = current.iter().map(|(n, _)| *n).collect();
         let inner: Vec<&str> = full.iter().map(|n| &n[4..]).collect();
-        for list in [full, inner] {
+        for list in [full.clone(), inner] {
             let out = to_canonical(names(&list));
             assert_eq!(out.scheme, NamingScheme::D2lCurrent);
             assert_eq!(out.stripped_prefix, None);
@@ -427,5 +465,13 @@ mod tests {
             let want: Vec<&str> = current.iter().map(|(_, c)| *c).collect();
             assert_eq!(got, want);
         }
+        // And back: the whole model's names.
+        let canonical = names(&current.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+        let back: Vec<String> = canonical_to_d2l_current(canonical)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(back, full);
     }
 }

@@ -4,15 +4,21 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use densenet_zoo::checkpoint::{canonical_to_d2l, state_dict, write_safetensors, Checkpoint, Metadata};
+use densenet_zoo::checkpoint::{
+    canonical_to_d2l, canonical_to_d2l_current, state_dict, write_safetensors, Checkpoint, Metadata,
+};
 use densenet_zoo::spec::{LayerKind, StemKind};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Format {
     /// torchvision's (and timm's) names.
     Torchvision,
-    /// The book's `nn.Sequential` names (`0.0.weight`, `1.net.0.0.weight`, ...).
+    /// The book's first-edition `nn.Sequential` names (`0.0.weight`, `1.net.0.0.weight`, ...).
     D2l,
+    /// The book's current-edition `DenseNet` class (`net.0.0.weight`,
+    /// `net.dense_blk1.net.0.0.weight`, ..., `net.last.4.weight`), for `load_state_dict` on the
+    /// whole model.
+    D2lCurrent,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,14 +46,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     ckpt.check(&spec)?;
     let mut tensors = state_dict(&spec, &ckpt.tensors)?;
-    if let Format::D2l = args.format {
+    if let Format::D2l | Format::D2lCurrent = args.format {
         if spec.layer != LayerKind::Plain || spec.stem != StemKind::Imagenet || !spec.conv_bias {
             anyhow::bail!(
-                "--format d2l needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
+                "--format {} needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
+                format_name(args.format),
                 spec.name
             );
         }
-        tensors = canonical_to_d2l(tensors, &spec.block_config).map_err(anyhow::Error::msg)?;
+        tensors = match args.format {
+            Format::D2l => canonical_to_d2l(tensors, &spec.block_config),
+            _ => canonical_to_d2l_current(tensors),
+        }
+        .map_err(anyhow::Error::msg)?;
     }
     let mut metadata = Metadata::for_spec(&spec);
     if let Some(old) = ckpt.metadata.filter(|m| m.spec.num_classes == spec.num_classes) {
@@ -60,11 +71,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.display(),
         tensors.len(),
         spec.name,
-        match args.format {
-            Format::Torchvision => "torchvision",
-            Format::D2l => "the book's",
-        },
+        format_name(args.format),
         ckpt.scheme
     );
     Ok(())
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Torchvision => "torchvision",
+        Format::D2l => "d2l",
+        Format::D2lCurrent => "d2l-current",
+    }
 }
