@@ -20,6 +20,7 @@
 //! ```
 
 pub mod allocator;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -89,6 +89,38 @@ pub struct Recipe {
     pub source: String,
 }
 
+impl Recipe {
+    /// Checks that the recipe can run: at least one epoch of batches of at least one image, a
+    /// positive finite learning rate, momentum in [0, 1), a finite non-negative weight decay,
+    /// milestones within the run. The message names the field and the value found.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1, found 0".into());
+        }
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1, found 0".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("lr must be positive, found {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(format!("momentum must be in [0, 1), found {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight_decay must be 0 or more, found {}",
+                self.weight_decay
+            ));
+        }
+        if let Some(m) = self.milestones.iter().find(|m| !(**m > 0.0 && **m <= 1.0)) {
+            return Err(format!(
+                "milestones are fractions of the run in (0, 1], found {m}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Recipe {
     /// The paper's CIFAR recipe (Huang et al. 2017, 3.4).
     fn default() -> Self {
@@ -308,6 +340,23 @@ impl VariantSpec {
             }
         }
         self.check_input_size(self.input_size)
+    }
+
+    /// The spec for square inputs of `size` pixels: `input_size` and the centre crop become
+    /// `size`, and the resize before the crop keeps its ratio to the crop (256/224 stays 8/7).
+    pub fn set_input_size(&mut self, size: usize) {
+        if self.input_size != size {
+            let p = &mut self.preprocess;
+            p.resize = ((size * p.resize) as f64 / p.crop as f64).round() as usize;
+            p.crop = size;
+            self.input_size = size;
+        }
+    }
+
+    /// True when the book's code can hold this net (plain layers, the ImageNet stem, conv
+    /// biases), so that its names can be written.
+    pub fn has_book_layout(&self) -> bool {
+        self.layer == LayerKind::Plain && self.stem == StemKind::Imagenet && self.conv_bias
     }
 
     /// Channels out of a transition that receives `channels`: `floor(θ·channels)`.

@@ -441,3 +441,31 @@ fn memory_efficient_training_matches_the_default_and_resumes_as_it_started() {
         weights_of(&b.join("last.safetensors"))
     );
 }
+
+/// The library refuses a recipe that cannot run, with the field, before touching any data (a
+/// batch size of 0 used to panic in the epoch's batch count).
+#[test]
+fn the_library_refuses_a_recipe_that_cannot_run() {
+    use densenet_zoo::train::{train, Start, TrainConfig};
+    let spec = densenet_zoo::VariantSpec::resolve("d2l").unwrap();
+    let mut config = TrainConfig {
+        image_size: 32,
+        data: PathBuf::from("/nonexistent"),
+        recipe: spec.recipe.clone(),
+        warmup_epochs: 0,
+        seed: 0,
+        memory_efficient: false,
+        spec,
+    };
+    let out = std::env::temp_dir().join(format!("zoo-recipe-{}", std::process::id()));
+    config.recipe.batch_size = 0;
+    let err = train(&config, &out, &Start::default(), &candle_core::Device::Cpu).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "training: batch_size must be at least 1, found 0"
+    );
+    config.recipe.batch_size = 8;
+    config.recipe.lr = f64::NAN;
+    let err = train(&config, &out, &Start::default(), &candle_core::Device::Cpu).unwrap_err();
+    assert_eq!(err.to_string(), "training: lr must be positive, found NaN");
+}

@@ -520,7 +520,10 @@ fn cut_or_corrupt_legacy_files_are_refused_without_a_panic() {
     let path = dir.join("cut-end.pth");
     std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
     let err = Checkpoint::read(&path, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains(" elements of ") && err.contains(" bytes, but "), "{err}");
+    assert!(
+        err.contains(" elements of ") && err.contains(" bytes, but "),
+        "{err}"
+    );
     // A storage that claims more elements than the file holds.
     let mut huge = bytes.clone();
     let keys_end = find_storage_data(&bytes);

@@ -94,15 +94,22 @@ pub fn write_safetensors(
     tensors: &[(String, Tensor)],
     metadata: Option<&Metadata>,
 ) -> Result<()> {
+    write_safetensors_with(path, tensors, metadata.map(Metadata::to_map))
+}
+
+/// [`write_safetensors`] with a `__metadata__` map of the caller's own (a features file's
+/// file list beside the spec's entries).
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let mut contiguous = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         contiguous.push((name.as_str(), t.to_device(&Device::Cpu)?.contiguous()?));
     }
-    let bytes = safetensors::serialize(
-        contiguous.iter().map(|(n, t)| (*n, t)),
-        metadata.map(Metadata::to_map),
-    )
-    .map_err(|e| bad(path, e))?;
+    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), metadata)
+        .map_err(|e| bad(path, e))?;
     write_atomic(path, &bytes)
 }
 

@@ -28,7 +28,7 @@ mod pth_guard;
 pub use adapt::{adapt, adapt_input_conv};
 pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
-pub use file::{is_temporary, write_atomic, write_safetensors};
+pub use file::{is_temporary, write_atomic, write_safetensors, write_safetensors_with};
 pub use metadata::{Metadata, PreprocessRecord};
 pub use names::{canonical_to_d2l, canonical_to_d2l_current, to_canonical, Canonical, NamingScheme};
 
@@ -432,6 +432,33 @@ pub fn state_dict(spec: &VariantSpec, tensors: &HashMap<String, Tensor>) -> Resu
         }
     }
     Ok(out)
+}
+
+/// The state dict of `spec` ([`state_dict`]) under the names of `scheme`: torchvision's, or
+/// the book's first or current edition, which need the book's layout (plain layers, the
+/// ImageNet stem, conv biases). torchvision's legacy names are read, never written.
+pub fn export_state_dict(
+    spec: &VariantSpec,
+    tensors: &HashMap<String, Tensor>,
+    scheme: NamingScheme,
+) -> Result<Vec<(String, Tensor)>> {
+    let canonical = state_dict(spec, tensors)?;
+    let refuse = |message: String| Error::Spec {
+        origin: spec.name.clone(),
+        message,
+    };
+    let book = spec.has_book_layout();
+    match scheme {
+        NamingScheme::Torchvision => Ok(canonical),
+        NamingScheme::TorchvisionLegacy => Err(refuse(
+            "torchvision's legacy names are read, not written: torchvision loads its current ones".into(),
+        )),
+        NamingScheme::D2l | NamingScheme::D2lCurrent if !book => Err(refuse(
+            "the book's names need its layout (plain layers, ImageNet stem, conv biases)".into(),
+        )),
+        NamingScheme::D2l => canonical_to_d2l(canonical, &spec.block_config).map_err(refuse),
+        NamingScheme::D2lCurrent => canonical_to_d2l_current(canonical).map_err(refuse),
+    }
 }
 
 /// Builds `spec` from a map of canonical-named tensors, refusing any mismatch.

@@ -4,10 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use densenet_zoo::checkpoint::{
-    canonical_to_d2l, canonical_to_d2l_current, state_dict, write_safetensors, Checkpoint, Metadata,
-};
-use densenet_zoo::spec::{LayerKind, StemKind};
+use densenet_zoo::checkpoint::{export_state_dict, write_safetensors, Checkpoint, Metadata, NamingScheme};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Format {
@@ -45,21 +42,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         say!("note: {notice}");
     }
     ckpt.check(&spec)?;
-    let mut tensors = state_dict(&spec, &ckpt.tensors)?;
-    if let Format::D2l | Format::D2lCurrent = args.format {
-        if spec.layer != LayerKind::Plain || spec.stem != StemKind::Imagenet || !spec.conv_bias {
-            anyhow::bail!(
-                "--format {} needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
-                format_name(args.format),
-                spec.name
-            );
-        }
-        tensors = match args.format {
-            Format::D2l => canonical_to_d2l(tensors, &spec.block_config),
-            _ => canonical_to_d2l_current(tensors),
-        }
-        .map_err(anyhow::Error::msg)?;
-    }
+    anyhow::ensure!(
+        matches!(args.format, Format::Torchvision) || spec.has_book_layout(),
+        "--format {} needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
+        format_name(args.format),
+        spec.name
+    );
+    let scheme = match args.format {
+        Format::Torchvision => NamingScheme::Torchvision,
+        Format::D2l => NamingScheme::D2l,
+        Format::D2lCurrent => NamingScheme::D2lCurrent,
+    };
+    let tensors = export_state_dict(&spec, &ckpt.tensors, scheme)?;
     let mut metadata = Metadata::for_spec(&spec);
     if let Some(old) = ckpt.metadata.filter(|m| m.spec.num_classes == spec.num_classes) {
         metadata.classes = old.classes;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use densenet_zoo::checkpoint::{write_atomic, Metadata};
+use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
@@ -149,17 +149,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     metadata.insert("densenet_zoo.files".into(), serde_json::to_string(&names)?);
     metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());
-    let contiguous: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.to_device(&candle_core::Device::Cpu)?.contiguous()?)))
-        .collect::<candle_core::Result<_>>()?;
-    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))?;
-    write_atomic(&args.out, &bytes)?;
+    write_safetensors_with(&args.out, &tensors, Some(metadata))?;
     say!(
         "wrote {} ({} images; {})",
         args.out.display(),
         files.len(),
-        contiguous
+        tensors
             .iter()
             .map(|(n, t)| format!("{n} {:?}", t.dims()))
             .collect::<Vec<_>>()

@@ -115,14 +115,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fit_classes_to_data(&mut config, args.num_classes)?;
         config
     };
+    config
+        .recipe
+        .validate()
+        .map_err(|m| anyhow::anyhow!("the training recipe: {m}"))?;
     let r = &config.recipe;
-    anyhow::ensure!(r.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(r.epochs > 0, "--epochs must be at least 1");
-    anyhow::ensure!(
-        r.lr.is_finite() && r.lr > 0.0,
-        "--lr must be positive, found {}",
-        r.lr
-    );
     say!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
          weight decay {}, augment {}, seed {}, device {:?}{}",
@@ -238,11 +235,5 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
             Optim::Adamw => OptimizerKind::Adamw,
         };
     }
-    let spec = &mut config.spec;
-    if spec.input_size != config.image_size {
-        let p = &mut spec.preprocess;
-        p.resize = ((config.image_size * p.resize) as f64 / p.crop as f64).round() as usize;
-        p.crop = config.image_size;
-        spec.input_size = config.image_size;
-    }
+    config.spec.set_input_size(config.image_size);
 }

@@ -115,6 +115,7 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
 
+    config.recipe.validate().map_err(Error::Training)?;
     let spec = &config.spec;
     spec.check_input_size(config.image_size)
         .map_err(|message| Error::Spec {

@@ -1,0 +1,158 @@
+//! Timing a variant, as timm's `benchmark.py` does: examples per second, GFLOP/s and the
+//! process's peak memory, for inference or a training step.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use crate::checkpoint::varmap_tensors;
+use crate::error::{Error, Result};
+use crate::model::DenseNet;
+use crate::spec::VariantSpec;
+use crate::summary::summarize;
+use crate::train::{seeded_varmap, Optimizer, OptimizerKind};
+
+/// What to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Eval-mode forward passes on plain tensors: no autograd graph.
+    Infer,
+    /// Forward, backward and an SGD step (Nesterov momentum 0.9, weight decay 1e-4).
+    Train,
+}
+
+/// One benchmark: `iters` timed iterations after `warmup` untimed ones, on random images
+/// (`batch`, in_channels, `size`, `size`) and seeded weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// What to time.
+    pub mode: BenchMode,
+    /// Images per iteration.
+    pub batch: usize,
+    /// Square input side in pixels.
+    pub size: usize,
+    /// Timed iterations (at least 1).
+    pub iters: usize,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Train in the memory-efficient mode.
+    pub memory_efficient: bool,
+}
+
+/// What a benchmark measured; the median iteration decides the rates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// The variant's name.
+    pub variant: String,
+    /// What was timed.
+    pub mode: BenchMode,
+    /// Images per iteration.
+    pub batch: usize,
+    /// Square input side in pixels.
+    pub size: usize,
+    /// Timed iterations.
+    pub iters: usize,
+    /// Whether training ran in the memory-efficient mode.
+    pub memory_efficient: bool,
+    /// Images per second at the median iteration.
+    pub examples_per_s: f64,
+    /// At the slowest iteration.
+    pub examples_per_s_min: f64,
+    /// At the fastest iteration.
+    pub examples_per_s_max: f64,
+    /// Floating-point operations per second at the median, in units of 10⁹: two per
+    /// multiply-add, three forward passes' worth for a training step.
+    pub gflops: f64,
+    /// The process's peak resident set in MiB (Linux `VmHWM`), 0 where unknown.
+    pub peak_rss_mib: f64,
+    /// The device, as candle names it.
+    pub device: String,
+}
+
+/// Times `spec` as `config` says on `device`.
+pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Result<BenchReport> {
+    if config.iters == 0 || config.batch == 0 {
+        return Err(Error::Spec {
+            origin: spec.name.clone(),
+            message: "a benchmark needs at least one iteration of at least one image".into(),
+        });
+    }
+    let macs = summarize(spec, config.size)?.macs as f64;
+    let varmap = seeded_varmap(spec, 0, device)?;
+    let x = Tensor::randn(
+        0f32,
+        1.0,
+        (config.batch, spec.in_channels, config.size, config.size),
+        device,
+    )?;
+    let labels: Vec<u32> = (0..config.batch).map(|i| (i % spec.num_classes) as u32).collect();
+    let y = Tensor::from_vec(labels, config.batch, device)?;
+    let mut times = Vec::with_capacity(config.iters);
+    let mut time = |i: usize, step: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let t = Instant::now();
+        step()?;
+        if i >= config.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    };
+    match config.mode {
+        BenchMode::Infer => {
+            let model = DenseNet::new(
+                spec,
+                VarBuilder::from_tensors(varmap_tensors(&varmap), DType::F32, device),
+            )?;
+            drop(varmap);
+            for i in 0..config.warmup + config.iters {
+                time(i, &mut || {
+                    model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+                    Ok(())
+                })?;
+            }
+        }
+        BenchMode::Train => {
+            let model = DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?
+                .with_memory_efficient(config.memory_efficient);
+            let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4);
+            for i in 0..config.warmup + config.iters {
+                time(i, &mut || {
+                    let loss = candle_nn::loss::cross_entropy(&model.forward_t(&x, true)?, &y)?;
+                    opt.step(&loss.backward()?, 0.01)?;
+                    loss.to_scalar::<f32>()?;
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let per_s = |t: f64| config.batch as f64 / t;
+    let passes = if config.mode == BenchMode::Train { 3.0 } else { 1.0 };
+    Ok(BenchReport {
+        variant: spec.name.clone(),
+        mode: config.mode,
+        batch: config.batch,
+        size: config.size,
+        iters: config.iters,
+        memory_efficient: config.memory_efficient,
+        examples_per_s: per_s(median),
+        examples_per_s_min: per_s(times[times.len() - 1]),
+        examples_per_s_max: per_s(times[0]),
+        gflops: 2.0 * macs * config.batch as f64 * passes / median / 1e9,
+        peak_rss_mib: peak_rss_mib(),
+        device: format!("{device:?}"),
+    })
+}
+
+/// The process's peak resident set in MiB (Linux `VmHWM`), or 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
