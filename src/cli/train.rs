@@ -1,11 +1,15 @@
 //! `densenet-zoo train`: train a variant on a data set, timm-style, with the book's plot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use densenet_zoo::data::{self, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
-use densenet_zoo::train::{self, saved_config, OptimizerKind, Outcome, ScheduleKind, TrainConfig};
+use densenet_zoo::train::{
+    self, saved_config, EpochMetrics, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig,
+};
 use densenet_zoo::VariantSpec;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -152,7 +156,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         resume: args.resume,
         weights: args.weights.clone(),
     };
-    match train::train(&config, &args.out, &start, &device)? {
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let mut shown = Shown::default();
+    let outcome = train::train(&config, &args.out, &start, &device, &STOP, &mut shown)?;
+    if let Some(e) = shown.write_error {
+        return Err(e);
+    }
+    match outcome {
         Outcome::Finished => say!(
             "done: {} (metrics.jsonl, last.safetensors, best.safetensors, curves.svg)",
             args.out.display()
@@ -160,6 +170,67 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Outcome::Interrupted => std::process::exit(130),
     }
     Ok(())
+}
+
+/// Set by Ctrl-C: the run saves its state after the current batch and stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// How a run is shown: notes and a progress bar per epoch on stderr, the book's line per epoch
+/// on stdout.
+#[derive(Default)]
+struct Shown {
+    bar: Option<ProgressBar>,
+    /// The first failed write to stdout, reported when the run ends (the checkpoints matter
+    /// more than the lines).
+    write_error: Option<anyhow::Error>,
+}
+
+impl Observer for Shown {
+    fn note(&mut self, message: &str) {
+        say!("note: {message}");
+    }
+
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize, done: usize) {
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "epoch {epoch}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}"
+            ))
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_position(done as u64);
+        self.bar = Some(bar);
+    }
+
+    fn batch_done(&mut self, mean_loss: f64, examples_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("loss {mean_loss:.3}, {examples_per_s:.0} ex/s"));
+            bar.inc(1);
+        }
+    }
+
+    fn epoch_abandoned(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
+
+    fn stopped(&mut self, checkpoint: &Path, epoch: usize, batch: usize) {
+        say!(
+            "interrupted: saved {} at epoch {epoch}, batch {batch}; --resume continues from there",
+            checkpoint.display()
+        );
+    }
+
+    fn epoch_done(&mut self, metrics: &EpochMetrics) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if let Err(e) = out!("{}", metrics.line()) {
+            self.write_error.get_or_insert(e);
+        }
+    }
 }
 
 /// Checks that both splits of the data open, and gives a new run's classifier one output per

@@ -15,4 +15,4 @@ pub use metrics::EpochMetrics;
 pub use optim::{Optimizer, OptimizerKind};
 pub use plot::curves_svg;
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{last_checkpoint, saved_config, train, Outcome, Start, TrainConfig};
+pub use trainer::{last_checkpoint, saved_config, train, Observer, Outcome, Start, TrainConfig, Trainer};

@@ -58,7 +58,8 @@ pub struct Start {
 pub enum Outcome {
     /// Every epoch ran.
     Finished,
-    /// Ctrl-C: the state was saved to `last.safetensors`, and `--resume` goes on from there.
+    /// Stopped on request (Ctrl-C on the command line): the state was saved to
+    /// `last.safetensors` mid-epoch, and `--resume` goes on from there.
     Interrupted,
 }
 
@@ -81,8 +82,6 @@ struct Progress {
     metrics: Vec<EpochMetrics>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// The checkpoint `--resume` reads, in `out`.
 pub fn last_checkpoint(out: &Path) -> PathBuf {
     out.join("last.safetensors")
@@ -101,109 +100,200 @@ pub fn saved_config(out: &Path) -> Result<TrainConfig> {
         .map_err(|e| Error::Training(format!("{}: bad config: {e}", last_checkpoint(out).display())))
 }
 
-/// Trains as `config` says, writing `metrics.jsonl`, `last.safetensors`, `best.safetensors`
-/// and `curves.svg` into `out`, from new weights, a checkpoint to fine-tune, or (resuming)
-/// exactly where `out/last.safetensors` stopped.
-pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -> Result<Outcome> {
-    let resume = start.resume;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    remove_temporary_files(out);
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-    INTERRUPTED.store(false, Ordering::SeqCst);
+/// What a run reports as it goes, for the caller to show (the command line draws a progress
+/// bar and prints the book's line per epoch). Every method does nothing by default, and `()`
+/// is the observer that shows nothing.
+pub trait Observer {
+    /// A sentence for the user: a resume, a notice from loading the starting weights.
+    fn note(&mut self, _message: &str) {}
+    /// Epoch `epoch` (from 1) of `epochs` starts with `done` of its `batches` already done (a
+    /// resume mid-epoch).
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _done: usize) {}
+    /// A batch was trained: the epoch's running mean loss and training examples per second.
+    fn batch_done(&mut self, _mean_loss: f64, _examples_per_s: f64) {}
+    /// The epoch ended early: a non-finite loss, or a stop request.
+    fn epoch_abandoned(&mut self) {}
+    /// A stop request was honoured: the state is in `checkpoint`, after `batch` batches of
+    /// epoch `epoch` (from 1).
+    fn stopped(&mut self, _checkpoint: &Path, _epoch: usize, _batch: usize) {}
+    /// An epoch finished, evaluated, and its checkpoints were written.
+    fn epoch_done(&mut self, _metrics: &EpochMetrics) {}
+}
 
-    config.recipe.validate().map_err(Error::Training)?;
-    let spec = &config.spec;
-    spec.check_input_size(config.image_size)
-        .map_err(|message| Error::Spec {
-            origin: spec.name.clone(),
-            message,
+impl Observer for () {}
+
+/// A training run: the data, the model and its optimiser, the schedule and the progress,
+/// checkpointed in `out` after every epoch (`last.safetensors`, `best.safetensors`,
+/// `metrics.jsonl`, `curves.svg`) so that a run killed at any point resumes exactly.
+///
+/// ```no_run
+/// use std::sync::atomic::AtomicBool;
+/// use densenet_zoo::train::{Start, TrainConfig, Trainer};
+/// # fn run(config: TrainConfig) -> densenet_zoo::Result<()> {
+/// let device = candle_core::Device::Cpu;
+/// let stop = AtomicBool::new(false); // set it from a signal handler to stop mid-epoch
+/// let mut trainer = Trainer::new(&config, "runs/a".as_ref(), &Start::default(), &device, &mut ())?;
+/// while !trainer.is_finished() {
+///     if let Some(metrics) = trainer.run_epoch(&stop, &mut ())? {
+///         println!("{}", metrics.line());
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Trainer {
+    config: TrainConfig,
+    out: PathBuf,
+    device: Device,
+    train_set: Arc<Dataset>,
+    test_set: Arc<Dataset>,
+    classes: Vec<String>,
+    varmap: VarMap,
+    optimizer: Optimizer,
+    model: DenseNet,
+    schedule: Schedule,
+    progress: Progress,
+    started: Instant,
+    /// Wall seconds of the run before this session (a resume).
+    wall_before: f64,
+}
+
+impl Trainer {
+    /// Sets a run up in `out` as `config` says, from new weights, a checkpoint to fine-tune,
+    /// or (resuming) exactly where `out/last.safetensors` stopped. Refuses a recipe or input
+    /// size that cannot run, and data whose classes do not match the classifier.
+    pub fn new(
+        config: &TrainConfig,
+        out: &Path,
+        start: &Start,
+        device: &Device,
+        observer: &mut dyn Observer,
+    ) -> Result<Self> {
+        config.recipe.validate().map_err(Error::Training)?;
+        let spec = &config.spec;
+        spec.check_input_size(config.image_size)
+            .map_err(|message| Error::Spec {
+                origin: spec.name.clone(),
+                message,
+            })?;
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            path: out.to_path_buf(),
+            source,
         })?;
-    let train_set = Arc::new(data::open(&config.data, Split::Train)?);
-    let test_set = Arc::new(data::open(&config.data, Split::Test)?);
-    check_classes(&train_set, spec, &config.data)?;
-    let classes = train_set.classes.clone();
-    let transform = |augment: bool| Transform {
-        size: config.image_size,
-        resize: config.image_size,
-        channels: spec.in_channels,
-        mean: spec.preprocess.mean.clone(),
-        std: spec.preprocess.std.clone(),
-        augment,
-        pad: 4,
-    };
+        remove_temporary_files(out);
+        let train_set = Arc::new(data::open(&config.data, Split::Train)?);
+        let test_set = Arc::new(data::open(&config.data, Split::Test)?);
+        check_classes(&train_set, spec, &config.data)?;
+        let classes = train_set.classes.clone();
 
-    let (varmap, optimizer_state, mut progress) = if resume {
-        let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
-        let training = ckpt.metadata.as_ref().and_then(|m| m.training.clone());
-        let progress = training
-            .and_then(|t| serde_json::from_value::<Progress>(t["progress"].clone()).ok())
-            .ok_or_else(|| Error::Training(format!("{} holds no training progress", ckpt.origin)))?;
-        let state = ckpt.optimizer.clone();
-        let varmap = VarMap::new();
-        ckpt.into_varmap(spec, &varmap, device)?;
-        let at_batch = if progress.batch > 0 {
-            format!(", batch {}", progress.batch)
+        let (varmap, optimizer_state, progress) = if start.resume {
+            let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
+            let training = ckpt.metadata.as_ref().and_then(|m| m.training.clone());
+            let progress = training
+                .and_then(|t| serde_json::from_value::<Progress>(t["progress"].clone()).ok())
+                .ok_or_else(|| Error::Training(format!("{} holds no training progress", ckpt.origin)))?;
+            let state = ckpt.optimizer.clone();
+            let varmap = VarMap::new();
+            ckpt.into_varmap(spec, &varmap, device)?;
+            let at_batch = if progress.batch > 0 {
+                format!(", batch {}", progress.batch)
+            } else {
+                String::new()
+            };
+            // A kill between the metrics line and the checkpoint of an epoch would leave a line
+            // the checkpoint does not know: the checkpoint is the truth.
+            let lines: String = progress
+                .metrics
+                .iter()
+                .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
+                .collect();
+            write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
+            observer.note(&format!(
+                "resuming from {} after epoch {}{at_batch}",
+                last_checkpoint(out).display(),
+                progress.epoch
+            ));
+            (varmap, state, progress)
         } else {
-            String::new()
-        };
-        // A kill between the metrics line and the checkpoint of an epoch would leave a line the
-        // checkpoint does not know: the checkpoint is the truth.
-        let lines: String = progress
-            .metrics
-            .iter()
-            .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
-            .collect();
-        write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
-        eprintln!(
-            "resuming from {} after epoch {}{at_batch}",
-            last_checkpoint(out).display(),
-            progress.epoch
-        );
-        (varmap, state, progress)
-    } else {
-        let varmap = match &start.weights {
-            Some(weights) => {
-                let mut ckpt = Checkpoint::open(weights, device)?;
-                for notice in ckpt.adapt(spec, true)? {
-                    eprintln!("note: {notice}");
+            let varmap = match &start.weights {
+                Some(weights) => {
+                    let mut ckpt = Checkpoint::open(weights, device)?;
+                    for notice in ckpt.adapt(spec, true)? {
+                        observer.note(&notice);
+                    }
+                    let varmap = VarMap::new();
+                    ckpt.into_varmap(spec, &varmap, device)?;
+                    varmap
                 }
-                let varmap = VarMap::new();
-                ckpt.into_varmap(spec, &varmap, device)?;
-                varmap
-            }
-            None => seeded_varmap(spec, config.seed, device)?,
+                None => seeded_varmap(spec, config.seed, device)?,
+            };
+            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            (varmap, Default::default(), Progress::default())
         };
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-        (varmap, Default::default(), Progress::default())
-    };
-    let r = &config.recipe;
-    let mut optimizer = Optimizer::new(r.optimizer, &varmap, r.momentum, r.nesterov, r.weight_decay);
-    optimizer.load_state(&optimizer_state, progress.steps);
-    let model = DenseNet::new(
-        spec,
-        candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
-    )?
-    .with_memory_efficient(config.memory_efficient);
-    let schedule = Schedule {
-        kind: r.schedule,
-        base_lr: r.lr,
-        epochs: r.epochs,
-        warmup_epochs: config.warmup_epochs,
-        milestones: r.milestones.clone(),
-    };
-    let batches_per_epoch = train_set.len().div_ceil(r.batch_size);
-    let started = Instant::now();
-    // Seconds of the run before this session (a resume), plus this session's.
-    let wall_before = progress.wall_s;
-    let wall = || wall_before + started.elapsed().as_secs_f64();
+        let r = &config.recipe;
+        let mut optimizer = Optimizer::new(r.optimizer, &varmap, r.momentum, r.nesterov, r.weight_decay);
+        optimizer.load_state(&optimizer_state, progress.steps);
+        let model = DenseNet::new(
+            spec,
+            candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
+        )?
+        .with_memory_efficient(config.memory_efficient);
+        let schedule = Schedule {
+            kind: r.schedule,
+            base_lr: r.lr,
+            epochs: r.epochs,
+            warmup_epochs: config.warmup_epochs,
+            milestones: r.milestones.clone(),
+        };
+        Ok(Self {
+            config: config.clone(),
+            out: out.to_path_buf(),
+            device: device.clone(),
+            train_set,
+            test_set,
+            classes,
+            varmap,
+            optimizer,
+            model,
+            schedule,
+            wall_before: progress.wall_s,
+            progress,
+            started: Instant::now(),
+        })
+    }
 
-    while progress.epoch < r.epochs {
+    /// True once every epoch of the recipe has run.
+    pub fn is_finished(&self) -> bool {
+        self.progress.epoch >= self.config.recipe.epochs
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> usize {
+        self.progress.epoch
+    }
+
+    /// The classes the classifier's outputs stand for, from the training data.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Trains the next epoch (or the rest of it, after a mid-epoch resume), evaluates, and
+    /// writes the epoch's checkpoints and metrics: `Some(metrics)`. When `stop` is set between
+    /// two batches, the state is saved in `last.safetensors` mid-epoch and `None` is returned:
+    /// a resume goes on from that batch. A non-finite loss stops the run with an error, and the
+    /// last good checkpoint stays as it was.
+    pub fn run_epoch(
+        &mut self,
+        stop: &AtomicBool,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<EpochMetrics>> {
+        let config = &self.config;
+        let (spec, r) = (&config.spec, &config.recipe);
+        let device = &self.device;
+        let out = &self.out;
+        let batches_per_epoch = self.train_set.len().div_ceil(r.batch_size);
+        let progress = &mut self.progress;
         let epoch = progress.epoch;
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        let mut order: Vec<usize> = (0..self.train_set.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
             config.seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F),
         ));
@@ -211,18 +301,17 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             .seed
             .wrapping_add(epoch as u64)
             .wrapping_mul(0xE703_7ED1_A0B4_28DB);
-        let bar = progress_bar(batches_per_epoch as u64, epoch + 1, r.epochs);
-        bar.set_position(progress.batch as u64);
+        observer.epoch_started(epoch + 1, r.epochs, batches_per_epoch, progress.batch);
         let (mut loss_sum, mut correct, mut seen, mut train_s) = progress.partial;
         let loader = Loader::new(
-            train_set.clone(),
+            self.train_set.clone(),
             order,
             r.batch_size,
-            transform(r.augment),
+            train_transform(config, r.augment),
             epoch_seed,
             progress.batch,
         );
-        let mut lr = schedule.lr(epoch as f64);
+        let mut lr = self.schedule.lr(epoch as f64);
         for batch in loader {
             let batch = batch?;
             let step_start = Instant::now();
@@ -230,12 +319,14 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             let s = config.image_size;
             let x = Tensor::from_vec(batch.images, (n, spec.in_channels, s, s), device)?;
             let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
-            lr = schedule.lr(epoch as f64 + progress.batch as f64 / batches_per_epoch as f64);
-            let logits = model.forward_t(&x, true)?;
+            lr = self
+                .schedule
+                .lr(epoch as f64 + progress.batch as f64 / batches_per_epoch as f64);
+            let logits = self.model.forward_t(&x, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
-                bar.abandon();
+                observer.epoch_abandoned();
                 return Err(Error::Training(format!(
                     "the loss is {loss_value} at epoch {}, batch {}: stopped; the last good checkpoint is {} \
                      (try a lower --lr)",
@@ -245,50 +336,43 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
                 )));
             }
             let grads = loss.backward()?;
-            optimizer.step(&grads, lr)?;
+            self.optimizer.step(&grads, lr)?;
             progress.steps += 1;
             loss_sum += loss_value * n as f64;
             correct += top_k_hits(&logits.detach(), &batch.labels)?.0;
             seen += n;
             train_s += step_start.elapsed().as_secs_f64();
             progress.batch += 1;
-            bar.set_message(format!(
-                "loss {:.3}, {:.0} ex/s",
-                loss_sum / seen as f64,
-                seen as f64 / train_s
-            ));
-            bar.inc(1);
-            if INTERRUPTED.load(Ordering::SeqCst) && progress.batch < batches_per_epoch {
-                bar.abandon();
+            observer.batch_done(loss_sum / seen as f64, seen as f64 / train_s);
+            if stop.load(Ordering::SeqCst) && progress.batch < batches_per_epoch {
+                observer.epoch_abandoned();
                 progress.partial = (loss_sum, correct, seen, train_s);
-                progress.wall_s = wall();
+                progress.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
                 save_model(
                     &last_checkpoint(out),
                     config,
-                    &classes,
-                    &varmap,
-                    &progress,
-                    Some(&optimizer),
+                    &self.classes,
+                    &self.varmap,
+                    progress,
+                    Some(&self.optimizer),
                 )?;
-                eprintln!(
-                    "interrupted: saved {} at epoch {}, batch {}; --resume continues from there",
-                    last_checkpoint(out).display(),
-                    epoch + 1,
-                    progress.batch
-                );
-                return Ok(Outcome::Interrupted);
+                observer.stopped(&last_checkpoint(out), epoch + 1, progress.batch);
+                return Ok(None);
             }
         }
-        bar.finish_and_clear();
         // On detached weights: evaluation records no graph.
         let eval_model = DenseNet::new(
             spec,
-            candle_nn::VarBuilder::from_tensors(varmap_tensors(&varmap), candle_core::DType::F32, device),
+            candle_nn::VarBuilder::from_tensors(
+                varmap_tensors(&self.varmap),
+                candle_core::DType::F32,
+                device,
+            ),
         )?;
         let test = evaluate(
             &eval_model,
-            test_set.clone(),
-            &transform(false),
+            self.test_set.clone(),
+            &train_transform(config, false),
             r.batch_size,
             device,
         )?;
@@ -298,10 +382,9 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             train_acc: correct as f64 / seen.max(1) as f64,
             test_acc: test.top1,
             examples_per_s: seen as f64 / train_s.max(1e-9),
-            wall_s: wall(),
+            wall_s: self.wall_before + self.started.elapsed().as_secs_f64(),
             lr,
         };
-        println!("{}", metrics.line());
         append_line(
             &out.join("metrics.jsonl"),
             &serde_json::to_string(&metrics).expect("metrics serialise"),
@@ -316,21 +399,55 @@ pub fn train(config: &TrainConfig, out: &Path, start: &Start, device: &Device) -
             save_model(
                 &out.join("best.safetensors"),
                 config,
-                &classes,
-                &varmap,
-                &progress,
+                &self.classes,
+                &self.varmap,
+                progress,
                 None,
             )?;
         }
         save_model(
             &last_checkpoint(out),
             config,
-            &classes,
-            &varmap,
-            &progress,
-            Some(&optimizer),
+            &self.classes,
+            &self.varmap,
+            progress,
+            Some(&self.optimizer),
         )?;
         write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
+        observer.epoch_done(&metrics);
+        Ok(Some(metrics))
+    }
+}
+
+/// The images as training and evaluation see them: resized to the run's input size, with
+/// the spec's normalisation, and the crop-and-flip augmentation when `augment`.
+fn train_transform(config: &TrainConfig, augment: bool) -> Transform {
+    Transform {
+        size: config.image_size,
+        resize: config.image_size,
+        channels: config.spec.in_channels,
+        mean: config.spec.preprocess.mean.clone(),
+        std: config.spec.preprocess.std.clone(),
+        augment,
+        pad: 4,
+    }
+}
+
+/// Trains as `config` says to the end of the recipe ([`Trainer`]), or until `stop` is set
+/// (then `Outcome::Interrupted`, the state saved mid-epoch for `--resume`).
+pub fn train(
+    config: &TrainConfig,
+    out: &Path,
+    start: &Start,
+    device: &Device,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    let mut trainer = Trainer::new(config, out, start, device, observer)?;
+    while !trainer.is_finished() {
+        if trainer.run_epoch(stop, observer)?.is_none() {
+            return Ok(Outcome::Interrupted);
+        }
     }
     Ok(Outcome::Finished)
 }
@@ -362,18 +479,6 @@ fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()
         )));
     }
     Ok(())
-}
-
-fn progress_bar(len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "epoch {epoch}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Writes the model (and the optimiser's state, for `last`) with metadata that makes the file
