@@ -87,17 +87,42 @@ pub fn last_checkpoint(out: &Path) -> PathBuf {
     out.join("last.safetensors")
 }
 
+/// What a checkpoint written by training records of the run, in its metadata's
+/// `densenet_zoo.training`: written by [`save_model`] and read back by [`TrainingRecord::read`],
+/// the one place of each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainingRecord {
+    /// Epochs completed.
+    epoch: usize,
+    /// The last completed epoch's test accuracy.
+    test_acc: Option<f64>,
+    /// The best test accuracy so far.
+    best_test_acc: f64,
+    /// The data set folder.
+    data: PathBuf,
+    /// Everything the run is configured by.
+    config: TrainConfig,
+    /// Where the run is, for `--resume`.
+    progress: Progress,
+}
+
+impl TrainingRecord {
+    /// The record in `ckpt`'s metadata; the error names the file.
+    fn read(ckpt: &Checkpoint) -> Result<Self> {
+        let training = ckpt
+            .metadata
+            .as_ref()
+            .and_then(|m| m.training.clone())
+            .ok_or_else(|| Error::Training(format!("{} holds no training state", ckpt.origin)))?;
+        serde_json::from_value(training)
+            .map_err(|e| Error::Training(format!("{}: bad training state: {e}", ckpt.origin)))
+    }
+}
+
 /// Reads the configuration saved in `out`'s last checkpoint.
 pub fn saved_config(out: &Path) -> Result<TrainConfig> {
     let ckpt = Checkpoint::read(&last_checkpoint(out), &Device::Cpu)?;
-    let training = ckpt.metadata.and_then(|m| m.training).ok_or_else(|| {
-        Error::Training(format!(
-            "{} holds no training state",
-            last_checkpoint(out).display()
-        ))
-    })?;
-    serde_json::from_value(training["config"].clone())
-        .map_err(|e| Error::Training(format!("{}: bad config: {e}", last_checkpoint(out).display())))
+    Ok(TrainingRecord::read(&ckpt)?.config)
 }
 
 /// What a run reports as it goes, for the caller to show (the command line draws a progress
@@ -187,10 +212,7 @@ impl Trainer {
 
         let (varmap, optimizer_state, progress) = if start.resume {
             let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
-            let training = ckpt.metadata.as_ref().and_then(|m| m.training.clone());
-            let progress = training
-                .and_then(|t| serde_json::from_value::<Progress>(t["progress"].clone()).ok())
-                .ok_or_else(|| Error::Training(format!("{} holds no training progress", ckpt.origin)))?;
+            let progress = TrainingRecord::read(&ckpt)?.progress;
             let state = ckpt.optimizer.clone();
             let varmap = VarMap::new();
             ckpt.into_varmap(spec, &varmap, device)?;
@@ -504,14 +526,15 @@ fn save_model(
     let mut metadata = Metadata::for_spec(spec);
     metadata.classes = classes.to_vec();
     let last = p.metrics.last();
-    metadata.training = Some(serde_json::json!({
-        "epoch": p.epoch,
-        "test_acc": last.map(|m| m.test_acc),
-        "best_test_acc": p.best_test_acc,
-        "data": config.data,
-        "config": config,
-        "progress": p,
-    }));
+    let record = TrainingRecord {
+        epoch: p.epoch,
+        test_acc: last.map(|m| m.test_acc),
+        best_test_acc: p.best_test_acc,
+        data: config.data.clone(),
+        config: config.clone(),
+        progress: p.clone(),
+    };
+    metadata.training = Some(serde_json::to_value(record).expect("the training record serialises"));
     write_safetensors(path, &tensors, Some(&metadata))
 }
 
