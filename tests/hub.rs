@@ -269,6 +269,12 @@ fn a_missing_repo_file_is_a_clear_error() {
         err.starts_with("error: checkpoint hf:someone/nothing-here:model.safetensors: download failed"),
         "{err}"
     );
+    assert!(
+        err.contains(
+            "(not found: no such repository, or no such file in it (FILE defaults to model.safetensors))"
+        ),
+        "{err}"
+    );
 }
 
 /// The cached copy of the test repository's file, where the hub layout puts it.

@@ -379,3 +379,35 @@ fn an_output_that_cannot_be_written_is_an_error() {
         );
     }
 }
+
+/// A JPEG cut short is refused, as Pillow refuses it, instead of classified with its missing
+/// rows filled in; an empty file says it is empty.
+#[test]
+fn truncated_and_empty_images_are_refused() {
+    let dir = std::env::temp_dir().join(format!("zoo-cut-jpeg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = image::open("tests/fixtures/images/chelsea-256.png").unwrap();
+    let whole = dir.join("whole.jpg");
+    photo.to_rgb8().save(&whole).unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    std::fs::write(dir.join("cut.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    let out = zoo(&["infer", "--json", dir.to_str().unwrap()]);
+    let lines = json_lines(&out.stdout);
+    let by_name = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"].as_str().unwrap().ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    assert!(by_name("whole.jpg").get("top").is_some());
+    assert_eq!(
+        by_name("cut.jpg")["error"],
+        "cannot decode Jpeg: the file is truncated (no end-of-image marker)"
+    );
+    assert_eq!(
+        by_name("empty.png")["error"],
+        "not an image: the file is empty (0 bytes)"
+    );
+}

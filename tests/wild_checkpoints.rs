@@ -278,6 +278,30 @@ fn a_prefix_every_name_shares_is_stripped_and_said() {
         assert_tensors(&back, &f.state(), identity);
     }
 
+    // An SWA average (torch.optim.swa_utils.AveragedModel): `module.` on every weight, and its
+    // sample count beside them, which is no weight.
+    let mut swa: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (format!("module.{n}"), t.clone()))
+        .collect();
+    swa.push(("n_averaged".into(), Tensor::new(5i64, &Device::Cpu).unwrap()));
+    let path = dir.join("swa.safetensors");
+    write_safetensors(&path, &swa, None).unwrap();
+    let ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
+    assert_tensors(&ckpt, &f.state(), identity);
+    assert_eq!(
+        ckpt.notices,
+        [
+            format!(
+                "stripped the prefix `module.` (a training wrapper's) from {} of {} tensor names; \
+                 kept as they are: n_averaged",
+                tensors.len(),
+                tensors.len() + 1
+            ),
+            "ignored n_averaged: the count of torch.optim.swa_utils.AveragedModel, not a weight".to_string()
+        ]
+    );
+
     // A prefix on all names but one (a loss's weight saved beside a Lightning module's
     // `model.*`): stripped where it stands, and the odd tensor is named in the refusal.
     let mut renamed: Vec<(String, Tensor)> = tensors

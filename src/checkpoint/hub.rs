@@ -74,11 +74,30 @@ impl HubFile {
         let path = api
             .model(self.repo.clone())
             .get(&self.file)
-            .map_err(|e| fail(format!("download failed: {e} (run again to resume it)")))?;
+            .map_err(|e| fail(download_failure(&e)))?;
         verify_download(&path).map_err(fail)?;
         remove_lock_file(&path);
         Ok(path)
     }
+}
+
+/// Why a download failed, and what to do: the server's refusals (401, 403, 404) are not worth
+/// retrying; anything else (a connection cut) is, and resumes where it stopped.
+fn download_failure(error: &hf_hub::api::sync::ApiError) -> String {
+    let text = error.to_string();
+    // hf-hub keeps the HTTP status only in its message ("status code 404").
+    let status = text
+        .split("status code ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    let advice = match status {
+        Some(401) => "not authorised: a private or gated repository needs a token (HF_TOKEN, or the token file `hf auth login` writes)",
+        Some(403) => "access refused: a gated repository's terms must be accepted on the hub, by the token's account",
+        Some(404) => "not found: no such repository, or no such file in it (FILE defaults to model.safetensors)",
+        _ => "run again to resume it",
+    };
+    format!("download failed: {text} ({advice})")
 }
 
 /// Removes the empty `BLOB.lock` that hf-hub leaves beside a downloaded blob: Python's client

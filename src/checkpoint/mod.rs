@@ -110,6 +110,13 @@ impl Checkpoint {
         let mut optimizer = HashMap::new();
         let mut cast: Vec<(String, DType)> = Vec::new();
         for (name, t) in canonical.tensors {
+            if name == "n_averaged" {
+                notices.push(
+                    "ignored n_averaged: the count of torch.optim.swa_utils.AveragedModel, not a weight"
+                        .into(),
+                );
+                continue;
+            }
             if name.starts_with("optimizer.") {
                 optimizer.insert(name, t);
                 continue;

@@ -101,7 +101,8 @@ fn parse_pickle(pickle: &[u8], what: &str) -> Result<Object, String> {
     };
     if protocol > 3 {
         return Err(format!(
-            "{what}: pickle protocol {protocol} is not supported (torch.save's default, 2, is)"
+            "{what}: pickle protocol {protocol} is not supported (torch.save's default, 2, is): \
+             save it again with `torch.save(torch.load(PATH), NEW_PATH)`"
         ));
     }
     let mut stack = Stack::empty();

@@ -151,9 +151,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());
     write_safetensors_with(&args.out, &tensors, Some(metadata))?;
     say!(
-        "wrote {} ({} images; {})",
+        "wrote {} ({} image{}; {})",
         args.out.display(),
         files.len(),
+        if files.len() == 1 { "" } else { "s" },
         tensors
             .iter()
             .map(|(n, t)| format!("{n} {:?}", t.dims()))
