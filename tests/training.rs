@@ -460,29 +460,17 @@ fn the_library_refuses_a_recipe_that_cannot_run() {
     let out = std::env::temp_dir().join(format!("zoo-recipe-{}", std::process::id()));
     config.recipe.batch_size = 0;
     let never = std::sync::atomic::AtomicBool::new(false);
-    let err = train(
-        &config,
-        &out,
-        &Start::default(),
-        &candle_core::Device::Cpu,
-        &never,
-        &mut (),
-    )
-    .unwrap_err();
+    let refusal = |config: &TrainConfig| {
+        let start = Start::default();
+        let err = train(config, &out, &start, &candle_core::Device::Cpu, &never, &mut ()).unwrap_err();
+        err.to_string()
+    };
     assert_eq!(
-        err.to_string(),
+        refusal(&config),
         "training: batch_size must be at least 1, found 0"
     );
     config.recipe.batch_size = 8;
     config.recipe.lr = f64::NAN;
-    let err = train(
-        &config,
-        &out,
-        &Start::default(),
-        &candle_core::Device::Cpu,
-        &never,
-        &mut (),
-    )
-    .unwrap_err();
-    assert_eq!(err.to_string(), "training: lr must be positive, found NaN");
+    let err = refusal(&config);
+    assert_eq!(err, "training: lr must be positive, found NaN");
 }

@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, fixtures_dir, Fixture};
+use common::{assert_close, fixtures_dir, stderr, zoo, Fixture};
 use densenet_zoo::checkpoint::{state_dict, write_safetensors, Checkpoint, NamingScheme};
 use densenet_zoo::spec::LayerKind;
 use densenet_zoo::VariantSpec;
@@ -24,21 +23,7 @@ fn read(name: &str) -> Checkpoint {
 }
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-wild-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn zoo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::temp("wild", name)
 }
 
 /// Asserts that `ckpt` holds exactly `want`'s tensors, each `want` value passed through `map`.

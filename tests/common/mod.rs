@@ -7,6 +7,28 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use densenet_zoo::VariantSpec;
 
+/// Runs the command line in the crate's folder and returns what it did.
+pub fn zoo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh, empty temporary folder for one test: `zoo-{file}-{name}-{pid}`.
+pub fn temp(file: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zoo-{file}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The folder of fixtures made by `tests/fixtures/make_fixtures.py`.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
