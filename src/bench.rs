@@ -15,6 +15,7 @@ use crate::summary::summarize;
 use crate::train::{seeded_varmap, Optimizer, OptimizerKind};
 
 /// What to time.
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchMode {

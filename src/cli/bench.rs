@@ -5,14 +5,6 @@ use densenet_zoo::bench::{bench, BenchConfig, BenchMode};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::VariantSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Mode {
-    /// Eval-mode forward passes, no autograd graph.
-    Infer,
-    /// Forward, backward and an SGD step (momentum 0.9, weight decay 1e-4).
-    Train,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Variant name or JSON spec.
@@ -20,7 +12,7 @@ pub struct Args {
     variant: String,
     /// What to time.
     #[arg(long, value_enum, default_value = "infer")]
-    mode: Mode,
+    mode: BenchMode,
     /// Images per iteration.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -48,10 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let spec = VariantSpec::resolve(&args.variant)?;
     let config = BenchConfig {
-        mode: match args.mode {
-            Mode::Infer => BenchMode::Infer,
-            Mode::Train => BenchMode::Train,
-        },
+        mode: args.mode,
         batch: args.batch,
         size: args.size.unwrap_or(spec.input_size),
         iters: args.iters,

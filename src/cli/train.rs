@@ -39,13 +39,13 @@ pub struct Args {
     weight_decay: Option<f64>,
     /// Learning-rate schedule: constant, step (÷10 at the recipe's milestones) or cosine.
     #[arg(long, value_enum)]
-    schedule: Option<Schedule>,
+    schedule: Option<ScheduleKind>,
     /// Epochs of linear warmup [default: 0].
     #[arg(long)]
     warmup_epochs: Option<usize>,
     /// Update rule: sgd or adamw [default: the recipe's].
     #[arg(long, value_enum)]
-    optimizer: Option<Optim>,
+    optimizer: Option<OptimizerKind>,
     /// Square input side images are resized to [default: the variant's input size].
     #[arg(long)]
     image_size: Option<usize>,
@@ -75,19 +75,6 @@ pub struct Args {
     /// --num-classes, a classifier of another size is skipped and initialised fresh.
     #[arg(long)]
     weights: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Schedule {
-    Constant,
-    Step,
-    Cosine,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Optim {
-    Sgd,
-    Adamw,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -294,17 +281,10 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
         augment
     );
     if let Some(s) = args.schedule {
-        config.recipe.schedule = match s {
-            Schedule::Constant => ScheduleKind::Constant,
-            Schedule::Step => ScheduleKind::Step,
-            Schedule::Cosine => ScheduleKind::Cosine,
-        };
+        config.recipe.schedule = s;
     }
     if let Some(o) = args.optimizer {
-        config.recipe.optimizer = match o {
-            Optim::Sgd => OptimizerKind::Sgd,
-            Optim::Adamw => OptimizerKind::Adamw,
-        };
+        config.recipe.optimizer = o;
     }
     config.spec.set_input_size(config.image_size);
 }

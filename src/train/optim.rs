@@ -11,6 +11,7 @@ use crate::checkpoint::is_buffer;
 use crate::error::Result;
 
 /// Which update rule.
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {

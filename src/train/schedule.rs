@@ -1,6 +1,7 @@
 //! Learning-rate schedules, evaluated per iteration.
 
 /// The shape of the learning rate over the run.
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
