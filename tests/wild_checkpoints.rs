@@ -37,15 +37,9 @@ fn assert_tensors(ckpt: &Checkpoint, want: &HashMap<String, Tensor>, map: impl F
         let w = map(w);
         assert_eq!(got.dtype(), w.dtype(), "{name}");
         assert_eq!(got.dims(), w.dims(), "{name}");
-        let diff = (got.to_dtype(DType::F64).unwrap() - w.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap_or(0.0);
-        assert_eq!(diff, 0.0, "{}: {name} differs from torch's", ckpt.origin);
+        // Zero exactly when every value is torch's.
+        let error = common::relative_error(got, &w);
+        assert_eq!(error, 0.0, "{}: {name} differs from torch's", ckpt.origin);
     }
 }
 
