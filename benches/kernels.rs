@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
-use densenet_zoo::ops::{avg_pool2x2, conv2d, max_pool2d, BatchNorm2d};
+use densenet_zoo::ops::{avg_pool2x2, conv2d, max_pool2d, BatchNorm2d, Mode};
 
 /// The backward pass of a scalar made from `y`: every gradient the op produces.
 fn backward(y: candle_core::Result<Tensor>) {
@@ -42,10 +42,10 @@ fn norms_and_pools(c: &mut Criterion) {
     let bn = BatchNorm2d::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), 256).unwrap();
     let x = var(&[16, 256, 56, 56]);
     c.bench_function("bn+relu train forward+backward 16x256x56x56", |b| {
-        b.iter(|| backward(bn.forward_relu_t(x.as_tensor(), true)))
+        b.iter(|| backward(bn.forward_relu(x.as_tensor(), Mode::Train)))
     });
     c.bench_function("bn+relu eval 16x256x56x56", |b| {
-        b.iter(|| bn.forward_relu_t(x.as_tensor(), false).unwrap())
+        b.iter(|| bn.forward_relu(x.as_tensor(), Mode::Eval).unwrap())
     });
     let stem = var(&[16, 64, 112, 112]);
     c.bench_function("max pool 3x3/2 forward+backward 16x64x112x112", |b| {

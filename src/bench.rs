@@ -7,7 +7,6 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use crate::checkpoint::varmap_tensors;
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
@@ -102,11 +101,8 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
     };
     match config.mode {
         BenchMode::Infer => {
-            let model = DenseNet::new(
-                spec,
-                VarBuilder::from_tensors(varmap_tensors(&varmap), DType::F32, device),
-            )?;
-            drop(varmap);
+            let model =
+                DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?.for_inference();
             for i in 0..config.warmup + config.iters {
                 time(i, &mut || {
                     model.forward_t(&x, false)?.to_device(&Device::Cpu)?;

@@ -1,4 +1,4 @@
-//! Memory-efficient training (`DenseNet::with_memory_efficient`, `SharedFeatures`) gives the
+//! Memory-efficient training (`DenseNet::with_memory_efficient`, `FeatureStore`) gives the
 //! default mode's numbers bit for bit: outputs, running statistics and every gradient, over
 //! several optimiser steps. torchvision once shipped a checkpointed DenseNet whose gradients
 //! were silently wrong (pytorch/vision#2221); this is the test that would have caught it.
@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{fixtures_dir, splitmix_uniform};
-use densenet_zoo::ops::{BatchNorm2d, Conv2d, FeatureBuffer, SharedFeatures};
+use densenet_zoo::ops::{BatchNorm2d, Conv2d, FeatureStore, Mode};
 use densenet_zoo::train::{seeded_varmap, Optimizer, OptimizerKind};
 use densenet_zoo::{DenseNet, VariantSpec};
 
@@ -130,7 +130,8 @@ fn densenet121_trains_identically_in_both_modes() {
 /// Reference for one layer's first unit: the concatenation, then norm, ReLU and conv.
 fn plain_unit(features: &[Tensor], norm: &BatchNorm2d, conv: &Conv2d) -> Tensor {
     let x = Tensor::cat(features, 1).unwrap();
-    conv.forward(&norm.forward_relu_t(&x, true).unwrap()).unwrap()
+    conv.forward(&norm.forward_relu(&x, Mode::Train).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -164,7 +165,7 @@ fn shared_features_match_concatenation_in_f64_forward_and_backward() {
             var.set(&v).unwrap();
         }
         let out = if shared {
-            let mut features = SharedFeatures::new(input.as_tensor(), c0 + 2 * k).unwrap();
+            let mut features = FeatureStore::new(input.as_tensor(), c0 + 2 * k, Mode::Train, true).unwrap();
             for (norm, conv) in &layers {
                 let new = features.norm_relu_conv(norm, conv).unwrap();
                 features.push(&new).unwrap();
@@ -211,16 +212,16 @@ fn shared_features_match_concatenation_in_f64_forward_and_backward() {
 #[test]
 fn shared_features_refuse_a_block_that_is_not_filled() {
     let x = uniform(3, &[2, 3, 4, 4], DType::F32);
-    let features = SharedFeatures::new(&x, 5).unwrap();
+    let features = FeatureStore::new(&x, 5, Mode::Train, true).unwrap();
     let err = features.finish().unwrap_err().to_string();
     assert!(err.contains("3 of 5 channels pushed"), "{err}");
-    assert!(SharedFeatures::new(&x, 2).is_err());
+    assert!(FeatureStore::new(&x, 2, Mode::Train, true).is_err());
 }
 
 #[test]
 fn the_inference_feature_buffer_refuses_tensors_that_record_a_graph() {
     let plain = uniform(4, &[2, 3, 4, 4], DType::F32);
-    let mut features = FeatureBuffer::new(&plain, 5).unwrap();
+    let mut features = FeatureStore::new(&plain, 5, Mode::Inference, false).unwrap();
     let tracked = Var::from_tensor(&uniform(5, &[2, 2, 4, 4], DType::F32)).unwrap();
     let err = features.push(&(tracked.as_tensor() * 2.0).unwrap()).unwrap_err();
     assert!(err.to_string().contains("records an autograd graph"), "{err}");

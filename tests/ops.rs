@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::assert_close;
 use densenet_zoo::checkpoint::varmap_tensors;
-use densenet_zoo::ops::{conv2d, norm_relu_conv, BatchNorm2d, Conv2d};
+use densenet_zoo::ops::{conv2d, norm_relu_conv, BatchNorm2d, Conv2d, Mode};
 
 fn randn(shape: &[usize]) -> Var {
     Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
@@ -109,9 +109,11 @@ fn inference_norm_relu_conv_matches_the_composed_reference() {
             let norm = BatchNorm2d::new(vb.pp("norm"), cin).unwrap();
             let conv = Conv2d::new(vb.pp("conv"), cin, cout, k, 1, k / 2, bias).unwrap();
             let x = x.to_dtype(dtype).unwrap();
-            let fused = norm_relu_conv(&norm, &conv, &x, false).unwrap();
+            let fused = norm_relu_conv(&norm, &conv, &x, Mode::Inference).unwrap();
             // The same arithmetic in two passes, through a normalised copy: equal, bit for bit.
-            let normalised = norm.forward_relu_t(&x.contiguous().unwrap(), false).unwrap();
+            let normalised = norm
+                .forward_relu(&x.contiguous().unwrap(), Mode::Inference)
+                .unwrap();
             let two_passes = candle_core::Module::forward(&conv, &normalised).unwrap();
             let (a, b) = (
                 fused
@@ -154,7 +156,7 @@ fn inference_norm_relu_conv_matches_the_composed_reference() {
         let vb = VarBuilder::from_tensors(tensors.clone(), DType::F64, &Device::Cpu);
         let norm = BatchNorm2d::new(vb.pp("norm"), cin).unwrap();
         let conv = Conv2d::new(vb.pp("conv"), cin, cout, k, 1, k / 2, bias).unwrap();
-        let ours = norm_relu_conv(&norm, &conv, &x, false).unwrap();
+        let ours = norm_relu_conv(&norm, &conv, &x, Mode::Inference).unwrap();
         assert_close(&ours, &reference, 1e-12, &what);
     }
 }
@@ -195,7 +197,7 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
         let (fused, fused_map) = make();
         let (reference, ref_map) = make();
         let x = Var::from_tensor(&(randn(&dims).as_tensor() + offset).unwrap()).unwrap();
-        let y1 = fused.forward_relu_t(x.as_tensor(), true).unwrap();
+        let y1 = fused.forward_relu(x.as_tensor(), Mode::Train).unwrap();
         let y2 = reference.forward_t(x.as_tensor(), true).unwrap().relu().unwrap();
         assert_close(&y1, &y2, 1e-12, &format!("{dims:?} output"));
         assert_close(
@@ -232,20 +234,22 @@ fn fused_batch_norm_relu_matches_the_composed_reference() {
         }
         drop((m1, m2));
         // Eval mode after the update uses the running statistics, fused or not.
-        let e1 = fused.forward_relu_t(x.as_tensor(), false).unwrap();
+        let e1 = fused.forward_relu(x.as_tensor(), Mode::Eval).unwrap();
         let e2 = reference.forward_t(x.as_tensor(), false).unwrap().relu().unwrap();
         assert_close(&e1, &e2, 1e-12, "eval");
         // Without a graph (plain tensors, as loaded for inference), the one-pass eval kernel.
         let plain = VarBuilder::from_tensors(varmap_tensors(&fused_map), DType::F64, &Device::Cpu);
         let inference = BatchNorm2d::new(plain, dims[1]).unwrap();
-        let e3 = inference.forward_relu_t(&x.as_detached_tensor(), false).unwrap();
+        let e3 = inference
+            .forward_relu(&x.as_detached_tensor(), Mode::Inference)
+            .unwrap();
         assert!(!e3.track_op());
         assert_close(&e3, &e2, 1e-12, &format!("{dims:?} eval, one pass"));
         // Read in place from a channel range of a wider tensor, as from a block's buffer.
         let wide = Tensor::cat(&[&x.as_detached_tensor(), &randn(&dims).as_detached_tensor()], 1).unwrap();
         let view = wide.narrow(1, 0, dims[1]).unwrap();
         assert!(!view.is_contiguous() || dims[0] == 1);
-        let e4 = inference.forward_relu_t(&view, false).unwrap();
+        let e4 = inference.forward_relu(&view, Mode::Inference).unwrap();
         assert_close(&e4, &e2, 1e-12, &format!("{dims:?} eval, from a wider tensor"));
     }
 }

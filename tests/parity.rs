@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{assert_close, relative_error, Fixture};
 use densenet_zoo::checkpoint::{expected_tensors, is_buffer, model_from_tensors};
+use densenet_zoo::ops::Mode;
 use densenet_zoo::DenseNet;
 
 /// The float32 tolerance: max |ours − torch| ≤ TOL × max |torch|.
@@ -43,6 +44,33 @@ fn eval_logits_match_pytorch() {
         let model = model_from_tensors(&f.spec, f.state(), case, &Device::Cpu).unwrap();
         let logits = model.forward_t(f.get("input"), false).unwrap();
         assert_close(&logits, f.get("eval.logits"), TOL, &format!("{case} eval logits"));
+    }
+}
+
+#[test]
+fn both_evaluation_modes_match_pytorch_and_only_eval_records_a_graph() {
+    for case in CASES {
+        let f = Fixture::load(case);
+        let (model, _varmap) = trainable(&f);
+        let input = Var::from_tensor(f.get("input")).unwrap();
+        // Eval: running statistics, and a gradient reaches the input (as Grad-CAM needs).
+        assert_eq!(model.eval_mode(), Mode::Eval);
+        let eval = model.forward_t(input.as_tensor(), false).unwrap();
+        assert_close(&eval, f.get("eval.logits"), TOL, &format!("{case} eval mode"));
+        let grads = eval.sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(input.as_tensor()).expect("eval mode records a graph");
+        assert!(dx.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        // Inference: the same values on the fused kernels, and nothing recorded.
+        let inference = model.for_inference();
+        assert_eq!(inference.eval_mode(), Mode::Inference);
+        let logits = inference.forward_t(input.as_tensor(), false).unwrap();
+        assert!(!logits.track_op(), "{case}: inference recorded a graph");
+        assert_close(
+            &logits,
+            f.get("eval.logits"),
+            TOL,
+            &format!("{case} inference mode"),
+        );
     }
 }
 

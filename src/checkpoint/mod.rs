@@ -311,14 +311,15 @@ impl Checkpoint {
         check_tensors(spec, &self.tensors, &self.origin, &[])
     }
 
-    /// Builds the model for inference: every tensor must be there, with the right shape.
+    /// Builds the model for inference ([`DenseNet::for_inference`]): every tensor must be
+    /// there, with the right shape.
     pub fn into_model(self, spec: &VariantSpec, device: &Device) -> Result<DenseNet> {
         self.check(spec)?;
         let tensors = without_counters(self.tensors)
             .into_iter()
             .map(|(k, t)| Ok((k, t.to_device(device)?)))
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
-        DenseNet::new(spec, VarBuilder::from_tensors(tensors, DType::F32, device))
+        Ok(DenseNet::new(spec, VarBuilder::from_tensors(tensors, DType::F32, device))?.for_inference())
     }
 
     /// Puts the tensors into `varmap` as trainable variables and builds the model from it;
@@ -468,7 +469,7 @@ pub fn export_state_dict(
     }
 }
 
-/// Builds `spec` from a map of canonical-named tensors, refusing any mismatch.
+/// Builds `spec` for inference from a map of canonical-named tensors, refusing any mismatch.
 pub fn model_from_tensors(
     spec: &VariantSpec,
     tensors: HashMap<String, Tensor>,

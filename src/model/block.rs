@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::DenseLayer;
-use crate::ops::{self, FeatureBuffer, SharedFeatures};
+use crate::ops::{FeatureStore, Mode};
 use crate::spec::LayerKind;
 
 /// A dense block of L layers: (N, C, H, W) → (N, C + L·k, H, W).
@@ -15,19 +15,19 @@ use crate::spec::LayerKind;
 /// ```
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::VarBuilder;
-/// use densenet_zoo::{spec::LayerKind, DenseBlock, Transition};
+/// use densenet_zoo::{ops::Mode, spec::LayerKind, DenseBlock, Transition};
 ///
 /// // The book's example: a block of 2 conv blocks with growth 10 on 3 input channels ...
 /// let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
 /// let block = DenseBlock::new(vb.pp("block"), LayerKind::Plain, 2, 3, 10, true, 0.0)?;
 /// let x = Tensor::randn(0f32, 1.0, (4, 3, 8, 8), &Device::Cpu)?;
-/// let y = block.forward_t(&x, false)?;
+/// let y = block.forward(&x, Mode::Eval)?;
 /// assert_eq!(y.dims(), &[4, 23, 8, 8]);
 /// assert_eq!(block.out_channels(), 23);
 ///
 /// // ... and a transition from 23 to 10 channels halves the height and width.
 /// let transition = Transition::new(vb.pp("transition"), 23, 10, true)?;
-/// assert_eq!(transition.forward_t(&y, false)?.dims(), &[4, 10, 4, 4]);
+/// assert_eq!(transition.forward(&y, Mode::Eval)?.dims(), &[4, 10, 4, 4]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -79,36 +79,23 @@ impl DenseBlock {
         self.memory_efficient = on;
     }
 
-    /// Runs every layer, growing the concatenation; `train` selects batch statistics.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && self.memory_efficient && SharedFeatures::supports(x) {
-            let mut features = SharedFeatures::new(x, self.out_channels)?;
-            for layer in &self.layers {
-                let new = layer.forward_shared(&features)?;
-                features.push(&new)?;
-            }
-            return features.finish();
-        }
-        if !train && !x.track_op() && !self.is_trainable() {
-            // Inference: the layers read and extend one buffer, with no copy per layer.
-            let mut features = FeatureBuffer::new(x, self.out_channels)?;
-            for layer in &self.layers {
-                let new = layer.forward_t(&features.features()?, false)?;
-                features.push(&new)?;
-            }
-            return features.finish();
-        }
-        let mut features = x.clone();
+    /// Runs every layer in `mode`, growing the feature maps in a [`FeatureStore`]:
+    /// (N, C, H, W) → (N, C + L·k, H, W).
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut features = FeatureStore::new(x, self.out_channels, mode, self.memory_efficient)?;
         for layer in &self.layers {
-            let new = layer.forward_t(&features, train)?;
-            features = ops::concat_channels(&[features, new])?;
+            let new = layer.forward_store(&features, mode)?;
+            features.push(&new)?;
         }
-        Ok(features)
+        features.finish()
     }
 
-    /// True when the weights are variables, whose outputs record an autograd graph.
-    fn is_trainable(&self) -> bool {
-        self.layers.iter().any(DenseLayer::is_trainable)
+    /// The same block on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            layers: self.layers.iter().map(DenseLayer::detached).collect(),
+            ..*self
+        }
     }
 
     /// Multiply-adds for one image whose feature maps are `side`×`side`.

@@ -5,7 +5,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 use super::{DenseBlock, Stem, Transition};
 use crate::error::{Error, Result};
-use crate::ops::{self, BatchNorm2d};
+use crate::ops::{self, BatchNorm2d, Mode};
 use crate::spec::VariantSpec;
 
 /// One level of [`DenseNet::features_only`], as timm's `feature_info` reports it.
@@ -32,13 +32,21 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// (N, C, H, W) → (N, C', H', W'): the transition (if any), then the block.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// (N, C, H, W) → (N, C', H', W'): the transition (if any), then the block, in `mode`.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = match &self.transition {
-            Some(t) => t.forward_t(x, train)?,
+            Some(t) => t.forward(x, mode)?,
             None => x.clone(),
         };
-        Ok(self.block.forward_t(&x, train)?)
+        Ok(self.block.forward(&x, mode)?)
+    }
+
+    /// The same stage on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            transition: self.transition.as_ref().map(Transition::detached),
+            block: self.block.detached(),
+        }
     }
 }
 
@@ -47,6 +55,10 @@ impl Stage {
 /// `features.transition{t}.{norm,conv}`, `features.norm5` and `classifier`.
 ///
 /// Input (N, C, H, W) with C = `spec.in_channels`; output (N, `spec.num_classes`) logits.
+///
+/// A model built on a `VarMap` trains, and evaluates in [`Mode::Eval`] (gradients still
+/// flow); [`DenseNet::for_inference`] gives the copy that evaluates in [`Mode::Inference`], on
+/// the fused kernels with no autograd graph, as models loaded from a checkpoint do.
 #[derive(Debug, Clone)]
 pub struct DenseNet {
     spec: VariantSpec,
@@ -55,6 +67,8 @@ pub struct DenseNet {
     norm5: BatchNorm2d,
     classifier: Option<Linear>,
     feature_info: Vec<FeatureInfo>,
+    /// Evaluation runs in [`Mode::Inference`] (else [`Mode::Eval`]).
+    inference: bool,
 }
 
 impl DenseNet {
@@ -128,7 +142,62 @@ impl DenseNet {
             norm5,
             classifier: Some(classifier),
             feature_info,
+            inference: false,
         })
+    }
+
+    /// The model for inference: every weight detached once (sharing its storage, so a model
+    /// still being trained is seen as it is now), evaluation in [`Mode::Inference`], and inputs
+    /// detached, so no forward pass records an autograd graph and no gradient comes back.
+    /// `forward_t(x, true)` still uses batch statistics and updates the running ones.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use densenet_zoo::{ops::Mode, DenseNet, VariantSpec};
+    ///
+    /// let varmap = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    /// let model = DenseNet::new(&VariantSpec::resolve("d2l")?, vb)?;
+    /// assert_eq!(model.eval_mode(), Mode::Eval);
+    /// let inference = model.for_inference();
+    /// assert_eq!(inference.eval_mode(), Mode::Inference);
+    /// let x = Tensor::ones((1, 1, 96, 96), DType::F32, &Device::Cpu)?;
+    /// assert!(!inference.forward_t(&x, false)?.track_op());
+    /// # Ok::<(), densenet_zoo::Error>(())
+    /// ```
+    pub fn for_inference(&self) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            stem: self.stem.detached(),
+            stages: self.stages.iter().map(Stage::detached).collect(),
+            norm5: self.norm5.detached(),
+            classifier: self
+                .classifier
+                .as_ref()
+                .map(|c| Linear::new(c.weight().detach(), c.bias().map(Tensor::detach))),
+            feature_info: self.feature_info.clone(),
+            inference: true,
+        }
+    }
+
+    /// The mode `forward_t(x, false)` runs in: [`Mode::Inference`] after
+    /// [`DenseNet::for_inference`], else [`Mode::Eval`].
+    pub fn eval_mode(&self) -> Mode {
+        if self.inference {
+            Mode::Inference
+        } else {
+            Mode::Eval
+        }
+    }
+
+    /// [`Mode::Train`] for `train`, else [`DenseNet::eval_mode`].
+    fn mode(&self, train: bool) -> Mode {
+        if train {
+            Mode::Train
+        } else {
+            self.eval_mode()
+        }
     }
 
     /// Memory-efficient training, as torchvision's `memory_efficient=True`: each dense block
@@ -159,12 +228,12 @@ impl DenseNet {
     /// its ReLU, as timm's `forward_features` returns it (torchvision's `.features` stops
     /// before that ReLU).
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.check_input(x)?;
-        let mut x = self.stem.forward_t(x, train)?;
+        let mode = self.mode(train);
+        let mut x = self.stem.forward(&self.checked_input(x)?, mode)?;
         for stage in &self.stages {
-            x = stage.forward_t(&x, train)?;
+            x = stage.forward(&x, mode)?;
         }
-        Ok(self.norm5.forward_relu_t(&x, train)?)
+        Ok(self.norm5.forward_relu(&x, mode)?)
     }
 
     /// From a final feature map (N, F, h, w): the pooled embedding (N, F) when `pre_logits`,
@@ -197,14 +266,14 @@ impl DenseNet {
     /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
     /// its pool, then every dense block's output (the last one after `norm5` and ReLU).
     pub fn features_only(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        self.check_input(x)?;
-        let stem = self.stem.forward_unpooled(x, train)?;
+        let mode = self.mode(train);
+        let stem = self.stem.forward_unpooled(&self.checked_input(x)?, mode)?;
         let mut x = self.stem.pool(&stem)?;
         let mut levels = vec![stem];
         for (i, stage) in self.stages.iter().enumerate() {
-            x = stage.forward_t(&x, train)?;
+            x = stage.forward(&x, mode)?;
             if i + 1 == self.stages.len() {
-                levels.push(self.norm5.forward_relu_t(&x, train)?);
+                levels.push(self.norm5.forward_relu(&x, mode)?);
             } else {
                 levels.push(x.clone());
             }
@@ -218,8 +287,9 @@ impl DenseNet {
         &self.feature_info
     }
 
-    /// Refuses an input that is not (N, in_channels, H, W) with H and W large enough.
-    fn check_input(&self, x: &Tensor) -> Result<()> {
+    /// `x`, detached for inference; refused when it is not (N, in_channels, H, W) with H and W
+    /// large enough.
+    fn checked_input(&self, x: &Tensor) -> Result<Tensor> {
         let bad = |message: String| Error::BadInput {
             variant: self.spec.name.clone(),
             found: x.dims().to_vec(),
@@ -234,7 +304,8 @@ impl DenseNet {
                 self.spec.in_channels
             )));
         }
-        self.spec.check_input_size(h.min(w)).map_err(bad)
+        self.spec.check_input_size(h.min(w)).map_err(bad)?;
+        Ok(if self.inference { x.detach() } else { x.clone() })
     }
 
     pub(crate) fn stem(&self) -> &Stem {

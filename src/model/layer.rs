@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
-use crate::ops::SharedFeatures;
+use crate::ops::{FeatureStore, Mode};
 use crate::spec::LayerKind;
 
 /// One dense layer: (N, C, H, W), the concatenation of every earlier feature map in the block,
@@ -50,33 +50,35 @@ impl DenseLayer {
         Ok(Self { units, drop_rate })
     }
 
-    /// The new feature maps for the concatenated input `x`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.units[0].forward_t(x, train)?;
-        self.forward_rest(y, train)
+    /// The new feature maps (N, k, H, W) for the concatenated input `x` (N, C, H, W).
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = self.units[0].forward(x, mode)?;
+        self.forward_rest(y, mode)
     }
 
-    /// The same in training mode, for the concatenation held by `features`; the first unit
-    /// recomputes its batch norm and ReLU in the backward pass instead of storing them.
-    pub fn forward_shared(&self, features: &SharedFeatures) -> Result<Tensor> {
-        let y = self.units[0].forward_shared(features)?;
-        self.forward_rest(y, true)
+    /// The new feature maps for every channel held by `features`, in the store's `mode`.
+    pub fn forward_store(&self, features: &FeatureStore, mode: Mode) -> Result<Tensor> {
+        let y = self.units[0].forward_store(features)?;
+        self.forward_rest(y, mode)
     }
 
     /// The units after the first, then dropout in training.
-    fn forward_rest(&self, mut y: Tensor, train: bool) -> Result<Tensor> {
+    fn forward_rest(&self, mut y: Tensor, mode: Mode) -> Result<Tensor> {
         for unit in &self.units[1..] {
-            y = unit.forward_t(&y, train)?;
+            y = unit.forward(&y, mode)?;
         }
-        if train && self.drop_rate > 0.0 {
+        if mode.is_train() && self.drop_rate > 0.0 {
             y = candle_nn::ops::dropout(&y, self.drop_rate as f32)?;
         }
         Ok(y)
     }
 
-    /// True when the weights are variables, whose outputs record an autograd graph.
-    pub fn is_trainable(&self) -> bool {
-        self.units.iter().any(|u| u.conv().weight().track_op())
+    /// The same layer on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            units: self.units.iter().map(NormReluConv::detached).collect(),
+            drop_rate: self.drop_rate,
+        }
     }
 
     /// Multiply-adds for one image whose feature maps are `side`×`side`.

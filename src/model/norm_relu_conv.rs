@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{self, BatchNorm2d, Conv2d, SharedFeatures};
+use crate::ops::{self, BatchNorm2d, Conv2d, FeatureStore, Mode};
 
 /// BN-ReLU-Conv: (N, in, H, W) → (N, out, H', W'), with stride 1 and "same" padding.
 ///
@@ -39,20 +39,27 @@ impl NormReluConv {
         })
     }
 
-    /// Applies the unit; `train` selects batch statistics in the norm.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        ops::norm_relu_conv(&self.norm, &self.conv, x, train)
+    /// Applies the unit in `mode` (see [`ops::norm_relu_conv`]).
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::norm_relu_conv(&self.norm, &self.conv, x, mode)
     }
 
     /// The unit's first half, max(0, norm(x)): (N, in, H, W) → (N, in, H, W).
-    pub fn norm_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.norm.forward_relu_t(x, train)
+    pub fn norm_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.norm.forward_relu(x, mode)
     }
 
-    /// Applies the unit in training mode to the concatenation held by `features`, storing
-    /// nothing but the output (see [`SharedFeatures`]).
-    pub fn forward_shared(&self, features: &SharedFeatures) -> Result<Tensor> {
+    /// Applies the unit to every channel held by `features`, in the store's mode.
+    pub fn forward_store(&self, features: &FeatureStore) -> Result<Tensor> {
         features.norm_relu_conv(&self.norm, &self.conv)
+    }
+
+    /// The same unit on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            norm: self.norm.detached(),
+            conv: self.conv.detached(),
+        }
     }
 
     /// The convolution.

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::{self, BatchNorm2d, Conv2d};
+use crate::ops::{self, BatchNorm2d, Conv2d, Mode};
 use crate::spec::StemKind;
 
 /// The layers before the first dense block, named `conv0`, `norm0` as in torchvision.
@@ -38,10 +38,10 @@ impl Stem {
     }
 
     /// The stem before its pool (N, F, H/2, W/2 for ImageNet): timm's first feature level.
-    pub fn forward_unpooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_unpooled(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let x = self.conv0.forward(x)?;
         match &self.norm0 {
-            Some(norm) => norm.forward_relu_t(&x, train),
+            Some(norm) => norm.forward_relu(&x, mode),
             None => Ok(x),
         }
     }
@@ -54,9 +54,17 @@ impl Stem {
         }
     }
 
-    /// The whole stem; `train` selects batch statistics.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.pool(&self.forward_unpooled(x, train)?)
+    /// The whole stem, in `mode`.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.pool(&self.forward_unpooled(x, mode)?)
+    }
+
+    /// The same stem on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            conv0: self.conv0.detached(),
+            norm0: self.norm0.as_ref().map(BatchNorm2d::detached),
+        }
     }
 
     /// Reduction of the unpooled output relative to the input: 2 for ImageNet, 1 for CIFAR.

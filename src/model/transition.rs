@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
-use crate::ops;
+use crate::ops::{self, Mode};
 
 /// `norm`-ReLU-`conv` (1×1) then 2×2/2 average pool: (N, C, H, W) → (N, C', H/2, W/2),
 /// where C' = floor(θ·C) for compression θ.
@@ -21,14 +21,21 @@ impl Transition {
         })
     }
 
-    /// Compresses and downsamples `x`; `train` selects batch statistics.
+    /// Compresses and downsamples `x` in `mode`.
     ///
     /// The 2×2 average is taken before the 1×1 conv, not after as in torchvision: both are
     /// linear and the conv acts on each pixel alone, so the two orders are the same function
     /// (up to rounding), and this one convolves a quarter of the pixels.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = ops::avg_pool2x2(&self.unit.norm_relu_t(x, train)?)?;
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let pooled = ops::avg_pool2x2(&self.unit.norm_relu(x, mode)?)?;
         self.unit.conv().forward(&pooled)
+    }
+
+    /// The same transition on detached weights, for inference.
+    pub fn detached(&self) -> Self {
+        Self {
+            unit: self.unit.detached(),
+        }
     }
 
     /// Multiply-adds for one image whose input maps are `side`×`side`.

@@ -6,6 +6,7 @@ use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use super::bn_relu_op::{image_stride, BatchStats, BnReluEval, BnReluTrain};
+use super::mode::{cpu_kernels, fused_inference, Mode};
 
 /// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
 const EPS: f64 = 1e-5;
@@ -73,16 +74,16 @@ impl BatchNorm2d {
         x.broadcast_mul(&scale)?.broadcast_add(&shift)
     }
 
-    /// max(0, batch norm of `x`): what every DenseNet does with a batch norm. On the CPU, one
-    /// fused kernel: in training with an analytical backward, in inference (no autograd graph)
-    /// a single pass; elsewhere, [`BatchNorm2d::forward_t`] then ReLU. Same semantics either way.
-    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-        if !train && cpu && !x.track_op() && !self.records_graph() {
+    /// max(0, batch norm of `x`): what every DenseNet does with a batch norm, (N, C, H, W) →
+    /// (N, C, H, W). On the CPU kernels ([`cpu_kernels`]), one fused op: in training with an
+    /// analytical backward, in [`Mode::Inference`] a single pass with no backward; otherwise
+    /// [`BatchNorm2d::forward_t`] then ReLU. Same values either way.
+    pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if fused_inference(x, mode) {
             return self.eval_relu(x);
         }
-        if !(train && cpu) {
-            return self.forward_t(x, train)?.relu();
+        if !(mode.is_train() && cpu_kernels(x)) {
+            return self.forward_t(x, mode.is_train())?.relu();
         }
         let count = values_per_channel(x)?;
         let stats = Arc::new(Mutex::new(BatchStats::default()));
@@ -95,9 +96,15 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// True when γ or β is a variable, whose uses autograd records.
-    pub(super) fn records_graph(&self) -> bool {
-        self.weight.track_op() || self.bias.track_op()
+    /// The same norm on detached γ and β (the running statistics shared): a copy for
+    /// inference that records no graph.
+    pub fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            running_mean: self.running_mean.clone(),
+            running_var: self.running_var.clone(),
+        }
     }
 
     /// Inference: one pass of the fused eval kernel, which has no backward.

@@ -1,11 +1,12 @@
 //! 2-D convolution with square kernels, as every DenseNet uses them.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::bn_relu_op::image_stride;
 use super::conv_op::{ConvOp, NormReluConvOp};
 use super::im2col::Window;
+use super::mode::{cpu_kernels, fused_inference, Mode};
 use super::BatchNorm2d;
 
 /// A k×k convolution with stride, zero padding and an optional bias.
@@ -55,6 +56,15 @@ impl Conv2d {
         &self.weight
     }
 
+    /// The same convolution on detached weights: a copy for inference that records no graph.
+    pub fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(Tensor::detach),
+            ..*self
+        }
+    }
+
     /// Output side for an input side of `n` pixels.
     pub fn output_side(&self, n: usize) -> usize {
         let k = self.weight.dim(3).unwrap_or(1);
@@ -81,9 +91,7 @@ impl Conv2d {
     /// `y` (N, out, H', W') plus the bias, if there is one.
     pub(super) fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(b) if y.device().is_cpu() && matches!(y.dtype(), DType::F32 | DType::F64) => {
-                y.apply_op2(&b.contiguous()?, super::channel_ops::BiasAdd)
-            }
+            Some(b) if cpu_kernels(&y) => y.apply_op2(&b.contiguous()?, super::channel_ops::BiasAdd),
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
@@ -98,15 +106,13 @@ impl Module for Conv2d {
 
 /// conv(max(0, norm(x))), the pre-activation unit: (N, Cin, H, W) → (N, Cout, H', W').
 ///
-/// At inference on the CPU (f32, f64; nothing recording a graph), one op that applies the
+/// In [`Mode::Inference`] on the CPU kernels ([`fused_inference`]), one op that applies the
 /// eval-mode norm and ReLU as the convolution reads `x`, with no normalised copy of `x` in
 /// between, reading a channel range of a wider tensor where it lies; otherwise
-/// [`BatchNorm2d::forward_relu_t`] then the convolution. Same values either way.
-pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
-    let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    let no_graph = !x.track_op() && !norm.records_graph() && !conv.weight.track_op();
-    if train || !cpu || !no_graph {
-        return conv.forward(&norm.forward_relu_t(x, train)?);
+/// [`BatchNorm2d::forward_relu`] then the convolution. Same values either way.
+pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    if !fused_inference(x, mode) {
+        return conv.forward(&norm.forward_relu(x, mode)?);
     }
     let op = NormReluConvOp {
         window: conv.window()?,
@@ -126,7 +132,7 @@ pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, train: bool
 /// On the CPU (f32, f64), our GEMM-per-image kernel with its own backward (`conv_op`);
 /// elsewhere, candle's `conv2d`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+    if !cpu_kernels(x) {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
     let window = Window {

@@ -9,14 +9,14 @@ use candle_core::{Result, Tensor};
 /// The buffer is written in place, which autograd cannot follow: for tensors that record no
 /// graph only (plain tensors, as loaded for inference); [`FeatureBuffer::new`] and
 /// [`FeatureBuffer::push`] refuse the others.
-pub struct FeatureBuffer {
+pub(crate) struct FeatureBuffer {
     buffer: Tensor,
     channels: usize,
 }
 
 impl FeatureBuffer {
     /// A buffer (N, `total_channels`, H, W) that starts with `x` (N, C0, H, W).
-    pub fn new(x: &Tensor, total_channels: usize) -> Result<Self> {
+    pub(crate) fn new(x: &Tensor, total_channels: usize) -> Result<Self> {
         let (n, _, h, w) = x.dims4()?;
         let buffer = Tensor::zeros((n, total_channels, h, w), x.dtype(), x.device())?;
         let mut features = Self { buffer, channels: 0 };
@@ -25,12 +25,12 @@ impl FeatureBuffer {
     }
 
     /// The channels so far, (N, C, H, W): a view into the buffer, not a copy.
-    pub fn features(&self) -> Result<Tensor> {
+    pub(crate) fn features(&self) -> Result<Tensor> {
         self.buffer.narrow(1, 0, self.channels)
     }
 
     /// Appends `x` (N, k, H, W) after the channels so far.
-    pub fn push(&mut self, x: &Tensor) -> Result<()> {
+    pub(crate) fn push(&mut self, x: &Tensor) -> Result<()> {
         if x.track_op() {
             candle_core::bail!("feature buffer: the input records an autograd graph; concatenate it");
         }
@@ -48,7 +48,7 @@ impl FeatureBuffer {
     }
 
     /// The whole buffer, (N, C_total, H, W), once every channel is pushed.
-    pub fn finish(self) -> Result<Tensor> {
+    pub(crate) fn finish(self) -> Result<Tensor> {
         let total = self.buffer.dim(1)?;
         if self.channels != total {
             candle_core::bail!("feature buffer: {} of {total} channels pushed", self.channels);

@@ -4,8 +4,10 @@
 //!
 //! On the CPU in f32 and f64 they are our own kernels with their own backward (`conv_op`,
 //! `bn_relu_op`, `channel_ops`, `pool`); on other devices, compositions of candle's ops.
-//! `shared_features` stores a dense block's feature maps once for memory-efficient training,
-//! `feature_buffer` at inference.
+//! [`FeatureStore`] chooses how a dense block holds its feature maps: `shared_features` for
+//! memory-efficient training, `feature_buffer` at inference, a concatenation otherwise.
+//! [`Mode`] says which mode a forward pass runs in; [`fused_inference`] whether the fused
+//! inference kernels apply.
 
 mod batch_norm;
 mod bn_relu_op;
@@ -14,19 +16,14 @@ mod conv;
 mod conv_op;
 mod cpu;
 mod feature_buffer;
+mod feature_store;
 mod im2col;
+mod mode;
 mod pool;
 mod shared_features;
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{conv2d, norm_relu_conv, Conv2d};
-pub use feature_buffer::FeatureBuffer;
+pub use feature_store::FeatureStore;
+pub use mode::{cpu_kernels, fused_inference, Mode};
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
-pub use shared_features::SharedFeatures;
-
-use candle_core::{Result, Tensor};
-
-/// Concatenates feature maps along the channel axis: [(N, C_i, H, W)] → (N, ΣC_i, H, W).
-pub fn concat_channels(xs: &[Tensor]) -> Result<Tensor> {
-    Tensor::cat(xs, 1)
-}

@@ -1,7 +1,7 @@
 //! Pooling: the stem's max pool (with a backward candle lacks), the transitions' 2×2
 //! average pool, and the global average pool before the classifier.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::cpu::{float_kernel, unwritten_vec};
@@ -23,7 +23,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
         stride,
         padding,
     };
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if super::mode::cpu_kernels(x) {
         x.contiguous()?.apply_op1(op)
     } else {
         max_pool2d_by_views(x, kernel, stride, padding)
@@ -61,7 +61,7 @@ fn max_pool2d_by_views(x: &Tensor, kernel: usize, stride: usize, padding: usize)
 /// An odd last row or column is dropped, as in PyTorch. On the CPU, a kernel with its own
 /// backward; elsewhere a reshape and a mean. Both give exact gradients for every size.
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if super::mode::cpu_kernels(x) {
         return x.contiguous()?.apply_op1(super::channel_ops::AvgPool2x2);
     }
     avg_pool2x2_by_reshape(x)

@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 
 use super::batch_norm::values_per_channel;
@@ -92,8 +92,8 @@ impl Block {
 /// let out = features.finish()?;                                  // (N, C0 + L·k, H, W)
 /// ```
 ///
-/// CPU, f32 or f64 only ([`SharedFeatures::supports`]); elsewhere use the plain concatenation.
-pub struct SharedFeatures {
+/// CPU, f32 or f64 only ([`super::cpu_kernels`]); elsewhere use the plain concatenation.
+pub(crate) struct SharedFeatures {
     block: Arc<Block>,
     /// The last token: depends, in the graph, on every feature map pushed so far.
     token: Tensor,
@@ -102,13 +102,8 @@ pub struct SharedFeatures {
 }
 
 impl SharedFeatures {
-    /// True when `x` is on the CPU in f32 or f64, where the ops here run.
-    pub fn supports(x: &Tensor) -> bool {
-        x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-    }
-
     /// A buffer for `total_channels` channels, starting with the block input `x` (N, C0, H, W).
-    pub fn new(x: &Tensor, total_channels: usize) -> Result<Self> {
+    pub(crate) fn new(x: &Tensor, total_channels: usize) -> Result<Self> {
         let (n, c0, h, w) = x.dims4()?;
         if c0 > total_channels {
             candle_core::bail!("shared features: the input has {c0} channels, the block {total_channels}");
@@ -127,7 +122,7 @@ impl SharedFeatures {
     }
 
     /// Appends `x` (N, k, H, W) after the channels so far.
-    pub fn push(&mut self, x: &Tensor) -> Result<()> {
+    pub(crate) fn push(&mut self, x: &Tensor) -> Result<()> {
         let x = x.contiguous()?;
         let c = x.dim(1)?;
         self.block.features().slice_set(&x, 1, self.channels)?;
@@ -144,7 +139,7 @@ impl SharedFeatures {
 
     /// conv(ReLU(norm(the concatenation so far))): (N, C_l, H, W) → (N, out, H', W'), in
     /// training mode (batch statistics, running ones updated). Keeps only its output.
-    pub fn norm_relu_conv(&self, norm: &BatchNorm2d, conv: &Conv2d) -> Result<Tensor> {
+    pub(crate) fn norm_relu_conv(&self, norm: &BatchNorm2d, conv: &Conv2d) -> Result<Tensor> {
         let (gamma, beta, eps) = norm.affine();
         let stats = Arc::new(Mutex::new(BatchStats::default()));
         let op = FirstUnit {
@@ -168,7 +163,7 @@ impl SharedFeatures {
     }
 
     /// The block's output, (N, C_total, H, W), once every channel is pushed.
-    pub fn finish(self) -> Result<Tensor> {
+    pub(crate) fn finish(self) -> Result<Tensor> {
         let total = self.block.features().dim(1)?;
         if self.channels != total {
             candle_core::bail!("shared features: {} of {total} channels pushed", self.channels);

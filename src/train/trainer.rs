@@ -382,17 +382,8 @@ impl Trainer {
                 return Ok(None);
             }
         }
-        // On detached weights: evaluation records no graph.
-        let eval_model = DenseNet::new(
-            spec,
-            candle_nn::VarBuilder::from_tensors(
-                varmap_tensors(&self.varmap),
-                candle_core::DType::F32,
-                device,
-            ),
-        )?;
         let test = evaluate(
-            &eval_model,
+            &self.model,
             self.test_set.clone(),
             &train_transform(config, false),
             r.batch_size,
