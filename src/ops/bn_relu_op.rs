@@ -6,10 +6,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{float_kernel, unwritten_vec};
+use super::cpu::{float_kernel, unwritten_vec, Float};
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +32,7 @@ const LANES: usize = 8;
 
 /// (Σd, Σd²) over `xs` with d = x − `pivot`, in f64: the first two moments in one pass. A
 /// pivot near the mean (a value of the channel) keeps Σd² − (Σd)²/n from cancelling.
-fn moments<T: WithDType>(xs: &[T], pivot: f64) -> [f64; 2] {
+fn moments<T: Float>(xs: &[T], pivot: f64) -> [f64; 2] {
     let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
     let chunks = xs.chunks_exact(LANES);
     let [mut t1, mut t2] = [0.0; 2];
@@ -53,7 +53,7 @@ fn moments<T: WithDType>(xs: &[T], pivot: f64) -> [f64; 2] {
 }
 
 /// (Σg, Σg·(x − mean)) over one plane, with g = dy where y > 0, else 0.
-fn grad_sums<T: WithDType>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) {
+fn grad_sums<T: Float>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) {
     let term = |x: &T, y: &T, dy: &T| {
         let g = if *y > T::zero() { dy.to_f64() } else { 0.0 };
         (g, g * (x.to_f64() - mean))
@@ -96,7 +96,7 @@ impl BnReluEval {
     /// `dst` = max(0, `src`·scale + shift) for values of channel `ch`, in T's precision as
     /// torch computes it. Like torch's ReLU, NaN passes through (`max` would turn it into 0).
     #[inline]
-    pub(super) fn apply<T: WithDType>(&self, ch: usize, src: &[T], dst: &mut [T]) {
+    pub(super) fn apply<T: Float>(&self, ch: usize, src: &[T], dst: &mut [T]) {
         let (a, b) = (T::from_f64(self.scale[ch]), T::from_f64(self.shift[ch]));
         for (o, v) in dst.iter_mut().zip(src) {
             let z = *v * a + b;
@@ -106,8 +106,10 @@ impl BnReluEval {
 
     /// The map over `x`, n images of (c, hw) that start `image_stride` apart, into a
     /// contiguous (n, c, hw), in parallel over images.
-    fn planes<T: WithDType>(&self, x: &[T], n: usize, image_stride: usize, c: usize, hw: usize) -> Vec<T> {
-        let mut y = unwritten_vec(n * c * hw);
+    fn planes<T: Float>(&self, x: &[T], n: usize, image_stride: usize, c: usize, hw: usize) -> Vec<T> {
+        // SAFETY: each image's c planes of hw are written below by `apply`, which maps every
+        // element of its plane; with c·hw = 0 the vector is empty.
+        let mut y = unsafe { unwritten_vec(n * c * hw) };
         if c * hw == 0 {
             return y;
         }
@@ -169,7 +171,7 @@ pub(super) fn image_stride(layout: &Layout) -> Option<usize> {
 /// `f(channel, plane of x, plane of y, plane of dy)` for each of the n·c planes of (n, c, hw)
 /// tensors (pass `x` for those not needed), in an (n, c) table, in parallel over images: a
 /// sweep through contiguous memory, whose cost per plane stays small when planes are 1×1.
-fn plane_table<T: WithDType, R: Copy + Default + Send>(
+fn plane_table<T: Float, R: Copy + Default + Send>(
     (x, y, dy): (&[T], &[T], &[T]),
     c: usize,
     hw: usize,
@@ -208,7 +210,7 @@ fn channel_totals(table: &[f64], c: usize) -> Vec<f64> {
 
 impl BnReluTrain {
     /// y = max(0, γ·x̂ + β) for `x` (n, c, hw), recording the batch statistics in `stats`.
-    pub(super) fn forward<T: WithDType>(
+    pub(super) fn forward<T: Float>(
         &self,
         x: &[T],
         gamma: &[T],
@@ -312,7 +314,7 @@ struct BnReluBackward {
 }
 
 impl BnReluBackward {
-    fn backward<T: WithDType>(&self, x: &[T], y: &[T], dy: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    fn backward<T: Float>(&self, x: &[T], y: &[T], dy: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
         let stats = self.stats.lock().expect("stats lock").clone();
         let count = (n * hw) as f64;
         let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
@@ -337,7 +339,9 @@ impl BnReluBackward {
             })
             .collect();
         let numel = x.len();
-        let mut out = unwritten_vec(numel + 2 * c);
+        // SAFETY: dx (the first numel) is written image by image and plane by plane below,
+        // and the tail's 2·c sums after it.
+        let mut out = unsafe { unwritten_vec(numel + 2 * c) };
         let (dx, tail) = out.split_at_mut(numel);
         if numel > 0 {
             let image = c * hw;

@@ -1,10 +1,10 @@
 //! Small per-channel kernels with their own backward, where candle's generic ops reduce over
 //! strided dimensions one element at a time: adding a conv bias, and 2×2 average pooling.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{float_kernel, unwritten_vec};
+use super::cpu::{float_kernel, unwritten_vec, Float};
 
 /// y (N, C, H, W) + b (C) broadcast over N, H, W; the bias gradient is a per-channel sum.
 pub(super) struct BiasAdd;
@@ -12,7 +12,7 @@ pub(super) struct BiasAdd;
 /// Per-channel sums of (N, C, H, W) → (C).
 struct ChannelSum;
 
-fn add_bias<T: WithDType>(y: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
+fn add_bias<T: Float>(y: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
     let mut out = y.to_vec();
     out.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
         let bias = b[plane % c];
@@ -21,7 +21,7 @@ fn add_bias<T: WithDType>(y: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
     out
 }
 
-fn channel_sum<T: WithDType>(g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+fn channel_sum<T: Float>(g: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -87,9 +87,10 @@ struct AvgPool2x2Backward {
     width: usize,
 }
 
-fn avg_pool<T: WithDType>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+fn avg_pool<T: Float>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = unwritten_vec(planes * ho * wo);
+    // SAFETY: each of the planes' ho·wo outputs is written once below.
+    let mut out = unsafe { unwritten_vec(planes * ho * wo) };
     let quarter = T::from_f64(0.25);
     out.par_chunks_mut((ho * wo).max(1))
         .enumerate()
@@ -105,7 +106,7 @@ fn avg_pool<T: WithDType>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> 
     out
 }
 
-fn avg_pool_backward<T: WithDType>(g: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+fn avg_pool_backward<T: Float>(g: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (ho, wo) = (h / 2, w / 2);
     let mut out = vec![T::zero(); planes * h * w];
     let quarter = T::from_f64(0.25);

@@ -15,12 +15,12 @@
 
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bn_relu_op::{image_stride, BnReluEval};
-use super::cpu::{float_kernel, unwritten_vec};
+use super::cpu::{float_kernel, unwritten_vec, Float};
 use super::im2col::{fold, sum_taps, Unfold, Window};
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W').
@@ -98,7 +98,7 @@ pub(super) struct Images<'a, T> {
     pub norm_relu: Option<&'a BnReluEval>,
 }
 
-impl<'a, T: WithDType> Images<'a, T> {
+impl<'a, T: Float> Images<'a, T> {
     /// Contiguous images of `len` elements each, read as they are.
     pub(super) fn contiguous(data: &'a [T], len: usize) -> Self {
         Self {
@@ -132,7 +132,7 @@ impl<'a, T: WithDType> Images<'a, T> {
 
 /// Images first..first + count's (rows × l) blocks, side by side: (rows × count·l). One
 /// image read as it is is borrowed.
-fn side_by_side<'a, T: WithDType>(
+fn side_by_side<'a, T: Float>(
     x: &Images<'a, T>,
     rows: usize,
     l: usize,
@@ -143,7 +143,8 @@ fn side_by_side<'a, T: WithDType>(
         return Cow::Borrowed(x.image(first, rows * l));
     }
     let width = count * l;
-    let mut out = unwritten_vec(rows * width);
+    // SAFETY: each of the rows gets `count` segments of l, its whole width, below.
+    let mut out = unsafe { unwritten_vec(rows * width) };
     out.par_chunks_mut(width)
         .enumerate()
         .for_each_init(Vec::new, |scratch, (r, dst)| {
@@ -155,7 +156,7 @@ fn side_by_side<'a, T: WithDType>(
 }
 
 /// The inverse of [`side_by_side`]: (rows × count·l) into `count` images' (rows × l) blocks.
-fn split_images<T: WithDType>(grouped: &[T], rows: usize, l: usize, count: usize, images: &mut [T]) {
+fn split_images<T: Float>(grouped: &[T], rows: usize, l: usize, count: usize, images: &mut [T]) {
     let width = count * l;
     for i in 0..count {
         for r in 0..rows {
@@ -168,7 +169,7 @@ fn split_images<T: WithDType>(grouped: &[T], rows: usize, l: usize, count: usize
 /// dst (m×n) = a (m×k) · b (k×n), all row-major, optionally accumulating; `b_transposed`
 /// reads b as the transpose of a row-major (n×k) matrix.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: WithDType>(
+fn matmul<T: Float>(
     dst: &mut [T],
     a: &[T],
     b: &[T],
@@ -188,6 +189,11 @@ fn matmul<T: WithDType>(
     } else {
         (1, n as isize)
     };
+    if k == 0 && !accumulate {
+        // An empty product is zero; gemm says nothing of it, and callers rely on `dst` written.
+        dst.fill(T::zero());
+        return;
+    }
     // SAFETY: the slices hold m·k, k·n and m·n elements, and the strides address within them.
     unsafe {
         gemm::gemm(
@@ -216,7 +222,7 @@ fn matmul<T: WithDType>(
 
 /// out, `count` images' (m × l) blocks, = a (m×k, or its transpose) · b (k × count·l), the
 /// images side by side in b's columns.
-fn matmul_into_images<T: WithDType>(
+fn matmul_into_images<T: Float>(
     out: &mut [T],
     a: &[T],
     b: &[T],
@@ -229,7 +235,8 @@ fn matmul_into_images<T: WithDType>(
     if count == 1 {
         matmul(out, a, b, dims, a_transposed, false, false, par);
     } else {
-        let mut grouped = unwritten_vec(m * count * l);
+        // SAFETY: `matmul` without accumulation overwrites every element of its output.
+        let mut grouped = unsafe { unwritten_vec(m * count * l) };
         matmul(&mut grouped, a, b, dims, a_transposed, false, false, par);
         split_images(&grouped, m, l, count, out);
     }
@@ -257,19 +264,15 @@ fn for_each_group<T: Send>(
 impl ConvOp {
     /// The columns (K × count·L) of images first..first + count, side by side, in parallel
     /// over channels.
-    fn columns<'a, T: WithDType>(
-        &self,
-        x: &Images<'a, T>,
-        d: &Dims,
-        first: usize,
-        count: usize,
-    ) -> Cow<'a, [T]> {
+    fn columns<'a, T: Float>(&self, x: &Images<'a, T>, d: &Dims, first: usize, count: usize) -> Cow<'a, [T]> {
         if self.0.is_pointwise() {
             return side_by_side(x, d.cin, d.l, first, count);
         }
         let (width, hw) = (count * d.l, d.h * d.w);
         let unfold = Unfold::new(self.0, d.h, d.w);
-        let mut cols = unwritten_vec(d.kk * width);
+        // SAFETY: each channel's k·k rows get every image's l columns from `Unfold::plane`,
+        // which writes each (zero for padding).
+        let mut cols = unsafe { unwritten_vec(d.kk * width) };
         let rows_per_channel = d.kk / d.cin;
         cols.par_chunks_mut(rows_per_channel * width)
             .enumerate()
@@ -292,10 +295,11 @@ impl ConvOp {
     /// y[n] = Σ over taps t of shift_t(W_t · x[n]): one GEMM of the weights stacked by tap
     /// (k·k·Cout × Cin) with the images side by side (Cin × count·H·W), then [`sum_taps`]
     /// for each output plane.
-    fn forward_by_taps<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
+    fn forward_by_taps<T: Float>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
         let (k2, hw) = (d.kk / d.cin, d.h * d.w);
         // Tap t's block (Cout × Cin) is every k·k-th weight from the t-th.
-        let mut stacked = unwritten_vec(k2 * d.cout * d.cin);
+        // SAFETY: each tap's block of Cout·Cin is filled from the weights just below.
+        let mut stacked = unsafe { unwritten_vec(k2 * d.cout * d.cin) };
         for (tap, block) in stacked.chunks_exact_mut(d.cout * d.cin).enumerate() {
             block
                 .iter_mut()
@@ -303,11 +307,14 @@ impl ConvOp {
                 .for_each(|(o, w)| *o = *w);
         }
         let plan = plan(d.n, hw);
-        let mut y = unwritten_vec(d.n * d.cout * d.l);
+        // SAFETY: `for_each_group` hands every image's outputs to the closure, where
+        // `sum_taps` zeroes then sums each plane.
+        let mut y = unsafe { unwritten_vec(d.n * d.cout * d.l) };
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
             let width = count * hw;
             let xs = side_by_side(x, d.cin, hw, first, count);
-            let mut z = unwritten_vec(k2 * d.cout * width);
+            // SAFETY: `matmul` without accumulation overwrites every element of its output.
+            let mut z = unsafe { unwritten_vec(k2 * d.cout * width) };
             let dims = (k2 * d.cout, d.cin, width);
             matmul(&mut z, &stacked, &xs, dims, false, false, false, plan.par);
             out.par_chunks_mut(d.l).enumerate().for_each(|(plane, dst)| {
@@ -318,12 +325,14 @@ impl ConvOp {
         y
     }
 
-    pub(super) fn forward<T: WithDType>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
+    pub(super) fn forward<T: Float>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
         if self.by_taps(d).is_some() {
             return self.forward_by_taps(x, weight, d);
         }
         let plan = plan(d.n, d.l);
-        let mut y = unwritten_vec(d.n * d.cout * d.l);
+        // SAFETY: `for_each_group` hands every image's outputs to `matmul_into_images`, which
+        // overwrites them all.
+        let mut y = unsafe { unwritten_vec(d.n * d.cout * d.l) };
         for_each_group(&mut y, d.cout * d.l, &plan, |first, count, out| {
             let cols = self.columns(x, d, first, count);
             let dims = (d.cout, d.kk, d.l);
@@ -332,7 +341,7 @@ impl ConvOp {
         y
     }
 
-    fn input_grad<T: WithDType>(&self, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    fn input_grad<T: Float>(&self, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         if let Some(adjoint) = self.adjoint() {
             return self.input_grad_as_conv(adjoint, dy, weight, d);
         }
@@ -387,10 +396,11 @@ impl ConvOp {
 
     /// dx (N, Cin, H, W) = dy (N, Cout, H', W') ∗ W' with the `adjoint` window, where
     /// W'[ci, co, a, b] = W[co, ci, k−1−a, k−1−b].
-    fn input_grad_as_conv<T: WithDType>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+    fn input_grad_as_conv<T: Float>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         let k2 = self.0.kernel * self.0.kernel;
         let row = d.cout * k2;
-        let mut flipped = unwritten_vec(d.cin * row);
+        // SAFETY: each (input, output) channel pair's k·k taps are written below.
+        let mut flipped = unsafe { unwritten_vec(d.cin * row) };
         for (co, filters) in weight.chunks_exact(d.cin * k2).enumerate() {
             for (ci, taps) in filters.chunks_exact(k2).enumerate() {
                 let dst = &mut flipped[ci * row + co * k2..ci * row + (co + 1) * k2];
@@ -414,7 +424,7 @@ impl ConvOp {
         }
     }
 
-    fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    fn weight_grad<T: Float>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         if let Some(adjoint) = self.by_taps(d) {
             return self.weight_grad_by_taps(adjoint, x, dy, d);
         }
@@ -434,7 +444,7 @@ impl ConvOp {
     /// dW from R (Cout·k·k × Cin) = Σₙ unfold(dy[n]) (Cout·k·k × H·W) · x[n]ᵀ (H·W × Cin),
     /// dy unfolded under the adjoint window: R's row co·k·k + t is tap k·k − 1 − t of dW.
     /// Unfolds Cout channels where the plain weight gradient unfolds Cin.
-    fn weight_grad_by_taps<T: WithDType>(&self, adjoint: Window, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    fn weight_grad_by_taps<T: Float>(&self, adjoint: Window, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let (k2, hw) = (d.kk / d.cin, d.h * d.w);
         let of_dy = self.adjoint_dims(d);
         let (x, dy) = (
@@ -447,7 +457,9 @@ impl ConvOp {
             let xs = side_by_side(&x, d.cin, hw, first, count);
             matmul(acc, &cols, &xs, (rows, count * hw, d.cin), false, true, true, par);
         });
-        let mut dw = unwritten_vec(d.cout * d.kk);
+        // SAFETY: for each output channel, tap t's row fills filter positions k2−1−t,
+        // k2−1−t + k2, ...: every position of its Cin·k·k once.
+        let mut dw = unsafe { unwritten_vec(d.cout * d.kk) };
         for (filters, taps) in dw.chunks_exact_mut(d.kk).zip(r.chunks_exact(d.kk)) {
             // One output channel's k·k rows of R, each scattered into its filters, flipped.
             for (tap, row) in taps.chunks_exact(d.cin).enumerate() {
@@ -466,7 +478,7 @@ impl ConvOp {
 /// Σ over groups of images of what `group(first, count, acc, parallelism)` accumulates into
 /// `acc` (`len` elements, zeroed first): one accumulator per thread when the groups run in
 /// parallel, summed at the end.
-fn sum_over_groups<T: WithDType>(
+fn sum_over_groups<T: Float>(
     n: usize,
     plan: &Plan,
     len: usize,
@@ -600,14 +612,7 @@ impl CustomOp2 for NormReluConvOp {
 }
 
 impl NormReluConvOp {
-    fn forward<T: WithDType>(
-        &self,
-        x: &[T],
-        stride: usize,
-        w: &[T],
-        wl: &Layout,
-        d: &Dims,
-    ) -> Result<Vec<T>> {
+    fn forward<T: Float>(&self, x: &[T], stride: usize, w: &[T], wl: &Layout, d: &Dims) -> Result<Vec<T>> {
         let x = Images {
             data: x,
             stride,

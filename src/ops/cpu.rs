@@ -31,16 +31,24 @@ macro_rules! float_kernel {
 }
 pub(super) use float_kernel;
 
+/// The element types our CPU kernels run on: f32 and f64, for which every bit pattern is a
+/// value. Private to `ops`, so no other type can implement it.
+pub(super) trait Float: WithDType {}
+
+impl Float for f32 {}
+impl Float for f64 {}
+
 /// A vector of `len` elements left unwritten, for a kernel that writes every one of them
 /// before anything reads it (a GEMM that overwrites its output, a copy, an elementwise map):
 /// it saves the pass that zeroing would cost, which the allocator cannot skip once it
 /// recycles freed memory (see `crate::allocator`).
 ///
-/// The caller must write every element before reading any.
-pub(super) fn unwritten_vec<T: WithDType>(len: usize) -> Vec<T> {
+/// # Safety
+/// The caller writes every element before it reads any or lets the vector leave the kernel.
+pub(super) unsafe fn unwritten_vec<T: Float>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
-    // SAFETY: T is f32 or f64, for which every bit pattern is a value, and the caller writes
-    // each element before it is read (the contract above).
+    // SAFETY: the capacity is `len`; the elements are f32 or f64 (`Float`), and the caller
+    // writes each before it is read (this function's contract).
     #[allow(clippy::uninit_vec)]
     unsafe {
         v.set_len(len)

@@ -5,7 +5,7 @@
 //! the weight (Cout, C·k·k) times the columns. `fold` is its adjoint: it adds columns back
 //! into an image, summing overlapping taps, which gives the input gradient.
 
-use candle_core::WithDType;
+use super::cpu::Float;
 
 /// The geometry of a k×k convolution with stride and zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl Unfold {
 
     /// Writes the columns of `plane` (H·W) into `rows` (k·k rows `stride` long), from column
     /// `offset` on: several images side by side share rows; stride H'·W' and offset 0 for one.
-    pub fn plane<T: WithDType>(&self, plane: &[T], rows: &mut [T], stride: usize, offset: usize) {
+    pub fn plane<T: Float>(&self, plane: &[T], rows: &mut [T], stride: usize, offset: usize) {
         let w = self.window;
         let (k2, l) = (w.kernel * w.kernel, w.out(self.h) * w.out(self.wd));
         if let Some(table) = &self.table {
@@ -132,7 +132,7 @@ impl Unfold {
 /// z_t shifted, out[y', x'] = Σ z_t[y'·s − p + ky, x'·s − p + kx] over in-bounds taps, where
 /// z_t, the (H, W) product of tap t's weights with the input, starts at `z[t·tap_stride +
 /// offset]`. With k·k·Cout < Cin·k·k this moves less data than unfolding the input.
-pub fn sum_taps<T: WithDType>(
+pub fn sum_taps<T: Float>(
     w: Window,
     (h, wd): (usize, usize),
     z: &[T],
@@ -157,7 +157,7 @@ pub fn sum_taps<T: WithDType>(
 }
 
 /// Columns (C·k·k, H'·W') → image (C, H, W), summing overlaps into `image` (zeroed first).
-pub fn fold<T: WithDType>(cols: &[T], c: usize, h: usize, wd: usize, w: Window, image: &mut [T]) {
+pub fn fold<T: Float>(cols: &[T], c: usize, h: usize, wd: usize, w: Window, image: &mut [T]) {
     let (k2, l) = (w.kernel * w.kernel, w.out(h) * w.out(wd));
     image.fill(T::zero());
     for ch in 0..c {

@@ -1,10 +1,10 @@
 //! Pooling: the stem's max pool (with a backward candle lacks), the transitions' 2×2
 //! average pool, and the global average pool before the classifier.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{float_kernel, unwritten_vec};
+use super::cpu::{float_kernel, unwritten_vec, Float};
 
 /// Max pooling with a k×k window, stride and implicit −∞ padding, like PyTorch's
 /// `MaxPool2d(k, stride, padding)` (floor mode): (N, C, H, W) → (N, C, H', W') with
@@ -125,7 +125,7 @@ impl MaxPool2d {
     }
 
     /// Calls `visit(output index, input index of the window's first maximum)` for one plane.
-    fn for_each_argmax<T: WithDType>(&self, src: &[T], g: &Window, mut visit: impl FnMut(usize, usize)) {
+    fn for_each_argmax<T: Float>(&self, src: &[T], g: &Window, mut visit: impl FnMut(usize, usize)) {
         {
             for oy in 0..g.ho {
                 let y0 = (oy * self.stride) as isize - self.padding as isize;
@@ -153,8 +153,10 @@ impl MaxPool2d {
         }
     }
 
-    fn forward<T: WithDType>(&self, x: &[T], g: &Window) -> Vec<T> {
-        let mut out = unwritten_vec(g.n * g.ho * g.wo);
+    fn forward<T: Float>(&self, x: &[T], g: &Window) -> Vec<T> {
+        // SAFETY: `for_each_argmax` visits every output of each plane once, and each visit
+        // writes it.
+        let mut out = unsafe { unwritten_vec(g.n * g.ho * g.wo) };
         out.par_chunks_mut(g.ho * g.wo)
             .enumerate()
             .for_each(|(plane, dst)| {
@@ -164,7 +166,7 @@ impl MaxPool2d {
         out
     }
 
-    fn backward<T: WithDType>(&self, x: &[T], grad: &[T], g: &Window) -> Vec<T> {
+    fn backward<T: Float>(&self, x: &[T], grad: &[T], g: &Window) -> Vec<T> {
         let mut out = vec![T::zero(); g.n * g.h * g.w];
         out.par_chunks_mut(g.h * g.w)
             .enumerate()

@@ -17,17 +17,23 @@
 //! they read: when an [`Append`] runs backward, the gradient of its channels is complete, and it
 //! hands it to the feature map's producer. The sums are the ones candle's concatenation would
 //! form, in the same order, so both modes give bit-identical results.
+//!
+//! # Invariant: backward after every consumer
+//! All of this rests on one property of candle's `Tensor::backward`, which its topological
+//! sort gives and `tests::backward_runs_after_every_consumer_of_an_output` pins: **an op's
+//! backward runs only after the backward of every op that read its output.** If a candle
+//! release broke it, an [`Append`] would hand on a gradient still missing terms, and that test
+//! fails first. The batch statistics that a training [`BnReluTrain`] keeps for its backward ride
+//! in the op itself, written by its forward, which always runs first.
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::batch_norm::values_per_channel;
 use super::bn_relu_op::{self, BatchStats, BnReluTrain};
 use super::conv_op::{self, ConvOp, Images};
-use super::cpu::float_kernel;
+use super::cpu::{float_kernel, Float};
 use super::im2col::Window;
 use super::{BatchNorm2d, Conv2d};
 
@@ -237,7 +243,7 @@ struct FirstUnit {
 }
 
 impl FirstUnit {
-    fn forward<T: WithDType>(
+    fn forward<T: Float>(
         &self,
         buffer: &[T],
         gamma_beta: &[T],
@@ -335,5 +341,63 @@ impl CustomOp1 for Output {
     fn bwd(&self, token: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         self.block.add_grad(dy)?;
         Ok(Some(token.zeros_like()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
+
+    /// The identity, logging its name when its backward runs.
+    struct Logged {
+        name: &'static str,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl CustomOp1 for Logged {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+            let CpuStorage::F32(v) = s else {
+                candle_core::bail!("f32 only")
+            };
+            Ok((CpuStorage::F32(v.clone()), l.shape().clone()))
+        }
+
+        fn bwd(&self, _: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            self.log.lock().unwrap().push(self.name);
+            Ok(Some(dy.clone()))
+        }
+    }
+
+    #[test]
+    fn backward_runs_after_every_consumer_of_an_output() {
+        // The shape of a memory-efficient block: a token chain (append1 → append2), each token
+        // read by a layer (read1, read2), and a loss over all of them, built in that order.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let op = |name| Logged {
+            name,
+            log: log.clone(),
+        };
+        let x = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let append1 = x.apply_op1(op("append1")).unwrap();
+        let read1 = append1.apply_op1(op("read1")).unwrap();
+        let append2 = append1.apply_op1(op("append2")).unwrap();
+        let read2 = append2.apply_op1(op("read2")).unwrap();
+        let loss = (read1.sum_all().unwrap() + read2.sum_all().unwrap()).unwrap();
+        let loss = (loss + append2.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let order = log.lock().unwrap().clone();
+        let at = |name| order.iter().position(|n| *n == name).unwrap();
+        assert!(at("append1") > at("read1"), "{order:?}");
+        assert!(at("append1") > at("append2"), "{order:?}");
+        assert!(at("append2") > at("read2"), "{order:?}");
+        // Three paths reach x, each with gradient 1.
+        let dx = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dx, [3.0, 3.0]);
     }
 }
