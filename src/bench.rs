@@ -85,10 +85,17 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
     let x = Tensor::randn(
         0f32,
         1.0,
-        (config.batch, spec.in_channels, config.size, config.size),
+        (
+            config.batch,
+            spec.architecture.in_channels,
+            config.size,
+            config.size,
+        ),
         device,
     )?;
-    let labels: Vec<u32> = (0..config.batch).map(|i| (i % spec.num_classes) as u32).collect();
+    let labels: Vec<u32> = (0..config.batch)
+        .map(|i| (i % spec.architecture.num_classes) as u32)
+        .collect();
     let y = Tensor::from_vec(labels, config.batch, device)?;
     let mut times = Vec::with_capacity(config.iters);
     let mut time = |i: usize, step: &mut dyn FnMut() -> Result<()>| -> Result<()> {

@@ -38,7 +38,7 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
         (None, None) => Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?,
         (None, Some(v)) => {
             let spec = VariantSpec::resolve(v)?;
-            match &spec.pretrained {
+            match &spec.pretrained_cfg.hf_hub_id {
                 Some(repo) => Checkpoint::open(&format!("hf:{repo}"), device)?,
                 None if spec.name == "d2l" => {
                     Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?
@@ -57,8 +57,11 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
     let mut notices = std::mem::take(&mut ckpt.notices);
     notices.extend(adapted);
     let classes = match &ckpt.metadata {
-        Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
-        _ => crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+        Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
+        _ => crate::labels::for_classes(
+            spec.pretrained_cfg.labels.as_deref(),
+            spec.architecture.num_classes,
+        ),
     };
     let origin = ckpt.origin.clone();
     Ok(Loaded {
@@ -72,11 +75,11 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
 /// The inference preprocessing of `spec`: torchvision's resize, centre crop and normalisation.
 pub fn eval_transform(spec: &VariantSpec) -> Transform {
     Transform {
-        size: spec.preprocess.crop,
-        resize: spec.preprocess.resize,
-        channels: spec.in_channels,
-        mean: spec.preprocess.mean.clone(),
-        std: spec.preprocess.std.clone(),
+        size: spec.pretrained_cfg.preprocess.crop,
+        resize: spec.pretrained_cfg.preprocess.resize,
+        channels: spec.architecture.in_channels,
+        mean: spec.pretrained_cfg.preprocess.mean.clone(),
+        std: spec.pretrained_cfg.preprocess.std.clone(),
         augment: false,
         pad: 0,
     }

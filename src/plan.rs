@@ -4,7 +4,7 @@
 //! instead of redoing "the stem, then each block with a transition before every block but the
 //! first" by hand.
 
-use crate::spec::{StemKind, VariantSpec};
+use crate::spec::{Architecture, StemKind};
 
 /// A transition: BN-ReLU-1×1 conv from `in_channels` to `out_channels = floor(θ·in_channels)`,
 /// then a 2×2/2 average pool (Huang et al. 2017, 3).
@@ -42,7 +42,7 @@ impl StagePlan {
     }
 }
 
-impl VariantSpec {
+impl Architecture {
     /// Input pixels per pixel of the stem's output, after its pool: 4 for the ImageNet stem,
     /// 1 for the CIFAR stem.
     pub fn stem_reduction(&self) -> usize {
@@ -53,7 +53,7 @@ impl VariantSpec {
     }
 
     /// The stages in order, from the fields alone: a transition that would keep no channel
-    /// shows as `out_channels == 0`, which [`VariantSpec::validate`] refuses.
+    /// shows as `out_channels == 0`, which [`Architecture::validate`] refuses.
     pub fn stages(&self) -> Vec<StagePlan> {
         let mut stages: Vec<StagePlan> = Vec::with_capacity(self.block_config.len());
         let mut channels = self.stem_features;
@@ -86,11 +86,12 @@ impl VariantSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::VariantSpec;
 
     #[test]
     fn densenet_121s_plan_is_the_papers_table_1() {
         let spec = VariantSpec::resolve("121").unwrap();
-        let stages = spec.stages();
+        let stages = spec.architecture.stages();
         let channels: Vec<(usize, usize)> = stages.iter().map(|s| (s.in_channels, s.out_channels)).collect();
         assert_eq!(channels, [(64, 256), (128, 512), (256, 1024), (512, 1024)]);
         let transitions: Vec<Option<(usize, usize)>> = stages
@@ -104,7 +105,7 @@ mod tests {
         let reductions: Vec<usize> = stages.iter().map(|s| s.reduction).collect();
         assert_eq!(reductions, [4, 8, 16, 32]);
         assert_eq!(stages[3].layers, 16);
-        let bc = VariantSpec::resolve("bc-100-12").unwrap().stages();
+        let bc = VariantSpec::resolve("bc-100-12").unwrap().architecture.stages();
         assert_eq!(bc.iter().map(|s| s.reduction).collect::<Vec<_>>(), [1, 2, 4]);
     }
 }

@@ -39,10 +39,13 @@ pub struct Summary {
 
 /// Summarises `spec` at a square input of `input_size` pixels, refusing a size too small.
 pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
-    let sides = spec.stage_sizes(input_size).map_err(|message| Error::Spec {
-        origin: spec.name.clone(),
-        message,
-    })?;
+    let sides = spec
+        .architecture
+        .stage_sizes(input_size)
+        .map_err(|message| Error::Spec {
+            origin: spec.name.clone(),
+            message,
+        })?;
     let model = DenseNet::new(spec, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
     let tensors = expected_tensors(spec)?;
     let params_under = |prefixes: &[String]| -> u64 {
@@ -54,11 +57,17 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
     };
     let mut stages = vec![StageSummary {
         name: "stem".into(),
-        output_shape: vec![spec.stem_features, sides[0], sides[0]],
+        output_shape: vec![spec.architecture.stem_features, sides[0], sides[0]],
         params: params_under(&["features.conv0".into(), "features.norm0".into()]),
         macs: model.stem().macs(input_size),
     }];
-    for ((plan, stage), side) in spec.stages().iter().zip(model.stages()).zip(sides.windows(2)) {
+    for ((plan, stage), side) in spec
+        .architecture
+        .stages()
+        .iter()
+        .zip(model.stages())
+        .zip(sides.windows(2))
+    {
         let (side_in, side) = (side[0], side[1]);
         if let (Some(t), Some(transition)) = (plan.transition, &stage.transition) {
             let name = format!("transition{}", t.number);
@@ -77,7 +86,7 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
             name,
         });
     }
-    let features = spec.num_features();
+    let features = spec.architecture.num_features();
     let last_side = *sides.last().expect("at least one stage");
     stages.push(StageSummary {
         name: "norm5".into(),
@@ -87,9 +96,9 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
     });
     stages.push(StageSummary {
         name: "classifier".into(),
-        output_shape: vec![spec.num_classes],
+        output_shape: vec![spec.architecture.num_classes],
         params: params_under(&["classifier".into()]),
-        macs: (features * spec.num_classes) as u64,
+        macs: (features * spec.architecture.num_classes) as u64,
     });
     Ok(Summary {
         variant: spec.name.clone(),

@@ -318,7 +318,7 @@ fn refusals_name_the_file_and_every_problem() {
 fn a_new_classifier_for_fine_tuning() {
     let f = Fixture::load("tiny_bottleneck");
     let mut spec = f.spec.clone();
-    spec.num_classes = 3;
+    spec.architecture.num_classes = 3;
     let mut ckpt = fixture_ckpt("tiny_bottleneck_legacy.pth");
     // Without asking for it, the size mismatch is refused.
     let err = ckpt
@@ -353,9 +353,9 @@ fn a_new_classifier_for_fine_tuning() {
 fn rgb_weights_into_a_grayscale_model_sum_conv0() {
     let f = Fixture::load("tiny_bottleneck");
     let mut spec = f.spec.clone();
-    spec.in_channels = 1;
-    spec.preprocess.mean = vec![0.5];
-    spec.preprocess.std = vec![0.25];
+    spec.architecture.in_channels = 1;
+    spec.pretrained_cfg.preprocess.mean = vec![0.5];
+    spec.pretrained_cfg.preprocess.std = vec![0.25];
     let mut ckpt = fixture_ckpt("tiny_bottleneck_nested.pth");
     let notices = ckpt.adapt(&spec, false).unwrap();
     assert_eq!(
@@ -415,11 +415,10 @@ fn a_variant_flag_keeps_the_checkpoints_own_spec_of_that_architecture() {
     // and must not bring back the variant's 96×96 and ten classes.
     let dir = temp_dir("variant-flag");
     let mut trained = VariantSpec::resolve("d2l").unwrap();
-    trained.num_classes = 3;
-    trained.labels = None;
-    trained.input_size = 32;
-    trained.preprocess.resize = 32;
-    trained.preprocess.crop = 32;
+    trained.architecture.num_classes = 3;
+    trained.pretrained_cfg.labels = None;
+    trained.pretrained_cfg.preprocess.resize = 32;
+    trained.pretrained_cfg.preprocess.crop = 32;
     let varmap = densenet_zoo::train::seeded_varmap(&trained, 1, &Device::Cpu).unwrap();
     let path = dir.join("trained.safetensors");
     let tensors = state_dict(&trained, &varmap_tensors(&varmap)).unwrap();
@@ -432,5 +431,45 @@ fn a_variant_flag_keeps_the_checkpoints_own_spec_of_that_architecture() {
             "--variant d2l: the checkpoint's own spec of that architecture is used, with its 3 \
           classes and preprocessing (resize 32, crop 32)"
         ]
+    );
+}
+
+#[test]
+fn a_spec_written_before_the_split_reads_and_writes_back_unchanged() {
+    // The embedded default was trained and written before the spec was split into
+    // architecture, pretrained configuration and recipe: its metadata is the flat object.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/d2l-fashion-mnist.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let stored = &header.metadata().as_ref().unwrap()["densenet_zoo.spec"];
+    let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+    let spec: VariantSpec = serde_json::from_value(stored.clone()).unwrap();
+    let book = VariantSpec::resolve("d2l").unwrap();
+    assert_eq!(spec.architecture, book.architecture);
+    assert_eq!(spec.input_size(), 32);
+    assert_eq!(spec.pretrained_cfg.preprocess.crop, 32);
+    assert_eq!(spec.pretrained_cfg.labels.as_deref(), Some("fashion-mnist"));
+    assert_eq!(spec.recipe.epochs, 10);
+    // Written back, field for field the object that was read.
+    assert_eq!(serde_json::to_value(&spec).unwrap(), stored);
+    // And the checkpoint loads through the public path with that spec.
+    let mut ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.spec(None).unwrap(), spec);
+}
+
+#[test]
+fn input_size_may_be_left_out_and_must_agree_with_the_crop() {
+    let text = include_str!("../variants/densenet121.json");
+    let without = text.replace("\"input_size\": 224,", "");
+    assert_ne!(without, text);
+    let spec = VariantSpec::from_json(&without, "no-size.json").unwrap();
+    assert_eq!(spec, VariantSpec::resolve("121").unwrap());
+    let disagreeing = text.replace("\"input_size\": 224", "\"input_size\": 256");
+    let err = VariantSpec::from_json(&disagreeing, "my.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("my.json") && err.contains("input_size 256 disagrees with preprocess.crop 224"),
+        "{err}"
     );
 }

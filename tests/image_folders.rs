@@ -182,7 +182,7 @@ fn training_eval_infer_and_features_take_the_classes_from_the_folders() {
     let ckpt = Checkpoint::read(&best, &Device::Cpu).unwrap();
     let meta = ckpt.metadata.unwrap();
     assert_eq!(meta.classes, ["cat", "dog", "fox"]);
-    assert_eq!(meta.spec.num_classes, 3);
+    assert_eq!(meta.spec.architecture.num_classes, 3);
     assert_eq!(ckpt.tensors["classifier.weight"].dims()[0], 3);
     // All 18 training images are found, the nested ones too.
     assert_eq!(data::open(&dir, Split::Train).unwrap().len(), 18);

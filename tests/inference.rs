@@ -293,7 +293,7 @@ fn features_writes_one_row_per_image_per_level() {
             layer,
         ])
     };
-    let blocks = spec.block_config.len();
+    let blocks = spec.architecture.block_config.len();
     assert!(levels(&format!("block{blocks}")).status.success());
     let out = levels(&format!("block{}", blocks + 1));
     assert!(!out.status.success());

@@ -40,8 +40,10 @@ fn uniform(seed: u64, dims: &[usize], dtype: DType) -> Tensor {
 /// Trains two copies of `spec` from the same weights for three SGD steps, one in each mode,
 /// and asserts that logits, loss, gradients, running statistics and weights never differ.
 fn train_both_modes(spec: &VariantSpec, batch: usize, side: usize) {
-    let x = uniform(1, &[batch, spec.in_channels, side, side], DType::F32);
-    let labels: Vec<u32> = (0..batch).map(|i| (i * 3 % spec.num_classes) as u32).collect();
+    let x = uniform(1, &[batch, spec.architecture.in_channels, side, side], DType::F32);
+    let labels: Vec<u32> = (0..batch)
+        .map(|i| (i * 3 % spec.architecture.num_classes) as u32)
+        .collect();
     let y = Tensor::from_vec(labels, batch, &Device::Cpu).unwrap();
     let copies: Vec<(VarMap, DenseNet, Optimizer)> = [false, true]
         .into_iter()
@@ -123,7 +125,7 @@ fn plain_nets_with_conv_bias_train_identically_in_both_modes() {
 fn densenet121_trains_identically_in_both_modes() {
     // Blocks of 6, 12, 24 and 16 layers, down to 2×2 in block 4.
     let mut spec = VariantSpec::resolve("121").unwrap();
-    spec.num_classes = 10;
+    spec.architecture.num_classes = 10;
     train_both_modes(&spec, 2, 64);
 }
 

@@ -23,7 +23,7 @@ const PARAMS: [(&str, u64); 9] = [
 fn parameter_counts_are_exact() {
     for (variant, params) in PARAMS {
         let spec = VariantSpec::resolve(variant).unwrap();
-        let summary = summarize(&spec, spec.input_size).unwrap();
+        let summary = summarize(&spec, spec.input_size()).unwrap();
         assert_eq!(summary.params, params, "{variant}");
         assert_eq!(summary.stages.iter().map(|s| s.params).sum::<u64>(), params);
     }

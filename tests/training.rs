@@ -131,7 +131,7 @@ fn the_books_net_learns_real_fashion_mnist() {
     // The best checkpoint carries everything needed to use it, and evaluates to what training saw.
     let best = Checkpoint::read(&out.join("best.safetensors"), &candle_core::Device::Cpu).unwrap();
     let meta = best.metadata.unwrap();
-    assert_eq!(meta.spec.input_size, 32);
+    assert_eq!(meta.spec.input_size(), 32);
     assert_eq!(meta.classes[9], "Ankle boot");
     let eval = zoo(&[
         "eval",

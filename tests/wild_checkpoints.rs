@@ -64,15 +64,32 @@ fn pytorch_legacy_files_load_exactly_with_torchvisions_legacy_names() {
     // No metadata and no built-in variant: the architecture comes from the tensors.
     let spec = ckpt.spec(None).unwrap();
     assert_eq!(
-        (spec.in_channels, spec.num_classes, spec.stem, spec.stem_features),
-        (3, 7, f.spec.stem, 8)
+        (
+            spec.architecture.in_channels,
+            spec.architecture.num_classes,
+            spec.architecture.stem,
+            spec.architecture.stem_features
+        ),
+        (3, 7, f.spec.architecture.stem, 8)
     );
-    assert_eq!((spec.growth_rate, &spec.block_config), (4, &vec![2, 3]));
-    assert_eq!(spec.layer, LayerKind::Bottleneck { bn_size: 2 });
-    assert_eq!((spec.compression, spec.conv_bias), (0.5, false));
+    assert_eq!(
+        (spec.architecture.growth_rate, &spec.architecture.block_config),
+        (4, &vec![2, 3])
+    );
+    assert_eq!(spec.architecture.layer, LayerKind::Bottleneck { bn_size: 2 });
+    assert_eq!(
+        (spec.architecture.compression, spec.architecture.conv_bias),
+        (0.5, false)
+    );
     // An ImageNet stem is fed as the ImageNet nets are.
-    assert_eq!((spec.preprocess.resize, spec.preprocess.crop), (256, 224));
-    assert_eq!(spec.preprocess.mean, [0.485, 0.456, 0.406]);
+    assert_eq!(
+        (
+            spec.pretrained_cfg.preprocess.resize,
+            spec.pretrained_cfg.preprocess.crop
+        ),
+        (256, 224)
+    );
+    assert_eq!(spec.pretrained_cfg.preprocess.mean, [0.485, 0.456, 0.406]);
     assert!(
         ckpt.notices
             .iter()
@@ -317,11 +334,17 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
         candle_core::safetensors::load(wild("gray_densenet_ref.safetensors"), &Device::Cpu).unwrap();
     let mut ckpt = read("gray_densenet.pth");
     let spec = ckpt.spec(None).unwrap();
-    assert_eq!((spec.in_channels, spec.num_classes), (1, 2));
-    assert_eq!((spec.stem_features, spec.growth_rate), (12, 6));
-    assert_eq!(spec.block_config, [2, 2, 3]);
-    assert_eq!(spec.layer, LayerKind::Bottleneck { bn_size: 3 });
-    assert_eq!(spec.preprocess.mean.len(), 1);
+    assert_eq!(
+        (spec.architecture.in_channels, spec.architecture.num_classes),
+        (1, 2)
+    );
+    assert_eq!(
+        (spec.architecture.stem_features, spec.architecture.growth_rate),
+        (12, 6)
+    );
+    assert_eq!(spec.architecture.block_config, [2, 2, 3]);
+    assert_eq!(spec.architecture.layer, LayerKind::Bottleneck { bn_size: 3 });
+    assert_eq!(spec.pretrained_cfg.preprocess.mean.len(), 1);
     assert_close(
         &logits(ckpt, &spec, &reference["input"]),
         &reference["logits"],
@@ -332,10 +355,10 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
     // DenseNet-121 fine-tuned on one channel and two classes, as users make.
     let dir = temp("gray121");
     let mut gray = VariantSpec::resolve("121").unwrap();
-    gray.in_channels = 1;
-    gray.num_classes = 2;
-    gray.preprocess.mean = vec![0.449];
-    gray.preprocess.std = vec![0.226];
+    gray.architecture.in_channels = 1;
+    gray.architecture.num_classes = 2;
+    gray.pretrained_cfg.preprocess.mean = vec![0.449];
+    gray.pretrained_cfg.preprocess.std = vec![0.226];
     let varmap = densenet_zoo::train::seeded_varmap(&gray, 3, &Device::Cpu).unwrap();
     let path = dir.join("gray121.safetensors");
     let tensors = state_dict(&gray, &densenet_zoo::checkpoint::varmap_tensors(&varmap)).unwrap();
@@ -343,8 +366,15 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
 
     let mut ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
     let spec = ckpt.spec(None).unwrap();
-    assert_eq!((spec.in_channels, spec.num_classes, spec.growth_rate), (1, 2, 32));
-    assert_eq!(spec.block_config, [6, 12, 24, 16]);
+    assert_eq!(
+        (
+            spec.architecture.in_channels,
+            spec.architecture.num_classes,
+            spec.architecture.growth_rate
+        ),
+        (1, 2, 32)
+    );
+    assert_eq!(spec.architecture.block_config, [6, 12, 24, 16]);
     assert_eq!(
         ckpt.notices,
         [
@@ -357,7 +387,11 @@ fn a_grayscale_fine_tune_gets_its_architecture_from_the_tensors() {
     let mut ckpt = Checkpoint::read(&path, &Device::Cpu).unwrap();
     let spec = ckpt.spec(Some("121")).unwrap();
     assert_eq!(
-        (spec.name.as_str(), spec.in_channels, spec.num_classes),
+        (
+            spec.name.as_str(),
+            spec.architecture.in_channels,
+            spec.architecture.num_classes
+        ),
         ("densenet121", 1, 2)
     );
     assert_eq!(
@@ -416,12 +450,23 @@ fn the_books_current_edition_loads_whole_or_inner() {
         let mut ckpt = read(file);
         assert_eq!(ckpt.scheme, NamingScheme::D2lCurrent, "{file}");
         let spec = ckpt.spec(None).unwrap();
-        assert_eq!((spec.in_channels, spec.num_classes, spec.conv_bias), (1, 5, true));
         assert_eq!(
-            (spec.layer, spec.growth_rate, spec.stem_features),
+            (
+                spec.architecture.in_channels,
+                spec.architecture.num_classes,
+                spec.architecture.conv_bias
+            ),
+            (1, 5, true)
+        );
+        assert_eq!(
+            (
+                spec.architecture.layer,
+                spec.architecture.growth_rate,
+                spec.architecture.stem_features
+            ),
             (LayerKind::Plain, 8, 16)
         );
-        assert_eq!(spec.block_config, [2, 3]);
+        assert_eq!(spec.architecture.block_config, [2, 3]);
         assert_close(
             &logits(ckpt, &spec, &reference["input"]),
             &reference["logits"],

@@ -20,12 +20,12 @@ pub fn adapt(
     let conv0 = "features.conv0.weight";
     if let Some(w) = tensors.get(conv0) {
         let found = w.dim(1)?;
-        if w.rank() == 4 && found != spec.in_channels && found == 3 {
-            tensors.insert(conv0.into(), adapt_input_conv(w, spec.in_channels)?);
+        if w.rank() == 4 && found != spec.architecture.in_channels && found == 3 {
+            tensors.insert(conv0.into(), adapt_input_conv(w, spec.architecture.in_channels)?);
             notices.push(format!(
                 "{conv0}: adapted from 3 to {} input channels as timm does ({})",
-                spec.in_channels,
-                if spec.in_channels == 1 {
+                spec.architecture.in_channels,
+                if spec.architecture.in_channels == 1 {
                     "summed over RGB"
                 } else {
                     "RGB repeated and rescaled"
@@ -36,13 +36,13 @@ pub fn adapt(
     if new_classifier {
         if let Some(w) = tensors.get("classifier.weight") {
             let found = w.dim(0)?;
-            if found != spec.num_classes {
+            if found != spec.architecture.num_classes {
                 tensors.remove("classifier.weight");
                 tensors.remove("classifier.bias");
                 notices.push(format!(
                     "classifier: the checkpoint has {found} classes and the model {}: \
                      classifier.weight and classifier.bias are skipped and initialised fresh",
-                    spec.num_classes
+                    spec.architecture.num_classes
                 ));
             }
         }

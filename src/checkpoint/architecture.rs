@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use crate::spec::{LayerKind, StemKind, VariantSpec};
+use crate::spec::{Architecture, LayerKind, StemKind, VariantSpec};
 
 /// The spec whose tensors these are (canonical names), with the preprocessing, input size and
 /// recipe of the nearest built-in variant. `Err` says which tensor describes no DenseNet, and
@@ -97,13 +97,9 @@ pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpe
     })?;
     let num_classes = dims("classifier.weight", 2)?[0];
 
-    let mut spec = VariantSpec {
-        name: "from-tensors".into(),
-        aliases: Vec::new(),
-        description: "read from a checkpoint's tensor shapes".into(),
+    let architecture = Architecture {
         in_channels,
         num_classes,
-        labels: None,
         stem,
         stem_features,
         growth_rate,
@@ -112,22 +108,27 @@ pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpe
         compression,
         conv_bias: tensors.contains_key("features.conv0.bias"),
         drop_rate: 0.0,
-        input_size: 0,
-        preprocess: VariantSpec::builtin()[0].preprocess.clone(),
-        recipe: Default::default(),
-        reference: None,
-        pretrained: None,
     };
-    let nearest = preprocessing_source(&spec);
-    spec.description = format!(
-        "read from a checkpoint's tensor shapes; input size, preprocessing and recipe as {}'s",
-        nearest.name
-    );
-    spec.input_size = nearest.input_size.max(spec.min_input_size());
-    spec.preprocess = nearest.preprocess.clone();
-    spec.preprocess.resize = spec.preprocess.resize.max(spec.input_size);
-    spec.preprocess.crop = spec.input_size;
-    spec.recipe = nearest.recipe.clone();
+    let nearest = preprocessing_source(&architecture);
+    let mut pretrained_cfg = nearest.pretrained_cfg.clone();
+    let size = nearest.input_size().max(architecture.min_input_size());
+    let p = &mut pretrained_cfg.preprocess;
+    p.resize = p.resize.max(size);
+    p.crop = size;
+    pretrained_cfg.labels = None;
+    pretrained_cfg.hf_hub_id = None;
+    pretrained_cfg.reference = None;
+    let mut spec = VariantSpec {
+        name: "from-tensors".into(),
+        aliases: Vec::new(),
+        description: format!(
+            "read from a checkpoint's tensor shapes; input size, preprocessing and recipe as {}'s",
+            nearest.name
+        ),
+        architecture,
+        pretrained_cfg,
+        recipe: nearest.recipe.clone(),
+    };
     fit_preprocess_channels(&mut spec);
     spec.validate()?;
     Ok(spec)
@@ -151,28 +152,28 @@ fn compression_of(transitions: &[(usize, usize)]) -> Option<f64> {
         .find(|&t| fits(t))
 }
 
-/// The built-in variant nearest to `spec`: the fewest architecture fields that differ, plus
+/// The built-in variant nearest to the architecture `spec`: the fewest architecture fields that differ, plus
 /// the number of dense blocks whose depth differs; the first in the table on a tie.
-pub fn nearest_builtin(spec: &VariantSpec) -> VariantSpec {
+pub fn nearest_builtin(spec: &Architecture) -> VariantSpec {
     nearest_of(spec, VariantSpec::builtin())
 }
 
 /// The built-in variant whose input size, preprocessing and recipe a spec read from tensors
 /// takes: the nearest one with the same stem (an ImageNet-stem net is fed as ImageNet nets are,
 /// a CIFAR-stem net as CIFAR nets are).
-pub fn preprocessing_source(spec: &VariantSpec) -> VariantSpec {
+pub fn preprocessing_source(spec: &Architecture) -> VariantSpec {
     let same_stem: Vec<VariantSpec> = VariantSpec::builtin()
         .into_iter()
-        .filter(|b| b.stem == spec.stem)
+        .filter(|b| b.architecture.stem == spec.stem)
         .collect();
     nearest_of(spec, same_stem)
 }
 
-fn nearest_of(spec: &VariantSpec, candidates: Vec<VariantSpec>) -> VariantSpec {
+fn nearest_of(spec: &Architecture, candidates: Vec<VariantSpec>) -> VariantSpec {
     let distance = |other: &VariantSpec| {
-        let blocks = spec.block_config.len().max(other.block_config.len());
+        let blocks = spec.block_config.len().max(other.architecture.block_config.len());
         let differing_blocks = (0..blocks)
-            .filter(|&b| spec.block_config.get(b) != other.block_config.get(b))
+            .filter(|&b| spec.block_config.get(b) != other.architecture.block_config.get(b))
             .count();
         architecture_differences(spec, other).len() + differing_blocks
     };
@@ -182,10 +183,10 @@ fn nearest_of(spec: &VariantSpec, candidates: Vec<VariantSpec>) -> VariantSpec {
         .expect("there are built-in variants of each stem")
 }
 
-/// The architecture fields in which `spec` differs from `other`, each as
+/// The architecture fields in which `spec` differs from the variant `other`, each as
 /// `field value (other has value)`; the number of classes is not architecture.
-pub fn architecture_differences(spec: &VariantSpec, other: &VariantSpec) -> Vec<String> {
-    let fields = |s: &VariantSpec| {
+pub fn architecture_differences(spec: &Architecture, other: &VariantSpec) -> Vec<String> {
+    let fields = |s: &Architecture| {
         [
             ("in_channels", s.in_channels.to_string()),
             ("stem", format!("{:?}", s.stem).to_lowercase()),
@@ -199,7 +200,7 @@ pub fn architecture_differences(spec: &VariantSpec, other: &VariantSpec) -> Vec<
     };
     fields(spec)
         .into_iter()
-        .zip(fields(other))
+        .zip(fields(&other.architecture))
         .filter(|((_, ours), (_, theirs))| ours != theirs)
         .map(|((field, ours), (_, theirs))| format!("{field} {ours} ({} has {theirs})", other.name))
         .collect()
@@ -221,6 +222,12 @@ pub fn fit_preprocess_channels(spec: &mut VariantSpec) {
             *values = vec![mean; channels];
         }
     };
-    fit(&mut spec.preprocess.mean, spec.in_channels);
-    fit(&mut spec.preprocess.std, spec.in_channels);
+    fit(
+        &mut spec.pretrained_cfg.preprocess.mean,
+        spec.architecture.in_channels,
+    );
+    fit(
+        &mut spec.pretrained_cfg.preprocess.std,
+        spec.architecture.in_channels,
+    );
 }

@@ -46,7 +46,10 @@ impl Metadata {
     pub fn for_spec(spec: &VariantSpec) -> Self {
         Self {
             spec: spec.clone(),
-            classes: crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+            classes: crate::labels::for_classes(
+                spec.pretrained_cfg.labels.as_deref(),
+                spec.architecture.num_classes,
+            ),
             version: env!("CARGO_PKG_VERSION").to_string(),
             training: None,
         }
@@ -54,13 +57,13 @@ impl Metadata {
 
     /// The preprocessing, as recorded in the file.
     pub fn preprocess(&self) -> PreprocessRecord {
-        let p = &self.spec.preprocess;
+        let p = &self.spec.pretrained_cfg.preprocess;
         PreprocessRecord {
             resize: p.resize,
             crop: p.crop,
             mean: p.mean.clone(),
             std: p.std.clone(),
-            channels: self.spec.in_channels,
+            channels: self.spec.architecture.in_channels,
         }
     }
 
@@ -87,13 +90,16 @@ impl Metadata {
         let spec = VariantSpec::from_json(spec_json, SPEC).map_err(|e| e.to_string())?;
         let classes: Vec<String> = match map.get(CLASSES) {
             Some(text) => serde_json::from_str(text).map_err(|e| format!("{CLASSES}: {e}"))?,
-            None => crate::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+            None => crate::labels::for_classes(
+                spec.pretrained_cfg.labels.as_deref(),
+                spec.architecture.num_classes,
+            ),
         };
-        if classes.len() != spec.num_classes {
+        if classes.len() != spec.architecture.num_classes {
             return Err(format!(
                 "{CLASSES} lists {} names, but the spec has {} classes",
                 classes.len(),
-                spec.num_classes
+                spec.architecture.num_classes
             ));
         }
         let training = match map.get(TRAINING) {

@@ -171,13 +171,17 @@ impl Checkpoint {
             if let Some(m) = self
                 .metadata
                 .as_ref()
-                .filter(|m| architecture_differences(&m.spec, &spec).is_empty())
+                .filter(|m| architecture_differences(&m.spec.architecture, &spec).is_empty())
             {
-                if m.spec.preprocess != spec.preprocess || m.spec.num_classes != spec.num_classes {
+                if m.spec.pretrained_cfg.preprocess != spec.pretrained_cfg.preprocess
+                    || m.spec.architecture.num_classes != spec.architecture.num_classes
+                {
                     self.notices.push(format!(
                         "--variant {v}: the checkpoint's own spec of that architecture is used, with its \
                          {} classes and preprocessing (resize {}, crop {})",
-                        m.spec.num_classes, m.spec.preprocess.resize, m.spec.preprocess.crop
+                        m.spec.architecture.num_classes,
+                        m.spec.pretrained_cfg.preprocess.resize,
+                        m.spec.pretrained_cfg.preprocess.crop
                     ));
                 }
                 return Ok(m.spec.clone());
@@ -193,26 +197,26 @@ impl Checkpoint {
             Ok(derived) => {
                 let builtin = VariantSpec::builtin()
                     .into_iter()
-                    .find(|b| architecture_differences(&derived, b).is_empty());
+                    .find(|b| architecture_differences(&derived.architecture, b).is_empty());
                 let spec = match builtin {
                     Some(mut b) => {
-                        if b.num_classes != derived.num_classes {
-                            b.num_classes = derived.num_classes;
-                            b.labels = None;
+                        if b.architecture.num_classes != derived.architecture.num_classes {
+                            b.architecture.num_classes = derived.architecture.num_classes;
+                            b.pretrained_cfg.labels = None;
                         }
                         b
                     }
                     None => {
-                        let nearest = nearest_builtin(&derived);
+                        let nearest = nearest_builtin(&derived.architecture);
                         self.notices.push(format!(
                             "the tensors match no built-in variant: the architecture is read \
                              from them; nearest built-in: {}, which differs in {}; input size \
                              and preprocessing as {}'s (resize {}, crop {})",
                             nearest.name,
-                            architecture_differences(&derived, &nearest).join(", "),
-                            preprocessing_source(&derived).name,
-                            derived.preprocess.resize,
-                            derived.preprocess.crop
+                            architecture_differences(&derived.architecture, &nearest).join(", "),
+                            preprocessing_source(&derived.architecture).name,
+                            derived.pretrained_cfg.preprocess.resize,
+                            derived.pretrained_cfg.preprocess.crop
                         ));
                         derived
                     }
@@ -270,13 +274,13 @@ impl Checkpoint {
         let mut notices = Vec::new();
         if let Some(w) = self.tensors.get("classifier.weight").filter(|w| w.rank() == 2) {
             let classes = w.dim(0)?;
-            if classes != spec.num_classes {
+            if classes != spec.architecture.num_classes {
                 notices.push(format!(
                     "{}: {classes} classes, as classifier.weight has (the variant has {})",
-                    spec.name, spec.num_classes
+                    spec.name, spec.architecture.num_classes
                 ));
-                spec.num_classes = classes;
-                spec.labels = None;
+                spec.architecture.num_classes = classes;
+                spec.pretrained_cfg.labels = None;
             }
         }
         if let Some(w) = self
@@ -285,15 +289,15 @@ impl Checkpoint {
             .filter(|w| w.rank() == 4)
         {
             let channels = w.dim(1)?;
-            if channels != spec.in_channels && channels != 3 {
+            if channels != spec.architecture.in_channels && channels != 3 {
                 notices.push(format!(
                     "{}: {channels} input channel{}, as features.conv0.weight has (the variant \
                      has {})",
                     spec.name,
                     if channels == 1 { "" } else { "s" },
-                    spec.in_channels
+                    spec.architecture.in_channels
                 ));
-                spec.in_channels = channels;
+                spec.architecture.in_channels = channels;
                 architecture::fit_preprocess_channels(spec);
             }
         }
@@ -455,7 +459,7 @@ pub fn export_state_dict(
         origin: spec.name.clone(),
         message,
     };
-    let book = spec.has_book_layout();
+    let book = spec.architecture.has_book_layout();
     match scheme {
         NamingScheme::Torchvision => Ok(canonical),
         NamingScheme::TorchvisionLegacy => Err(refuse(
@@ -464,7 +468,7 @@ pub fn export_state_dict(
         NamingScheme::D2l | NamingScheme::D2lCurrent if !book => Err(refuse(
             "the book's names need its layout (plain layers, ImageNet stem, conv biases)".into(),
         )),
-        NamingScheme::D2l => canonical_to_d2l(canonical, &spec.block_config).map_err(refuse),
+        NamingScheme::D2l => canonical_to_d2l(canonical, &spec.architecture.block_config).map_err(refuse),
         NamingScheme::D2lCurrent => canonical_to_d2l_current(canonical).map_err(refuse),
     }
 }

@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = BenchConfig {
         mode: args.mode,
         batch: args.batch,
-        size: args.size.unwrap_or(spec.input_size),
+        size: args.size.unwrap_or(spec.input_size()),
         iters: args.iters,
         warmup: args.warmup,
         memory_efficient: args.memory_efficient,

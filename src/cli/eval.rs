@@ -39,18 +39,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         say!("note: {notice}");
     }
     let model_classes = match &ckpt.metadata {
-        Some(m) if m.classes.len() == spec.num_classes => m.classes.clone(),
-        _ => densenet_zoo::labels::for_classes(spec.labels.as_deref(), spec.num_classes),
+        Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
+        _ => densenet_zoo::labels::for_classes(
+            spec.pretrained_cfg.labels.as_deref(),
+            spec.architecture.num_classes,
+        ),
     };
     let model = ckpt.into_model(&spec, &device)?;
     let test = Arc::new(data::open(&args.data, Split::Test)?);
     anyhow::ensure!(
-        test.classes.len() == spec.num_classes,
+        test.classes.len() == spec.architecture.num_classes,
         "{} has {} classes but {} has {} outputs: its labels cannot be scored against them",
         args.data.display(),
         test.classes.len(),
         args.weights,
-        spec.num_classes
+        spec.architecture.num_classes
     );
     if test.classes != model_classes {
         let pairs: Vec<String> = test

@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     ckpt.check(&spec)?;
     anyhow::ensure!(
-        matches!(args.format, Format::Torchvision) || spec.has_book_layout(),
+        matches!(args.format, Format::Torchvision) || spec.architecture.has_book_layout(),
         "--format {} needs the book's layout (plain layers, ImageNet stem, conv biases); {} is not",
         format_name(args.format),
         spec.name
@@ -55,7 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let tensors = export_state_dict(&spec, &ckpt.tensors, scheme)?;
     let mut metadata = Metadata::for_spec(&spec);
-    if let Some(old) = ckpt.metadata.filter(|m| m.spec.num_classes == spec.num_classes) {
+    if let Some(old) = ckpt
+        .metadata
+        .filter(|m| m.spec.architecture.num_classes == spec.architecture.num_classes)
+    {
         metadata.classes = old.classes;
         metadata.training = old.training;
     }

@@ -17,7 +17,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = VariantSpec::resolve(&args.variant)?;
-    let summary = summarize(&spec, args.input_size.unwrap_or(spec.input_size))?;
+    let summary = summarize(&spec, args.input_size.unwrap_or(spec.input_size()))?;
     if args.json {
         out!("{}", serde_json::to_string(&summary)?)?;
         return Ok(());
@@ -25,7 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     out!(
         "{} at {}×{}×{} ({})",
         summary.variant,
-        spec.in_channels,
+        spec.architecture.in_channels,
         summary.input_size,
         summary.input_size,
         spec.description

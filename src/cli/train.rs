@@ -94,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
         let mut config = TrainConfig {
-            image_size: spec.input_size,
+            image_size: spec.input_size(),
             data: PathBuf::from(DEFAULT_DATA),
             recipe: spec.recipe.clone(),
             warmup_epochs: 0,
@@ -236,18 +236,18 @@ fn fit_classes_to_data(config: &mut TrainConfig, num_classes: Option<usize>) -> 
             classes.len(),
             shown(&classes)
         ),
-        _ if classes.len() != spec.num_classes => {
+        _ if classes.len() != spec.architecture.num_classes => {
             say!(
                 "note: {} classes from {} ({}); {} has {} outputs, its classifier gets {}",
                 classes.len(),
                 config.data.display(),
                 shown(&classes),
                 spec.name,
-                spec.num_classes,
+                spec.architecture.num_classes,
                 classes.len()
             );
-            spec.num_classes = classes.len();
-            spec.labels = None;
+            spec.architecture.num_classes = classes.len();
+            spec.pretrained_cfg.labels = None;
         }
         _ => {}
     }

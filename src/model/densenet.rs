@@ -82,15 +82,15 @@ impl DenseNet {
         let features = vb.pp("features");
         let stem = Stem::new(
             features.clone(),
-            spec.stem,
-            spec.in_channels,
-            spec.stem_features,
-            spec.conv_bias,
+            spec.architecture.stem,
+            spec.architecture.in_channels,
+            spec.architecture.stem_features,
+            spec.architecture.conv_bias,
         )?;
         let stem_reduction = stem.unpooled_reduction();
         let mut feature_info = vec![FeatureInfo {
             name: "stem".into(),
-            channels: spec.stem_features,
+            channels: spec.architecture.stem_features,
             reduction: stem_reduction,
             module: if stem_reduction == 2 {
                 "features.norm0"
@@ -99,7 +99,7 @@ impl DenseNet {
             }
             .into(),
         }];
-        let plan = spec.stages();
+        let plan = spec.architecture.stages();
         let mut stages = Vec::with_capacity(plan.len());
         for p in &plan {
             let transition = match p.transition {
@@ -107,18 +107,18 @@ impl DenseNet {
                     features.pp(format!("transition{}", t.number)),
                     t.in_channels,
                     t.out_channels,
-                    spec.conv_bias,
+                    spec.architecture.conv_bias,
                 )?),
                 None => None,
             };
             let block = DenseBlock::new(
                 features.pp(format!("denseblock{}", p.block)),
-                spec.layer,
+                spec.architecture.layer,
                 p.layers,
                 p.in_channels,
-                spec.growth_rate,
-                spec.conv_bias,
-                spec.drop_rate,
+                spec.architecture.growth_rate,
+                spec.architecture.conv_bias,
+                spec.architecture.drop_rate,
             )?;
             feature_info.push(FeatureInfo {
                 name: p.level_name(),
@@ -132,9 +132,9 @@ impl DenseNet {
             });
             stages.push(Stage { transition, block });
         }
-        let channels = spec.num_features();
+        let channels = spec.architecture.num_features();
         let norm5 = BatchNorm2d::new(features.pp("norm5"), channels)?;
-        let classifier = linear(vb.pp("classifier"), channels, spec.num_classes)?;
+        let classifier = linear(vb.pp("classifier"), channels, spec.architecture.num_classes)?;
         Ok(Self {
             spec: spec.clone(),
             stem,
@@ -255,11 +255,11 @@ impl DenseNet {
         } else {
             Some(linear(
                 vb.pp("classifier"),
-                self.spec.num_features(),
+                self.spec.architecture.num_features(),
                 num_classes,
             )?)
         };
-        self.spec.num_classes = num_classes;
+        self.spec.architecture.num_classes = num_classes;
         Ok(())
     }
 
@@ -298,13 +298,13 @@ impl DenseNet {
         let (_, c, h, w) = x
             .dims4()
             .map_err(|_| bad("expected (batch, channels, height, width)".into()))?;
-        if c != self.spec.in_channels {
+        if c != self.spec.architecture.in_channels {
             return Err(bad(format!(
                 "expected {} input channels, found {c}",
-                self.spec.in_channels
+                self.spec.architecture.in_channels
             )));
         }
-        self.spec.check_input_size(h.min(w)).map_err(bad)?;
+        self.spec.architecture.check_input_size(h.min(w)).map_err(bad)?;
         Ok(if self.inference { x.detach() } else { x.clone() })
     }
 

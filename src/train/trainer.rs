@@ -195,7 +195,8 @@ impl Trainer {
     ) -> Result<Self> {
         config.recipe.validate().map_err(Error::Training)?;
         let spec = &config.spec;
-        spec.check_input_size(config.image_size)
+        spec.architecture
+            .check_input_size(config.image_size)
             .map_err(|message| Error::Spec {
                 origin: spec.name.clone(),
                 message,
@@ -339,7 +340,7 @@ impl Trainer {
             let step_start = Instant::now();
             let n = batch.labels.len();
             let s = config.image_size;
-            let x = Tensor::from_vec(batch.images, (n, spec.in_channels, s, s), device)?;
+            let x = Tensor::from_vec(batch.images, (n, spec.architecture.in_channels, s, s), device)?;
             let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
             lr = self
                 .schedule
@@ -438,9 +439,9 @@ fn train_transform(config: &TrainConfig, augment: bool) -> Transform {
     Transform {
         size: config.image_size,
         resize: config.image_size,
-        channels: config.spec.in_channels,
-        mean: config.spec.preprocess.mean.clone(),
-        std: config.spec.preprocess.std.clone(),
+        channels: config.spec.architecture.in_channels,
+        mean: config.spec.pretrained_cfg.preprocess.mean.clone(),
+        std: config.spec.pretrained_cfg.preprocess.std.clone(),
         augment,
         pad: 4,
     }
@@ -481,13 +482,13 @@ fn remove_temporary_files(out: &Path) {
 /// no image teaches and label them with names the data does not have.
 fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()> {
     let max_label = dataset.labels.iter().copied().max().unwrap_or(0) as usize;
-    if dataset.classes.len() != spec.num_classes || max_label >= spec.num_classes {
+    if dataset.classes.len() != spec.architecture.num_classes || max_label >= spec.architecture.num_classes {
         return Err(Error::Training(format!(
             "{} has {} classes but {} has {} outputs: pass --num-classes {}",
             dir.display(),
             dataset.classes.len(),
             spec.name,
-            spec.num_classes,
+            spec.architecture.num_classes,
             dataset.classes.len()
         )));
     }

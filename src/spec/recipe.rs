@@ -1,0 +1,83 @@
+//! The training recipe a variant defaults to.
+
+use serde::{Deserialize, Serialize};
+
+/// The training recipe `densenet-zoo train` defaults to for the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Epochs over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum (0 for plain SGD).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay on every parameter (never on batch-norm running statistics).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: crate::train::ScheduleKind,
+    /// Fractions of the run at which the step schedule divides the rate by 10.
+    pub milestones: Vec<f64>,
+    /// Update rule.
+    pub optimizer: crate::train::OptimizerKind,
+    /// Random crop with 4 pixels of padding and horizontal flips.
+    pub augment: bool,
+    /// Where the recipe comes from.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Recipe {
+    /// Checks that the recipe can run: at least one epoch of batches of at least one image, a
+    /// positive finite learning rate, momentum in [0, 1), a finite non-negative weight decay,
+    /// milestones within the run. The message names the field and the value found.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("batch_size must be at least 1, found 0".into());
+        }
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1, found 0".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("lr must be positive, found {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(format!("momentum must be in [0, 1), found {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight_decay must be 0 or more, found {}",
+                self.weight_decay
+            ));
+        }
+        if let Some(m) = self.milestones.iter().find(|m| !(**m > 0.0 && **m <= 1.0)) {
+            return Err(format!(
+                "milestones are fractions of the run in (0, 1], found {m}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Recipe {
+    /// The paper's CIFAR recipe (Huang et al. 2017, 3.4).
+    fn default() -> Self {
+        Self {
+            epochs: 300,
+            batch_size: 64,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            schedule: crate::train::ScheduleKind::Step,
+            milestones: vec![0.5, 0.75],
+            optimizer: crate::train::OptimizerKind::Sgd,
+            augment: true,
+            source: "Huang et al. 2017, 3.4".into(),
+        }
+    }
+}
