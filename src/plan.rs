@@ -85,7 +85,6 @@ impl Architecture {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::VariantSpec;
 
     #[test]
