@@ -18,6 +18,19 @@
 //! assert_eq!(model.forward_t(&images, false)?.dims(), &[2, 10]);
 //! # Ok::<(), densenet_zoo::Error>(())
 //! ```
+//!
+//! What is where:
+//! - [`spec`]: [`VariantSpec`], its [`spec::Architecture`], [`spec::PretrainedCfg`] and
+//!   [`spec::Recipe`]; the built-in variants.
+//! - [`DenseNet`] and its parts ([`Stem`], [`Stage`], [`DenseBlock`], [`DenseLayer`],
+//!   [`Transition`]), built from the plan [`VariantSpec`]'s architecture gives ([`StagePlan`]).
+//! - [`ops`]: the kernels the model calls, the forward [`ops::Mode`] and [`ops::FeatureStore`].
+//! - [`checkpoint`]: safetensors, `.pth` and hub weights in, torchvision's and the book's names out.
+//! - [`data`], [`train`]: data sets and loaders; the [`train::Trainer`] and its [`train::Observer`].
+//! - [`infer`], [`labels`]: preprocessing, prediction and class names.
+//! - [`bench`](mod@bench), [`summary`], [`device`], [`device_check`], [`allocator`]: what the command
+//!   line's `bench`, `summary`, `--device` and `check-device` run on, and the allocator setting
+//!   for training programs.
 
 pub mod allocator;
 pub mod bench;
@@ -40,3 +53,8 @@ pub use error::{Error, Result};
 pub use model::{DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stage, Stem, Transition};
 pub use plan::{StagePlan, TransitionPlan};
 pub use spec::VariantSpec;
+
+/// The README's examples, run as doc tests (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -93,15 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config
     } else {
         let spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
-        let mut config = TrainConfig {
-            image_size: spec.input_size(),
-            data: PathBuf::from(DEFAULT_DATA),
-            recipe: spec.recipe.clone(),
-            warmup_epochs: 0,
-            seed: 0,
-            memory_efficient: false,
-            spec,
-        };
+        let mut config = TrainConfig::new(spec, DEFAULT_DATA);
         override_with(&mut config, &args);
         fit_classes_to_data(&mut config, args.num_classes)?;
         config

@@ -61,7 +61,7 @@ impl Transform {
     /// converted to luma as PIL does. An image already of the target size is not resampled.
     ///
     /// Refuses an empty image, and one so elongated that the resized longer side would pass
-    /// [`MAX_SIDE`](crate::image_io::MAX_SIDE) pixels.
+    /// 16,384 pixels (the decoder's limit).
     pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>, String> {
         let (w, h) = image.dimensions();
         let target = self.resize.max(self.size) as u64;

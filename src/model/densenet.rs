@@ -312,7 +312,7 @@ impl DenseNet {
         &self.stem
     }
 
-    /// The stages in order, as [`VariantSpec::stages`] plans them.
+    /// The stages in order, as [`Architecture::stages`](crate::spec::Architecture::stages) plans them.
     pub fn stages(&self) -> &[Stage] {
         &self.stages
     }

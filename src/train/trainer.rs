@@ -43,6 +43,22 @@ pub struct TrainConfig {
     pub memory_efficient: bool,
 }
 
+impl TrainConfig {
+    /// A run of `spec` on the data set folder `data`, with the variant's own recipe and input
+    /// size, seed 0, no warmup, not memory-efficient; change the fields as needed.
+    pub fn new(spec: VariantSpec, data: impl Into<PathBuf>) -> Self {
+        Self {
+            image_size: spec.input_size(),
+            data: data.into(),
+            recipe: spec.recipe.clone(),
+            warmup_epochs: 0,
+            seed: 0,
+            memory_efficient: false,
+            spec,
+        }
+    }
+}
+
 /// Where a run's weights start from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Start {
