@@ -80,8 +80,7 @@ pub fn image(data: &[u8]) {
             channels,
             mean: vec![0.5; channels],
             std: vec![0.25; channels],
-            augment: false,
-            pad: 0,
+            augment: densenet_zoo::data::Augment::None,
         };
         let _ = preprocess_bytes(data.to_vec(), &transform);
     }

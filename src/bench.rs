@@ -1,12 +1,15 @@
 //! Timing a variant, as timm's `benchmark.py` does: examples per second, GFLOP/s and the
-//! process's peak memory, for inference or a training step.
+//! process's peak memory, for inference, a training step, or the training data pipeline.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
+use crate::data::{Augment, Loader, LoaderOptions, Split, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
@@ -22,6 +25,8 @@ pub enum BenchMode {
     Infer,
     /// Forward, backward and an SGD step (Nesterov momentum 0.9, weight decay 1e-4).
     Train,
+    /// The training split of a data set through the loader alone: decode, augment, batch.
+    Data,
 }
 
 /// One benchmark: `iters` timed iterations after `warmup` untimed ones, on random images
@@ -40,6 +45,19 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Train in the memory-efficient mode.
     pub memory_efficient: bool,
+    /// `Data` mode: the data set folder (as `train` takes it), its augmentation and workers.
+    pub data: Option<DataBench>,
+}
+
+/// What the `Data` mode reads, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataBench {
+    /// The data set folder; its training split is read.
+    pub dir: PathBuf,
+    /// The augmentation, as in training.
+    pub augment: Augment,
+    /// Loader workers (at least 1).
+    pub workers: usize,
 }
 
 /// What a benchmark measured; the median iteration decides the rates.
@@ -80,7 +98,21 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
             message: "a benchmark needs at least one iteration of at least one image".into(),
         });
     }
+    if config.mode == BenchMode::Data {
+        let data = config.data.as_ref().ok_or_else(|| Error::Spec {
+            origin: spec.name.clone(),
+            message: "the data benchmark needs a data set folder".into(),
+        })?;
+        let times = time_loader(spec, config, data)?;
+        return Ok(report(spec, config, device, times, 0.0));
+    }
     let macs = summarize(spec, config.size)?.macs as f64;
+    let times = time_model(spec, config, device)?;
+    Ok(report(spec, config, device, times, macs))
+}
+
+/// Seconds of each timed iteration of inference or a training step.
+fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Result<Vec<f64>> {
     let varmap = seeded_varmap(spec, 0, device)?;
     let x = Tensor::randn(
         0f32,
@@ -130,12 +162,24 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
                 })?;
             }
         }
+        BenchMode::Data => return time_loader(spec, config, config.data.as_ref().expect("checked")),
     }
+    Ok(times)
+}
+
+/// The report of `times`, one per iteration, for a net of `macs` multiply-adds per image.
+fn report(
+    spec: &VariantSpec,
+    config: &BenchConfig,
+    device: &Device,
+    mut times: Vec<f64>,
+    macs: f64,
+) -> BenchReport {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let per_s = |t: f64| config.batch as f64 / t;
     let passes = if config.mode == BenchMode::Train { 3.0 } else { 1.0 };
-    Ok(BenchReport {
+    BenchReport {
         variant: spec.name.clone(),
         mode: config.mode,
         batch: config.batch,
@@ -148,7 +192,38 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
         gflops: 2.0 * macs * config.batch as f64 * passes / median / 1e9,
         peak_rss_mib: peak_rss_mib(),
         device: format!("{device:?}"),
-    })
+    }
+}
+
+/// Seconds between consecutive batches of the loader on the training split of `data.dir`,
+/// at the spec's preprocessing scaled to `config.size`, once `config.warmup` batches passed;
+/// the split is read again from its start as often as the iterations need.
+fn time_loader(spec: &VariantSpec, config: &BenchConfig, data: &DataBench) -> Result<Vec<f64>> {
+    let dataset = Arc::new(crate::data::open(&data.dir, Split::Train)?);
+    let mut spec = spec.clone();
+    spec.set_input_size(config.size);
+    let transform = Transform {
+        resize: config.size,
+        augment: data.augment,
+        ..crate::infer::eval_transform(&spec)
+    };
+    let needed = (config.warmup + config.iters) * config.batch;
+    let order: Vec<usize> = (0..needed).map(|i| i % dataset.len().max(1)).collect();
+    let options = LoaderOptions {
+        workers: data.workers.max(1),
+        ..LoaderOptions::default()
+    };
+    let mut times = Vec::with_capacity(config.iters);
+    let mut last = Instant::now();
+    for (i, batch) in Loader::start(dataset, order, config.batch, transform, options).enumerate() {
+        batch?;
+        let now = Instant::now();
+        if i >= config.warmup {
+            times.push((now - last).as_secs_f64());
+        }
+        last = now;
+    }
+    Ok(times)
 }
 
 /// The process's peak resident set in MiB (Linux `VmHWM`), or 0 where unknown.

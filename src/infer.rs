@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::Transform;
+use crate::data::{Augment, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
@@ -80,8 +80,7 @@ pub fn eval_transform(spec: &VariantSpec) -> Transform {
         channels: spec.architecture.in_channels,
         mean: spec.pretrained_cfg.preprocess.mean.clone(),
         std: spec.pretrained_cfg.preprocess.std.clone(),
-        augment: false,
-        pad: 0,
+        augment: Augment::None,
     }
 }
 
@@ -96,7 +95,7 @@ pub fn preprocess_bytes(bytes: Vec<u8>, transform: &Transform) -> std::result::R
     let mut out = Vec::with_capacity(transform.channels * transform.size * transform.size);
     // Without augmentation the generator is never drawn from.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    transform.apply_planar(&transform.fit_image(&image)?, &mut rng, &mut out);
+    transform.image_sample(&image, &mut rng, &mut out)?;
     Ok(out)
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use densenet_zoo::data::{self, Loader, Samples, Split, Transform};
+use densenet_zoo::data::{self, Augment, Loader, Samples, Split, Transform};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zoo-data-{name}-{}", std::process::id()));
@@ -19,8 +19,7 @@ fn transform(size: usize, channels: usize) -> Transform {
         channels,
         mean: vec![0.0; channels],
         std: vec![1.0; channels],
-        augment: false,
-        pad: 0,
+        augment: Augment::None,
     }
 }
 

@@ -448,15 +448,8 @@ fn memory_efficient_training_matches_the_default_and_resumes_as_it_started() {
 fn the_library_refuses_a_recipe_that_cannot_run() {
     use densenet_zoo::train::{train, Start, TrainConfig};
     let spec = densenet_zoo::VariantSpec::resolve("d2l").unwrap();
-    let mut config = TrainConfig {
-        image_size: 32,
-        data: PathBuf::from("/nonexistent"),
-        recipe: spec.recipe.clone(),
-        warmup_epochs: 0,
-        seed: 0,
-        memory_efficient: false,
-        spec,
-    };
+    let mut config = TrainConfig::new(spec, "/nonexistent");
+    config.image_size = 32;
     let out = std::env::temp_dir().join(format!("zoo-recipe-{}", std::process::id()));
     config.recipe.batch_size = 0;
     let never = std::sync::atomic::AtomicBool::new(false);

@@ -1,7 +1,10 @@
-//! `densenet-zoo bench`: examples per second, GFLOP/s and peak memory of inference or a
-//! training step, like timm's `benchmark.py`.
+//! `densenet-zoo bench`: examples per second, GFLOP/s and peak memory of inference, a
+//! training step or the training data pipeline, like timm's `benchmark.py`.
 
-use densenet_zoo::bench::{bench, BenchConfig, BenchMode};
+use std::path::PathBuf;
+
+use densenet_zoo::bench::{bench, BenchConfig, BenchMode, DataBench};
+use densenet_zoo::data::Augment;
 use densenet_zoo::device::parse_device;
 use densenet_zoo::VariantSpec;
 
@@ -31,6 +34,15 @@ pub struct Args {
     /// Train in the memory-efficient mode (BN-ReLU recomputed in the backward pass).
     #[arg(long)]
     memory_efficient: bool,
+    /// `--mode data`: the data set folder, as `train --data` takes it; its training split is read.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// `--mode data`: loader workers [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// `--mode data`: the augmentation [default: the variant's recipe's].
+    #[arg(long, value_enum)]
+    augment: Option<Augment>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -46,6 +58,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         iters: args.iters,
         warmup: args.warmup,
         memory_efficient: args.memory_efficient,
+        data: match (args.mode, &args.data) {
+            (BenchMode::Data, Some(dir)) => Some(DataBench {
+                dir: dir.clone(),
+                augment: args.augment.unwrap_or(spec.recipe.augment),
+                workers: args
+                    .workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            }),
+            (BenchMode::Data, None) => anyhow::bail!("--mode data needs --data DIR"),
+            _ => None,
+        },
     };
     let r = bench(&spec, &config, &device)?;
     if args.json {
@@ -54,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out!(
             "{} {}{} batch {} at {}: {:.2} examples/s (min {:.2}, max {:.2}), {:.1} GFLOP/s, peak RSS {:.0} MiB",
             r.variant,
-            if r.mode == BenchMode::Train { "train" } else { "infer" },
+            serde_json::to_value(r.mode)?.as_str().unwrap_or("?"),
             if r.memory_efficient { " (memory-efficient)" } else { "" },
             r.batch,
             r.size,

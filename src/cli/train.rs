@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use densenet_zoo::data::{self, Split, DEFAULT_DATA};
+use densenet_zoo::data::{self, Augment, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::train::{
     self, saved_config, EpochMetrics, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig,
@@ -49,9 +49,20 @@ pub struct Args {
     /// Square input side images are resized to [default: the variant's input size].
     #[arg(long)]
     image_size: Option<usize>,
-    /// Random crop (padding 4) and horizontal flips: `--augment` or `--augment false`.
+    /// Training augmentation: none; crop-flip (CIFAR: pad 4, random crop, flip; `--augment`
+    /// alone); imagenet (torchvision's RandomResizedCrop and flip); fb (imagenet plus
+    /// fb.resnet.torch's colour jitter and lighting) [default: the recipe's].
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "crop-flip")]
+    augment: Option<Augment>,
+    /// Label smoothing ε, as torch's CrossEntropyLoss(label_smoothing=ε) [default: the recipe's, 0].
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Threads that decode and augment images [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Skip an image that cannot be decoded, with a note, instead of stopping the run.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    augment: Option<bool>,
+    skip_bad_images: Option<bool>,
     /// Seed for weights, shuffling and augmentation [default: 0].
     #[arg(long)]
     seed: Option<u64>,
@@ -105,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let r = &config.recipe;
     say!(
         "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
-         weight decay {}, augment {}, seed {}, device {:?}{}",
+         weight decay {}, augment {}{}, seed {}, device {:?}{}",
         config.spec.name,
         config.data.display(),
         config.image_size,
@@ -118,7 +129,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         r.momentum,
         if r.nesterov { " (Nesterov)" } else { "" },
         r.weight_decay,
-        r.augment,
+        serde_json::to_value(r.augment)?.as_str().unwrap_or("?"),
+        if r.label_smoothing > 0.0 {
+            format!(", label smoothing {}", r.label_smoothing)
+        } else {
+            String::new()
+        },
         config.seed,
         device,
         if config.memory_efficient {
@@ -166,7 +182,10 @@ struct Shown {
 
 impl Observer for Shown {
     fn note(&mut self, message: &str) {
-        say!("note: {message}");
+        match &self.bar {
+            Some(bar) if !bar.is_finished() => bar.println(format!("note: {message}")),
+            _ => say!("note: {message}"),
+        }
     }
 
     fn epoch_started(&mut self, epoch: usize, epochs: usize, batches: usize, done: usize) {
@@ -261,7 +280,16 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
     macro_rules! set {
         ($target:expr, $($field:ident),*) => { $( if let Some(v) = args.$field.clone() { $target.$field = v; } )* };
     }
-    set!(config, data, warmup_epochs, seed, image_size, memory_efficient);
+    set!(
+        config,
+        data,
+        warmup_epochs,
+        seed,
+        image_size,
+        memory_efficient,
+        workers,
+        skip_bad_images
+    );
     set!(
         config.recipe,
         epochs,
@@ -270,7 +298,8 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
         momentum,
         nesterov,
         weight_decay,
-        augment
+        augment,
+        label_smoothing
     );
     if let Some(s) = args.schedule {
         config.recipe.schedule = s;

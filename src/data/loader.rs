@@ -1,14 +1,17 @@
-//! A background thread that decodes, augments and batches samples ahead of the compute.
+//! Workers that decode, augment and batch samples ahead of the compute.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rayon::prelude::*;
 
-use super::transforms::resize_planar;
+use super::augment::sample_rng;
 use super::{data_error, Dataset, Samples, Transform};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// A sample, or the file it came from and why it could not be used.
+type SampleResult = std::result::Result<Vec<f32>, (PathBuf, String)>;
 
 /// Batches prepared ahead of the compute: bounded, so memory stays bounded.
 const PREFETCH: usize = 3;
@@ -20,18 +23,47 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// N class indices.
     pub labels: Vec<u32>,
+    /// Files left out of the batch with [`LoaderOptions::skip_bad_images`], each with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Iterates over batches of `dataset` in `order`, produced by a background thread.
-/// Dropping it stops the worker: its next send fails and it returns.
+/// How a [`Loader`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// The epoch's seed: sample i of the order draws from [`sample_rng`]`(epoch_seed, i)`.
+    pub epoch_seed: u64,
+    /// The batch to start from (a run resumed mid-epoch).
+    pub first_batch: usize,
+    /// Threads that decode and augment, each producing whole samples; at least 1.
+    pub workers: usize,
+    /// Leave out (and report in [`Batch::skipped`]) a file that cannot be decoded, instead of
+    /// ending the epoch with its error.
+    pub skip_bad_images: bool,
+}
+
+impl Default for LoaderOptions {
+    /// Seed 0, from the first batch, one worker per core, errors end the epoch.
+    fn default() -> Self {
+        Self {
+            epoch_seed: 0,
+            first_batch: 0,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            skip_bad_images: false,
+        }
+    }
+}
+
+/// Iterates over batches of `dataset` in `order`, in order, produced by a pool of workers a
+/// bounded number of batches ahead. Every random draw of a sample comes from its position in
+/// the epoch ([`sample_rng`]), so the batches do not depend on the number of workers, and a
+/// batch size changes only how samples are grouped. Dropping the loader stops the workers.
 pub struct Loader {
     receiver: Receiver<Result<Batch>>,
 }
 
 impl Loader {
-    /// Starts the worker: batches of `batch_size` samples taken from `order`, from batch
-    /// `first_batch` on. Batch k's augmentation draws from a generator seeded with `seed` and k,
-    /// so any batch is reproducible on its own, and a run resumed mid-epoch sees the same data.
+    /// [`Loader::start`] with `seed` as the epoch's seed, from batch `first_batch`, one worker
+    /// per core.
     pub fn new(
         dataset: Arc<Dataset>,
         order: Vec<usize>,
@@ -40,14 +72,67 @@ impl Loader {
         seed: u64,
         first_batch: usize,
     ) -> Self {
+        let options = LoaderOptions {
+            epoch_seed: seed,
+            first_batch,
+            ..LoaderOptions::default()
+        };
+        Self::start(dataset, order, batch_size, transform, options)
+    }
+
+    /// Starts the workers on batches of `batch_size` samples taken from `order` (positions in
+    /// `dataset`), from batch `options.first_batch` on. Several batches are prepared at once
+    /// when one batch has fewer samples than twice the workers.
+    pub fn start(
+        dataset: Arc<Dataset>,
+        order: Vec<usize>,
+        batch_size: usize,
+        transform: Transform,
+        options: LoaderOptions,
+    ) -> Self {
         let (sender, receiver) = sync_channel(PREFETCH);
+        let batch_size = batch_size.max(1);
+        let workers = options.workers.max(1);
         std::thread::spawn(move || {
-            for (k, chunk) in order.chunks(batch_size.max(1)).enumerate().skip(first_batch) {
-                let mut rng = StdRng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let batch = make_batch(&dataset, chunk, &transform, &mut rng);
-                let stop = batch.is_err();
-                if sender.send(batch).is_err() || stop {
+            let pool = match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
+                Ok(pool) => pool,
+                Err(e) => {
+                    let _ = sender.send(Err(Error::Training(format!("data workers: {e}"))));
                     return;
+                }
+            };
+            let per_round = (2 * workers).div_ceil(batch_size).max(1);
+            let batches: Vec<(usize, &[usize])> = order
+                .chunks(batch_size)
+                .enumerate()
+                .skip(options.first_batch)
+                .collect();
+            for round in batches.chunks(per_round) {
+                let jobs: Vec<(usize, usize)> = round
+                    .iter()
+                    .flat_map(|&(k, chunk)| {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(move |(j, &i)| (k * batch_size + j, i))
+                    })
+                    .collect();
+                let samples: Vec<SampleResult> = pool.install(|| {
+                    jobs.par_iter()
+                        .map(|&(position, i)| {
+                            let mut rng = sample_rng(options.epoch_seed, position);
+                            sample(&dataset, i, &transform, &mut rng)
+                        })
+                        .collect()
+                });
+                let mut samples = samples.into_iter();
+                for &(_, chunk) in round {
+                    let batch =
+                        collect_batch(&dataset, chunk, &mut samples, &transform, options.skip_bad_images);
+                    let stop = batch.is_err();
+                    if sender.send(batch).is_err() || stop {
+                        return;
+                    }
                 }
             }
         });
@@ -63,57 +148,58 @@ impl Iterator for Loader {
     }
 }
 
-fn make_batch(dataset: &Dataset, indices: &[usize], t: &Transform, rng: &mut StdRng) -> Result<Batch> {
-    let mut images = Vec::with_capacity(indices.len() * t.channels * t.size * t.size);
-    let mut labels = Vec::with_capacity(indices.len());
-    for &i in indices {
-        match &dataset.samples {
-            Samples::InMemory {
-                pixels,
-                channels,
-                height,
-                width,
-            } => {
-                let n = channels * height * width;
-                let sample = &pixels[i * n..(i + 1) * n];
-                let sample = if (*height, *width) == (t.size, t.size) {
-                    std::borrow::Cow::Borrowed(sample)
-                } else {
-                    std::borrow::Cow::Owned(resize_planar(sample, *channels, *height, *width, t.size))
-                };
-                let sample = convert_channels(&sample, *channels, t.channels, t.size * t.size);
-                t.apply_planar(&sample, rng, &mut images);
-            }
-            Samples::Files(files) => {
-                let path = &files[i];
-                let image = crate::image_io::open_image(path).map_err(|m| data_error(path, m))?;
-                let pixels = t.fit_image(&image).map_err(|m| data_error(path, m))?;
-                t.apply_planar(&pixels, rng, &mut images);
-            }
+/// One sample of `dataset`, transformed; a file's error comes with its path.
+fn sample(dataset: &Dataset, i: usize, t: &Transform, rng: &mut rand::rngs::StdRng) -> SampleResult {
+    let mut out = Vec::with_capacity(t.channels * t.size * t.size);
+    match &dataset.samples {
+        Samples::InMemory {
+            pixels,
+            channels,
+            height,
+            width,
+        } => {
+            let n = channels * height * width;
+            t.planar_sample(
+                &pixels[i * n..(i + 1) * n],
+                (*channels, *height, *width),
+                rng,
+                &mut out,
+            )
+            .map_err(|m| (PathBuf::from(format!("sample {i}")), m))?;
         }
-        labels.push(dataset.labels[i]);
+        Samples::Files(files) => {
+            let path = &files[i];
+            let image = crate::image_io::open_image(path).map_err(|m| (path.clone(), m))?;
+            t.image_sample(&image, rng, &mut out)
+                .map_err(|m| (path.clone(), m))?;
+        }
     }
-    Ok(Batch { images, labels })
+    Ok(out)
 }
 
-/// Planar pixels from `from` to `to` channels: gray repeated to RGB, or RGB averaged (ITU-R 601
-/// luma) to gray.
-fn convert_channels(pixels: &[u8], from: usize, to: usize, plane: usize) -> std::borrow::Cow<'_, [u8]> {
-    match (from, to) {
-        (a, b) if a == b => std::borrow::Cow::Borrowed(pixels),
-        (1, 3) => std::borrow::Cow::Owned(pixels.repeat(3)),
-        (3, 1) => std::borrow::Cow::Owned(
-            (0..plane)
-                .map(|i| {
-                    let (r, g, b) = (
-                        pixels[i] as f32,
-                        pixels[plane + i] as f32,
-                        pixels[2 * plane + i] as f32,
-                    );
-                    (0.299 * r + 0.587 * g + 0.114 * b).round() as u8
-                })
-                .collect(),
-        ),
-        _ => std::borrow::Cow::Borrowed(pixels),
+/// The next `chunk.len()` samples as a batch: the first failure ends it with the file's error,
+/// or with `skip_bad`, the failures are left out and listed.
+fn collect_batch(
+    dataset: &Dataset,
+    chunk: &[usize],
+    samples: &mut impl Iterator<Item = SampleResult>,
+    t: &Transform,
+    skip_bad: bool,
+) -> Result<Batch> {
+    let mut batch = Batch {
+        images: Vec::with_capacity(chunk.len() * t.channels * t.size * t.size),
+        labels: Vec::with_capacity(chunk.len()),
+        skipped: Vec::new(),
+    };
+    for (&i, sample) in chunk.iter().zip(samples) {
+        match sample {
+            Ok(pixels) => {
+                batch.images.extend(pixels);
+                batch.labels.push(dataset.labels[i]);
+            }
+            Err((path, message)) if skip_bad => batch.skipped.push((path, message)),
+            Err((path, message)) => return Err(data_error(&path, message)),
+        }
     }
+    Ok(batch)
 }

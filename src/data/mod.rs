@@ -1,4 +1,5 @@
-//! Data sets and the background loader that feeds training and evaluation.
+//! Data sets, the training augmentations, and the loader whose workers feed training and
+//! evaluation.
 //!
 //! Three formats, detected from the folder's contents:
 //! - IDX (MNIST, Fashion-MNIST), gzipped or not: `train-images-idx3-ubyte[.gz]`, ...;
@@ -7,6 +8,7 @@
 //! - an ImageFolder tree: `train/` and `val/`, one sub-folder per class, read as torchvision's
 //!   `ImageFolder` reads it (images found at any depth, torchvision's extensions).
 
+pub mod augment;
 pub mod cifar;
 mod dataset;
 mod folder;
@@ -14,10 +16,11 @@ pub mod idx;
 mod loader;
 mod transforms;
 
+pub use augment::Augment;
 pub use dataset::{Dataset, Samples, Split};
 pub use folder::{has_image_extension, image_folder, images_under, is_image_folder, IMAGE_EXTENSIONS};
-pub use loader::{Batch, Loader};
-pub use transforms::Transform;
+pub use loader::{Batch, Loader, LoaderOptions};
+pub use transforms::{resized_crop, Transform};
 
 use std::path::Path;
 

@@ -3,13 +3,19 @@
 use image::{imageops, imageops::FilterType, DynamicImage, GenericImageView};
 use rand::Rng;
 
+use super::augment::{random_resized_crop_box, Augment, ColorNoise, CropBox};
+
+/// Padding of the CIFAR recipe's random crop, in pixels.
+const CROP_FLIP_PAD: usize = 4;
+
 /// From an image to the network's input: (channels, size, size) floats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transform {
     /// Output side in pixels.
     pub size: usize,
-    /// Files only: the shorter side is resized to this before the centre `size` crop (256 for
-    /// ImageNet's 224). In-memory data sets are resized straight to `size`.
+    /// Files only, without a resizing crop: the shorter side is resized to this before the
+    /// centre `size` crop (256 for ImageNet's 224). In-memory data sets are resized straight to
+    /// `size`.
     pub resize: usize,
     /// Output channels: 1 (grayscale) or 3 (RGB).
     pub channels: usize,
@@ -17,20 +23,76 @@ pub struct Transform {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation divided by.
     pub std: Vec<f32>,
-    /// Random crop with `pad` pixels of zero padding, and random horizontal flips.
-    pub augment: bool,
-    /// Padding for the random crop (4 in the paper's CIFAR recipe).
-    pub pad: usize,
+    /// The augmentation; [`Augment::None`] for evaluation and inference.
+    pub augment: Augment,
 }
 
 impl Transform {
-    /// Normalises planar 8-bit pixels (channels × size × size) into `out`, augmenting when asked.
+    /// A sample from a decoded image, normalised into `out` (channels × size × size), with the
+    /// augmentation's draws from `rng`: for [`Augment::Imagenet`] and [`Augment::Fb`] a random
+    /// resized crop of the whole image ([`random_resized_crop_box`], then a bilinear resize to
+    /// `size`), a flip and for `Fb` the colour noise; otherwise [`Transform::fit_image`] then
+    /// [`Transform::apply_planar`]. The message says why an image cannot be used.
+    pub fn image_sample(
+        &self,
+        image: &DynamicImage,
+        rng: &mut impl Rng,
+        out: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        if !self.augment.resizes_crops() {
+            self.apply_planar(&self.fit_image(image)?, rng, out);
+            return Ok(());
+        }
+        let (w, h) = image.dimensions();
+        if w == 0 || h == 0 {
+            return Err(format!("the image is empty ({w}×{h})"));
+        }
+        let image = self.to_channels(image);
+        let b = random_resized_crop_box(w, h, rng);
+        let crop = resized_crop(&image, b, self.size as u32);
+        let crop = if rng.random_bool(0.5) { crop.fliph() } else { crop };
+        let noise = (self.augment == Augment::Fb).then(|| ColorNoise::draw(rng));
+        self.normalise(&planar(&crop, self.channels), noise.as_ref(), out);
+        Ok(())
+    }
+
+    /// A sample from planar pixels held in memory (`channels` × `height` × `width`), into `out`
+    /// as [`Transform::image_sample`] makes it; without a resizing crop, resized straight to
+    /// `size` (as the book's `Resize`) and then [`Transform::apply_planar`].
+    pub fn planar_sample(
+        &self,
+        pixels: &[u8],
+        (channels, height, width): (usize, usize, usize),
+        rng: &mut impl Rng,
+        out: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        if self.augment.resizes_crops() {
+            return self.image_sample(&planar_image(pixels, channels, height, width)?, rng, out);
+        }
+        let s = self.size;
+        let sample = if (height, width) == (s, s) {
+            std::borrow::Cow::Borrowed(pixels)
+        } else {
+            std::borrow::Cow::Owned(resize_planar(pixels, channels, height, width, s))
+        };
+        self.apply_planar(
+            &convert_channels(&sample, channels, self.channels, s * s),
+            rng,
+            out,
+        );
+        Ok(())
+    }
+
+    /// Normalises planar 8-bit pixels (channels × size × size) into `out`; with the crop-flip
+    /// augmentation, a random crop of the image padded with 4 zero pixels and a flip with
+    /// probability ½ first.
     pub fn apply_planar(&self, pixels: &[u8], rng: &mut impl Rng, out: &mut Vec<f32>) {
         let s = self.size;
-        let (dy, dx, flip) = if self.augment {
+        let (dy, dx, flip) = if self.augment == Augment::CropFlip {
+            let pad = CROP_FLIP_PAD;
             (
-                rng.random_range(0..=2 * self.pad) as isize - self.pad as isize,
-                rng.random_range(0..=2 * self.pad) as isize - self.pad as isize,
+                rng.random_range(0..=2 * pad) as isize - pad as isize,
+                rng.random_range(0..=2 * pad) as isize - pad as isize,
                 rng.random_bool(0.5),
             )
         } else {
@@ -51,6 +113,28 @@ impl Transform {
                     out.push((v - mean) / std);
                 }
             }
+        }
+    }
+
+    /// Planar pixels scaled to [0, 1], with `noise` applied, then normalised, into `out`.
+    fn normalise(&self, pixels: &[u8], noise: Option<&ColorNoise>, out: &mut Vec<f32>) {
+        let mut planes: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+        if let Some(noise) = noise {
+            noise.apply(&mut planes, self.channels);
+        }
+        let n = self.size * self.size;
+        for (c, plane) in planes.chunks_exact(n).enumerate() {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            out.extend(plane.iter().map(|v| (v - mean) / std));
+        }
+    }
+
+    /// The image in the transform's channels: luma as PIL's `convert("L")`, or RGB.
+    pub fn to_channels(&self, image: &DynamicImage) -> DynamicImage {
+        if self.channels == 1 {
+            DynamicImage::ImageLuma8(luma_pil(image))
+        } else {
+            DynamicImage::ImageRgb8(image.to_rgb8())
         }
     }
 
@@ -78,11 +162,7 @@ impl Transform {
             ));
         }
         let long_new = long_new as u32;
-        let image = if self.channels == 1 {
-            DynamicImage::ImageLuma8(luma_pil(image))
-        } else {
-            DynamicImage::ImageRgb8(image.to_rgb8())
-        };
+        let image = self.to_channels(image);
         let (nw, nh) = if w <= h {
             (target as u32, long_new)
         } else {
@@ -97,6 +177,15 @@ impl Transform {
         let cropped = resized.crop_imm(offset(nw), offset(nh), self.size as u32, self.size as u32);
         Ok(planar(&cropped, self.channels))
     }
+}
+
+/// torchvision's `F.resized_crop(image, top, left, height, width, [size, size], BILINEAR,
+/// antialias=True)` on a PIL image: the box cut out, then resized to `size`×`size` with the
+/// triangle filter widened by the scale when shrinking, as PIL's bilinear resize does.
+pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> DynamicImage {
+    image
+        .crop_imm(b.left, b.top, b.width, b.height)
+        .resize_exact(size, size, FilterType::Triangle)
 }
 
 /// PIL's `convert("L")`: L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (ITU-R 601-2 luma);
@@ -144,4 +233,43 @@ pub fn resize_planar(pixels: &[u8], channels: usize, height: usize, width: usize
     }
     debug_assert_eq!(out.len() % (channels * size * size), 0);
     out
+}
+
+/// Planar pixels (1 or 3 channels) as an image, for the crops that work on images.
+fn planar_image(pixels: &[u8], channels: usize, height: usize, width: usize) -> Result<DynamicImage, String> {
+    let n = height * width;
+    let (w, h) = (width as u32, height as u32);
+    let image = match channels {
+        1 => image::GrayImage::from_raw(w, h, pixels[..n].to_vec()).map(DynamicImage::ImageLuma8),
+        3 => {
+            let interleaved = (0..n)
+                .flat_map(|i| [pixels[i], pixels[n + i], pixels[2 * n + i]])
+                .collect();
+            image::RgbImage::from_raw(w, h, interleaved).map(DynamicImage::ImageRgb8)
+        }
+        _ => None,
+    };
+    image.ok_or_else(|| format!("{channels} channels of {width}×{height} pixels are not an image"))
+}
+
+/// Planar pixels from `from` to `to` channels: gray repeated to RGB, or RGB averaged (ITU-R 601
+/// luma) to gray.
+fn convert_channels(pixels: &[u8], from: usize, to: usize, plane: usize) -> std::borrow::Cow<'_, [u8]> {
+    match (from, to) {
+        (a, b) if a == b => std::borrow::Cow::Borrowed(pixels),
+        (1, 3) => std::borrow::Cow::Owned(pixels.repeat(3)),
+        (3, 1) => std::borrow::Cow::Owned(
+            (0..plane)
+                .map(|i| {
+                    let (r, g, b) = (
+                        pixels[i] as f32,
+                        pixels[plane + i] as f32,
+                        pixels[2 * plane + i] as f32,
+                    );
+                    (0.299 * r + 0.587 * g + 0.114 * b).round() as u8
+                })
+                .collect(),
+        ),
+        _ => std::borrow::Cow::Borrowed(pixels),
+    }
 }

@@ -24,11 +24,20 @@ pub struct Recipe {
     pub milestones: Vec<f64>,
     /// Update rule.
     pub optimizer: crate::train::OptimizerKind,
-    /// Random crop with 4 pixels of padding and horizontal flips.
-    pub augment: bool,
+    /// The augmentation of training samples (`true` and `false` in older files read as
+    /// `crop-flip` and `none`).
+    pub augment: crate::data::Augment,
+    /// ε of label smoothing, as `torch.nn.CrossEntropyLoss(label_smoothing=ε)`: the target is
+    /// 1 − ε on the class and ε/K spread over all K classes. Written only when not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     /// Where the recipe comes from.
     #[serde(default)]
     pub source: String,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Recipe {
@@ -59,6 +68,12 @@ impl Recipe {
                 "milestones are fractions of the run in (0, 1], found {m}"
             ));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label_smoothing must be in [0, 1), found {}",
+                self.label_smoothing
+            ));
+        }
         Ok(())
     }
 }
@@ -76,7 +91,8 @@ impl Default for Recipe {
             schedule: crate::train::ScheduleKind::Step,
             milestones: vec![0.5, 0.75],
             optimizer: crate::train::OptimizerKind::Sgd,
-            augment: true,
+            augment: crate::data::Augment::CropFlip,
+            label_smoothing: 0.0,
             source: "Huang et al. 2017, 3.4".into(),
         }
     }

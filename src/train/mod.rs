@@ -3,6 +3,7 @@
 
 mod evaluate;
 mod init;
+mod loss;
 mod metrics;
 mod optim;
 mod plot;
@@ -11,6 +12,7 @@ mod trainer;
 
 pub use evaluate::{evaluate, top_k_hits, Evaluation};
 pub use init::seeded_varmap;
+pub use loss::cross_entropy;
 pub use metrics::EpochMetrics;
 pub use optim::{Optimizer, OptimizerKind};
 pub use plot::curves_svg;

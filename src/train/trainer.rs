@@ -13,11 +13,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule};
+use super::{
+    cross_entropy, curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule,
+};
 use crate::checkpoint::{
     is_temporary, state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint, Metadata,
 };
-use crate::data::{self, Dataset, Loader, Split, Transform};
+use crate::data::{self, Dataset, Loader, LoaderOptions, Split, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::{Recipe, VariantSpec};
@@ -41,6 +43,12 @@ pub struct TrainConfig {
     /// storing them ([`DenseNet::with_memory_efficient`]): less memory, same numbers.
     #[serde(default)]
     pub memory_efficient: bool,
+    /// Threads that decode and augment the training images; 0, one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Leave out an image that cannot be decoded, with a note, instead of stopping the run.
+    #[serde(default)]
+    pub skip_bad_images: bool,
 }
 
 impl TrainConfig {
@@ -54,6 +62,8 @@ impl TrainConfig {
             warmup_epochs: 0,
             seed: 0,
             memory_efficient: false,
+            workers: 0,
+            skip_bad_images: false,
             spec,
         }
     }
@@ -342,19 +352,34 @@ impl Trainer {
             .wrapping_mul(0xE703_7ED1_A0B4_28DB);
         observer.epoch_started(epoch + 1, r.epochs, batches_per_epoch, progress.batch);
         let (mut loss_sum, mut correct, mut seen, mut train_s) = progress.partial;
-        let loader = Loader::new(
+        let options = LoaderOptions {
+            epoch_seed,
+            first_batch: progress.batch,
+            workers: match config.workers {
+                0 => LoaderOptions::default().workers,
+                n => n,
+            },
+            skip_bad_images: config.skip_bad_images,
+        };
+        let loader = Loader::start(
             self.train_set.clone(),
             order,
             r.batch_size,
-            train_transform(config, r.augment),
-            epoch_seed,
-            progress.batch,
+            train_transform(config),
+            options,
         );
         let mut lr = self.schedule.lr(epoch as f64);
         for batch in loader {
             let batch = batch?;
+            for (path, message) in &batch.skipped {
+                observer.note(&format!("skipped {}: {message}", path.display()));
+            }
             let step_start = Instant::now();
             let n = batch.labels.len();
+            if n == 0 {
+                progress.batch += 1;
+                continue;
+            }
             let s = config.image_size;
             let x = Tensor::from_vec(batch.images, (n, spec.architecture.in_channels, s, s), device)?;
             let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
@@ -362,7 +387,7 @@ impl Trainer {
                 .schedule
                 .lr(epoch as f64 + progress.batch as f64 / batches_per_epoch as f64);
             let logits = self.model.forward_t(&x, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = cross_entropy(&logits, &y, r.label_smoothing)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
                 observer.epoch_abandoned();
@@ -402,7 +427,7 @@ impl Trainer {
         let test = evaluate(
             &self.model,
             self.test_set.clone(),
-            &train_transform(config, false),
+            &eval_transform(config),
             r.batch_size,
             device,
         )?;
@@ -449,18 +474,23 @@ impl Trainer {
     }
 }
 
-/// The images as training and evaluation see them: resized to the run's input size, with
-/// the spec's normalisation, and the crop-and-flip augmentation when `augment`.
-fn train_transform(config: &TrainConfig, augment: bool) -> Transform {
+/// The images as training sees them: the recipe's augmentation at the run's input size, with
+/// the spec's normalisation; without a resizing crop, image files are resized to the input size
+/// (their shorter side) and centre-cropped first.
+fn train_transform(config: &TrainConfig) -> Transform {
     Transform {
-        size: config.image_size,
         resize: config.image_size,
-        channels: config.spec.architecture.in_channels,
-        mean: config.spec.pretrained_cfg.preprocess.mean.clone(),
-        std: config.spec.pretrained_cfg.preprocess.std.clone(),
-        augment,
-        pad: 4,
+        augment: config.recipe.augment,
+        ..eval_transform(config)
     }
+}
+
+/// The images as evaluation sees them: the spec's preprocessing scaled to the run's input size
+/// (Resize(256) and CenterCrop(224) for ImageNet's nets at 224).
+fn eval_transform(config: &TrainConfig) -> Transform {
+    let mut spec = config.spec.clone();
+    spec.set_input_size(config.image_size);
+    crate::infer::eval_transform(&spec)
 }
 
 /// Trains as `config` says to the end of the recipe ([`Trainer`]), or until `stop` is set
