@@ -295,3 +295,61 @@ fn training_eval_infer_and_features_take_the_classes_from_the_folders() {
     assert_eq!(tuned.tensors["classifier.weight"].dims(), &[2, 248]);
     assert_eq!(tuned.metadata.unwrap().classes, ["cat", "dog"]);
 }
+
+#[test]
+fn the_photo_recipes_train_end_to_end_and_a_bad_image_is_skipped_or_named() {
+    let dir = temp("recipes");
+    for (name, shade) in [("cat", 220u8), ("dog", 30u8)] {
+        for i in 0..5u32 {
+            png(&dir.join(format!("train/{name}/{i}.png")), shade, i);
+        }
+        png(&dir.join(format!("val/{name}/v.png")), shade, 50);
+    }
+    std::fs::write(dir.join("train/dog/3.png"), b"GIF89a, cut short").unwrap();
+    let data = dir.to_str().unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec!["train", "--variant", "d2l", "--data", data, "--image-size", "32"];
+        args.extend([
+            "--epochs",
+            "1",
+            "--batch-size",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        args.extend(extra);
+        zoo(&args)
+    };
+    // Without --skip-bad-images the run stops, naming the file.
+    let out = train("stops", &["--augment", "imagenet", "--workers", "2"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("train/dog/3.png"), "{}", stderr(&out));
+    // With it, the file is named in a note and the epoch ends; the recipe is in the banner and
+    // in the checkpoint's configuration.
+    let extra = [
+        "--augment",
+        "fb",
+        "--label-smoothing",
+        "0.1",
+        "--workers",
+        "3",
+        "--skip-bad-images",
+    ];
+    let out = train("skips", &extra);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("augment fb, label smoothing 0.1"), "{err}");
+    assert!(
+        err.contains("note: skipped ") && err.contains("train/dog/3.png"),
+        "{err}"
+    );
+    let config = densenet_zoo::train::saved_config(&dir.join("skips")).unwrap();
+    assert_eq!(config.recipe.augment, densenet_zoo::data::Augment::Fb);
+    assert_eq!(config.recipe.label_smoothing, 0.1);
+    assert!(config.skip_bad_images);
+    // An unknown recipe is refused by the command line, listing the known ones.
+    let out = train("unknown", &["--augment", "autoaugment"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("crop-flip"), "{}", stderr(&out));
+}

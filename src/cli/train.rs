@@ -183,7 +183,7 @@ struct Shown {
 impl Observer for Shown {
     fn note(&mut self, message: &str) {
         match &self.bar {
-            Some(bar) if !bar.is_finished() => bar.println(format!("note: {message}")),
+            Some(bar) if !bar.is_finished() => bar.suspend(|| say!("note: {message}")),
             _ => say!("note: {message}"),
         }
     }

@@ -1,10 +1,10 @@
-//! Workers that decode, augment and batch samples ahead of the compute.
+//! Worker threads that decode and augment samples ahead of the compute, and the batches they
+//! make, in order.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
-
-use rayon::prelude::*;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::augment::sample_rng;
 use super::{data_error, Dataset, Samples, Transform};
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// A sample, or the file it came from and why it could not be used.
 type SampleResult = std::result::Result<Vec<f32>, (PathBuf, String)>;
 
-/// Batches prepared ahead of the compute: bounded, so memory stays bounded.
+/// Batches prepared ahead of the one being consumed: bounded, so memory stays bounded.
 const PREFETCH: usize = 3;
 
 /// One batch: images (N, C, S, S) as floats and class indices (N).
@@ -53,12 +53,41 @@ impl Default for LoaderOptions {
     }
 }
 
-/// Iterates over batches of `dataset` in `order`, in order, produced by a pool of workers a
-/// bounded number of batches ahead. Every random draw of a sample comes from its position in
-/// the epoch ([`sample_rng`]), so the batches do not depend on the number of workers, and a
-/// batch size changes only how samples are grouped. Dropping the loader stops the workers.
+/// Iterates over batches of `dataset` in `order`, in order, from samples that a pool of worker
+/// threads makes a bounded number ahead (at most three batches and one sample per worker past
+/// the batch being consumed). Every random draw of a sample comes from its position in the
+/// epoch ([`sample_rng`]), so the batches do not depend on the number of workers, and a batch
+/// size changes only how samples are grouped. Dropping the loader stops the workers.
 pub struct Loader {
-    receiver: Receiver<Result<Batch>>,
+    shared: Arc<Shared>,
+    results: Receiver<(usize, SampleResult)>,
+    /// Samples received ahead of the batch being assembled, by job.
+    ready: HashMap<usize, SampleResult>,
+    /// Each job's position in `dataset`.
+    jobs: Arc<Vec<usize>>,
+    dataset: Arc<Dataset>,
+    transform: Arc<Transform>,
+    batch_size: usize,
+    skip_bad_images: bool,
+    /// The first job of the next batch.
+    next_batch: usize,
+    /// Set after an error: the iteration is over.
+    failed: bool,
+}
+
+/// What the workers and the consumer share: the next job to hand out, the jobs consumed, and
+/// whether to stop; workers wait on `wake` while they are as far ahead as allowed.
+struct Shared {
+    state: Mutex<Progress>,
+    wake: Condvar,
+    /// How many jobs past the consumed ones a worker may start.
+    ahead: usize,
+}
+
+struct Progress {
+    next_job: usize,
+    consumed: usize,
+    stop: bool,
 }
 
 impl Loader {
@@ -80,9 +109,8 @@ impl Loader {
         Self::start(dataset, order, batch_size, transform, options)
     }
 
-    /// Starts the workers on batches of `batch_size` samples taken from `order` (positions in
-    /// `dataset`), from batch `options.first_batch` on. Several batches are prepared at once
-    /// when one batch has fewer samples than twice the workers.
+    /// Starts `options.workers` threads on batches of `batch_size` samples taken from `order`
+    /// (positions in `dataset`), from batch `options.first_batch` on.
     pub fn start(
         dataset: Arc<Dataset>,
         order: Vec<usize>,
@@ -90,53 +118,74 @@ impl Loader {
         transform: Transform,
         options: LoaderOptions,
     ) -> Self {
-        let (sender, receiver) = sync_channel(PREFETCH);
         let batch_size = batch_size.max(1);
         let workers = options.workers.max(1);
-        std::thread::spawn(move || {
-            let pool = match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
-                Ok(pool) => pool,
-                Err(e) => {
-                    let _ = sender.send(Err(Error::Training(format!("data workers: {e}"))));
-                    return;
-                }
-            };
-            let per_round = (2 * workers).div_ceil(batch_size).max(1);
-            let batches: Vec<(usize, &[usize])> = order
-                .chunks(batch_size)
-                .enumerate()
-                .skip(options.first_batch)
-                .collect();
-            for round in batches.chunks(per_round) {
-                let jobs: Vec<(usize, usize)> = round
-                    .iter()
-                    .flat_map(|&(k, chunk)| {
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .map(move |(j, &i)| (k * batch_size + j, i))
-                    })
-                    .collect();
-                let samples: Vec<SampleResult> = pool.install(|| {
-                    jobs.par_iter()
-                        .map(|&(position, i)| {
-                            let mut rng = sample_rng(options.epoch_seed, position);
-                            sample(&dataset, i, &transform, &mut rng)
-                        })
-                        .collect()
-                });
-                let mut samples = samples.into_iter();
-                for &(_, chunk) in round {
-                    let batch =
-                        collect_batch(&dataset, chunk, &mut samples, &transform, options.skip_bad_images);
-                    let stop = batch.is_err();
-                    if sender.send(batch).is_err() || stop {
+        let first = (options.first_batch * batch_size).min(order.len());
+        let jobs = Arc::new(order[first..].to_vec());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Progress {
+                next_job: 0,
+                consumed: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            ahead: PREFETCH * batch_size + workers,
+        });
+        let transform = Arc::new(transform);
+        let (sender, results) = channel();
+        for _ in 0..workers.min(jobs.len().max(1)) {
+            let (shared, jobs, dataset, transform, sender) = (
+                shared.clone(),
+                jobs.clone(),
+                dataset.clone(),
+                transform.clone(),
+                sender.clone(),
+            );
+            std::thread::spawn(move || {
+                while let Some(job) = shared.next_job(jobs.len()) {
+                    let mut rng = sample_rng(options.epoch_seed, first + job);
+                    let result = sample(&dataset, jobs[job], &transform, &mut rng);
+                    if sender.send((job, result)).is_err() {
                         return;
                     }
                 }
+            });
+        }
+        Self {
+            shared,
+            results,
+            ready: HashMap::new(),
+            jobs,
+            dataset,
+            transform,
+            batch_size,
+            skip_bad_images: options.skip_bad_images,
+            next_batch: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Shared {
+    /// The next job for a worker, once it is within reach of the consumer; `None` when every
+    /// job is handed out or the loader is gone.
+    fn next_job(&self, total: usize) -> Option<usize> {
+        let mut state = self.state.lock().expect("loader lock");
+        loop {
+            if state.stop || state.next_job >= total {
+                return None;
             }
-        });
-        Self { receiver }
+            if state.next_job < state.consumed + self.ahead {
+                state.next_job += 1;
+                return Some(state.next_job - 1);
+            }
+            state = self.wake.wait(state).expect("loader lock");
+        }
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Progress)) {
+        change(&mut self.state.lock().expect("loader lock"));
+        self.wake.notify_all();
     }
 }
 
@@ -144,7 +193,45 @@ impl Iterator for Loader {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.receiver.recv().ok()
+        let (start, end) = (
+            self.next_batch,
+            (self.next_batch + self.batch_size).min(self.jobs.len()),
+        );
+        if self.failed || start >= end {
+            return None;
+        }
+        while (start..end).any(|job| !self.ready.contains_key(&job)) {
+            let Ok((job, result)) = self.results.recv() else {
+                // Only a worker that panicked leaves a job without a result.
+                self.failed = true;
+                return Some(Err(Error::Training(
+                    "a data worker stopped before its samples were made".into(),
+                )));
+            };
+            self.ready.insert(job, result);
+        }
+        let samples = (start..end).map(|job| self.ready.remove(&job).expect("received"));
+        let batch = collect_batch(
+            &self.dataset,
+            &self.jobs[start..end],
+            samples,
+            &self.transform,
+            self.skip_bad_images,
+        );
+        self.next_batch = end;
+        self.failed = batch.is_err();
+        let failed = self.failed;
+        self.shared.set(|p| {
+            p.consumed = end;
+            p.stop |= failed;
+        });
+        Some(batch)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.shared.set(|p| p.stop = true);
     }
 }
 
@@ -182,7 +269,7 @@ fn sample(dataset: &Dataset, i: usize, t: &Transform, rng: &mut rand::rngs::StdR
 fn collect_batch(
     dataset: &Dataset,
     chunk: &[usize],
-    samples: &mut impl Iterator<Item = SampleResult>,
+    samples: impl Iterator<Item = SampleResult>,
     t: &Transform,
     skip_bad: bool,
 ) -> Result<Batch> {
