@@ -353,3 +353,40 @@ fn the_photo_recipes_train_end_to_end_and_a_bad_image_is_skipped_or_named() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("crop-flip"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_last_batch_of_one_image_is_left_out_with_a_note() {
+    // Seven images in batches of three: the last batch holds one image, and the book's net at
+    // 32×32 ends on 1×1 maps, where batch norm in training has a single value per channel.
+    let dir = temp("batch-of-one");
+    for (name, shade, count) in [("cat", 220u8, 4u32), ("dog", 30u8, 3u32)] {
+        for i in 0..count {
+            png(&dir.join(format!("train/{name}/{i}.png")), shade, i);
+        }
+        png(&dir.join(format!("val/{name}/v.png")), shade, 50);
+    }
+    let out = dir.join("run");
+    let out = zoo(&[
+        "train",
+        "--variant",
+        "d2l",
+        "--data",
+        dir.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "note: batch 3 holds one image, too few for batch norm on the last block's 1×1 maps: left out"
+        ),
+        "{err}"
+    );
+}

@@ -467,3 +467,71 @@ fn the_library_refuses_a_recipe_that_cannot_run() {
     let err = refusal(&config);
     assert_eq!(err, "training: lr must be positive, found NaN");
 }
+
+/// Resuming notes what changed in the configuration, and refuses what would change the
+/// batches of an epoch stopped in the middle.
+#[test]
+fn a_resume_with_another_configuration_is_noted_or_refused() {
+    use densenet_zoo::train::{saved_config, Observer, Start, TrainConfig, Trainer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let data = slice_of_fashion_mnist("resume-config", 40, 10);
+    let out = std::env::temp_dir().join(format!("zoo-resume-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut config = TrainConfig::new(densenet_zoo::VariantSpec::resolve("d2l").unwrap(), &data);
+    config.image_size = 32;
+    config.recipe.batch_size = 8;
+    config.recipe.epochs = 1;
+    /// Stops the run after its first batch, and keeps the notes.
+    struct StopAfterOne<'a>(&'a AtomicBool, Vec<String>);
+    impl Observer for StopAfterOne<'_> {
+        fn note(&mut self, message: &str) {
+            self.1.push(message.to_string());
+        }
+        fn batch_done(&mut self, _: f64, _: f64) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let mut observer = StopAfterOne(&stop, Vec::new());
+    let device = candle_core::Device::Cpu;
+    let mut trainer = Trainer::new(&config, &out, &Start::default(), &device, &mut observer).unwrap();
+    assert!(
+        trainer.run_epoch(&stop, &mut observer).unwrap().is_none(),
+        "stopped mid-epoch"
+    );
+    // The saved configuration records the run's input size in its spec.
+    let saved = saved_config(&out).unwrap();
+    assert_eq!(saved.spec.input_size(), 32);
+    let resume = Start {
+        resume: true,
+        weights: None,
+    };
+    let mut other = saved.clone();
+    other.recipe.batch_size = 16;
+    let err = Trainer::new(&other, &out, &resume, &device, &mut observer)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("stopped in the middle of epoch 1") && err.contains("recipe.batch_size 8 → 16"),
+        "{err}"
+    );
+    let mut longer = saved.clone();
+    longer.recipe.epochs = 2;
+    let stop = AtomicBool::new(false);
+    let mut observer = StopAfterOne(&stop, Vec::new());
+    Trainer::new(&longer, &out, &resume, &device, &mut observer).unwrap();
+    assert!(
+        observer
+            .1
+            .iter()
+            .any(|n| n == "resuming with a changed configuration: recipe.epochs 1 → 2"),
+        "{:?}",
+        observer.1
+    );
+    let err = Trainer::new(&saved, &data, &resume, &device, &mut observer)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nothing to resume in"), "{err}");
+}

@@ -67,6 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             }),
             (BenchMode::Data, None) => anyhow::bail!("--mode data needs --data DIR"),
+            _ if args.data.is_some() || args.workers.is_some() || args.augment.is_some() => {
+                anyhow::bail!("--data, --workers and --augment are for --mode data")
+            }
             _ => None,
         },
     };

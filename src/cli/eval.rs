@@ -26,6 +26,9 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Leave out an image that cannot be decoded, with a note, instead of stopping.
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -76,6 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &eval_transform(&spec),
         args.batch_size.max(1),
         &device,
+        args.skip_bad_images,
+        &mut |path, message| say!("note: skipped {}: {message}", path.display()),
     )?;
     if args.json {
         out!(

@@ -20,34 +20,34 @@ pub struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Epochs [default: the variant's recipe].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Images per step [default: the recipe's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch_size: Option<usize>,
     /// Peak learning rate [default: the recipe's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// SGD momentum [default: the recipe's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
     /// Nesterov momentum: `--nesterov` or `--nesterov false` [default: the recipe's].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     nesterov: Option<bool>,
     /// Weight decay on parameters, never on batch-norm statistics [default: the recipe's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Learning-rate schedule: constant, step (÷10 at the recipe's milestones) or cosine.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
     /// Epochs of linear warmup [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<usize>,
     /// Update rule: sgd or adamw [default: the recipe's].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
     /// Square input side images are resized to [default: the variant's input size].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     image_size: Option<usize>,
     /// Training augmentation: none; crop-flip (CIFAR: pad 4, random crop, flip; `--augment`
     /// alone); imagenet (torchvision's RandomResizedCrop and flip); fb (imagenet plus
@@ -55,16 +55,16 @@ pub struct Args {
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "crop-flip")]
     augment: Option<Augment>,
     /// Label smoothing ε, as torch's CrossEntropyLoss(label_smoothing=ε) [default: the recipe's, 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     label_smoothing: Option<f64>,
-    /// Threads that decode and augment images [default: one per core].
-    #[arg(long)]
+    /// Threads that decode and augment images; 0 or no flag: one per core.
+    #[arg(long, allow_negative_numbers = true)]
     workers: Option<usize>,
     /// Skip an image that cannot be decoded, with a note, instead of stopping the run.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     skip_bad_images: Option<bool>,
     /// Seed for weights, shuffling and augmentation [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
     /// Recompute each dense layer's first batch norm and ReLU in the backward pass instead of
     /// storing them: far less memory, bit-identical results (`--memory-efficient false` to undo).
@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Classifier outputs; must equal the number of classes in the data [default: the data's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     num_classes: Option<usize>,
     /// Start from these weights (path or hf:OWNER/REPO[:FILE]) to fine-tune; with
     /// --num-classes, a classifier of another size is skipped and initialised fresh.
@@ -308,4 +308,8 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
         config.recipe.optimizer = o;
     }
     config.spec.set_input_size(config.image_size);
+    // Recorded absolute, so that --resume works from another folder.
+    if let Ok(data) = std::path::absolute(&config.data) {
+        config.data = data;
+    }
 }

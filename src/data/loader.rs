@@ -133,7 +133,9 @@ impl Loader {
         });
         let transform = Arc::new(transform);
         let (sender, results) = channel();
-        for _ in 0..workers.min(jobs.len().max(1)) {
+        // One thread per worker, no more than there are samples; should the system refuse a
+        // thread, those started do the work.
+        for started in 0..workers.min(jobs.len().max(1)) {
             let (shared, jobs, dataset, transform, sender) = (
                 shared.clone(),
                 jobs.clone(),
@@ -141,15 +143,20 @@ impl Loader {
                 transform.clone(),
                 sender.clone(),
             );
-            std::thread::spawn(move || {
-                while let Some(job) = shared.next_job(jobs.len()) {
-                    let mut rng = sample_rng(options.epoch_seed, first + job);
-                    let result = sample(&dataset, jobs[job], &transform, &mut rng);
-                    if sender.send((job, result)).is_err() {
-                        return;
+            let worker = std::thread::Builder::new()
+                .name("data worker".into())
+                .spawn(move || {
+                    while let Some(job) = shared.next_job(jobs.len()) {
+                        let mut rng = sample_rng(options.epoch_seed, first + job);
+                        let result = sample(&dataset, jobs[job], &transform, &mut rng);
+                        if sender.send((job, result)).is_err() {
+                            return;
+                        }
                     }
-                }
-            });
+                });
+            if worker.is_err() && started > 0 {
+                break;
+            }
         }
         Self {
             shared,

@@ -308,8 +308,15 @@ impl DenseNet {
         Ok(if self.inference { x.detach() } else { x.clone() })
     }
 
-    pub(crate) fn stem(&self) -> &Stem {
+    /// The stem, `features.conv0` (and `norm0`, its ReLU and pool for the ImageNet stem).
+    pub fn stem(&self) -> &Stem {
         &self.stem
+    }
+
+    /// `features.norm5`, the batch norm after the last block; [`DenseNet::forward_features`]
+    /// applies it with its ReLU ([`BatchNorm2d::forward_relu`]).
+    pub fn norm5(&self) -> &BatchNorm2d {
+        &self.norm5
     }
 
     /// The stages in order, as [`Architecture::stages`](crate::spec::Architecture::stages) plans them.

@@ -15,7 +15,7 @@ pub enum StemKind {
 
 /// What one dense layer computes from the concatenation of all earlier feature maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LayerKind {
     /// DenseNet-B: BN-ReLU-1×1 conv to `bn_size`·k channels, then BN-ReLU-3×3 conv to k.
     Bottleneck {

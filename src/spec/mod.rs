@@ -131,6 +131,7 @@ impl VariantSpec {
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.architecture.validate()?;
         self.pretrained_cfg.validate(self.architecture.in_channels)?;
+        self.recipe.validate().map_err(|m| format!("recipe.{m}"))?;
         self.architecture.check_input_size(self.input_size())
     }
 
@@ -246,6 +247,21 @@ mod tests {
                 "\"growth_rate\": 32",
                 "\"growth_rate\": 32, \"colour\": 1",
                 "unknown field `colour`",
+            ),
+            (
+                "\"resize\": 256,",
+                "\"resize\": 256, \"interpolation\": \"bicubic\",",
+                "unknown field `interpolation`",
+            ),
+            (
+                "\"bn_size\": 4",
+                "\"bn_size\": 4, \"memory_efficient\": true",
+                "unknown field `memory_efficient`",
+            ),
+            (
+                "\"batch_size\": 256,",
+                "\"batch_size\": 0,",
+                "recipe.batch_size must be at least 1",
             ),
         ];
         for (from, to, expected) in cases {

@@ -8,6 +8,7 @@ use super::architecture::check_sizes;
 /// How an image becomes the network's input: torchvision's `Resize(resize)`,
 /// `CenterCrop(crop)`, `ToTensor()`, `Normalize(mean, std)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Preprocess {
     /// The shorter side is resized to this many pixels.
     pub resize: usize,
@@ -21,6 +22,7 @@ pub struct Preprocess {
 
 /// A published accuracy for the variant, to compare a trained or imported model against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Reference {
     /// The data set the accuracy was measured on.
     pub dataset: String,

@@ -68,9 +68,9 @@ impl Recipe {
                 "milestones are fractions of the run in (0, 1], found {m}"
             ));
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
             return Err(format!(
-                "label_smoothing must be in [0, 1), found {}",
+                "label_smoothing must be in [0, 1], found {}",
                 self.label_smoothing
             ));
         }

@@ -1,10 +1,11 @@
 //! Accuracy and loss of a model on a data set split.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::data::{Dataset, Loader, Transform};
+use crate::data::{Dataset, Loader, LoaderOptions, Transform};
 use crate::error::Result;
 use crate::model::DenseNet;
 
@@ -22,21 +23,34 @@ pub struct Evaluation {
 }
 
 /// Evaluates `model` in inference mode ([`DenseNet::for_inference`]) on every sample of
-/// `dataset`: loss, top-1 and top-5 accuracy.
+/// `dataset`: loss, top-1 and top-5 accuracy. With `skip_bad_images`, a file that cannot be
+/// decoded is left out (and passed to `skipped`), else it ends the evaluation with its error.
 pub fn evaluate(
     model: &DenseNet,
     dataset: Arc<Dataset>,
     transform: &Transform,
     batch_size: usize,
     device: &Device,
+    skip_bad_images: bool,
+    skipped: &mut dyn FnMut(&Path, &str),
 ) -> Result<Evaluation> {
     let model = model.for_inference();
     let order: Vec<usize> = (0..dataset.len()).collect();
     let (mut loss_sum, mut top1, mut top5, mut seen) = (0f64, 0usize, 0usize, 0usize);
     let size = transform.size;
-    for batch in Loader::new(dataset, order, batch_size, transform.clone(), 0, 0) {
+    let options = LoaderOptions {
+        skip_bad_images,
+        ..LoaderOptions::default()
+    };
+    for batch in Loader::start(dataset, order, batch_size, transform.clone(), options) {
         let batch = batch?;
+        for (path, message) in &batch.skipped {
+            skipped(path, message);
+        }
         let n = batch.labels.len();
+        if n == 0 {
+            continue;
+        }
         let x = Tensor::from_vec(batch.images, (n, transform.channels, size, size), device)?;
         let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
         let logits = model.forward_t(&x, false)?;

@@ -210,8 +210,13 @@ pub struct Trainer {
 
 impl Trainer {
     /// Sets a run up in `out` as `config` says, from new weights, a checkpoint to fine-tune,
-    /// or (resuming) exactly where `out/last.safetensors` stopped. Refuses a recipe or input
-    /// size that cannot run, and data whose classes do not match the classifier.
+    /// or (resuming) exactly where `out/last.safetensors` stopped: pass
+    /// [`saved_config`]`(out)`, changed as wanted; the changes are noted, and refused when the
+    /// run stopped mid-epoch and they would change that epoch's batches (batch size, seed,
+    /// data, input size, augmentation). Refuses a recipe or input size that cannot run, and
+    /// data whose classes do not match the classifier. The checkpoints record the spec at the
+    /// run's input size (`config.image_size`), and without built-in labels when their number
+    /// is not the classifier's.
     pub fn new(
         config: &TrainConfig,
         out: &Path,
@@ -220,6 +225,15 @@ impl Trainer {
         observer: &mut dyn Observer,
     ) -> Result<Self> {
         config.recipe.validate().map_err(Error::Training)?;
+        let mut config = config.clone();
+        config.spec.set_input_size(config.image_size);
+        let labels = config.spec.pretrained_cfg.labels.as_deref();
+        if labels.and_then(crate::labels::builtin).map(|l| l.len())
+            != Some(config.spec.architecture.num_classes)
+        {
+            config.spec.pretrained_cfg.labels = None;
+        }
+        let config = &config;
         let spec = &config.spec;
         spec.architecture
             .check_input_size(config.image_size)
@@ -238,8 +252,17 @@ impl Trainer {
         let classes = train_set.classes.clone();
 
         let (varmap, optimizer_state, progress) = if start.resume {
+            if !last_checkpoint(out).exists() {
+                return Err(Error::Training(format!(
+                    "nothing to resume in {}: {} does not exist",
+                    out.display(),
+                    last_checkpoint(out).display()
+                )));
+            }
             let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
-            let progress = TrainingRecord::read(&ckpt)?.progress;
+            let record = TrainingRecord::read(&ckpt)?;
+            check_resumed_config(&record, config, observer)?;
+            let progress = record.progress;
             let state = ckpt.optimizer.clone();
             let varmap = VarMap::new();
             ckpt.into_varmap(spec, &varmap, device)?;
@@ -275,6 +298,12 @@ impl Trainer {
                 }
                 None => seeded_varmap(spec, config.seed, device)?,
             };
+            if last_checkpoint(out).exists() {
+                observer.note(&format!(
+                    "{} holds an earlier run: starting afresh replaces it (--resume continues it)",
+                    out.display()
+                ));
+            }
             let _ = std::fs::remove_file(out.join("metrics.jsonl"));
             (varmap, Default::default(), Progress::default())
         };
@@ -369,6 +398,12 @@ impl Trainer {
             options,
         );
         let mut lr = self.schedule.lr(epoch as f64);
+        let smallest_map = spec
+            .architecture
+            .stage_sizes(config.image_size)
+            .ok()
+            .and_then(|s| s.last().copied())
+            .unwrap_or(1);
         for batch in loader {
             let batch = batch?;
             for (path, message) in &batch.skipped {
@@ -376,7 +411,16 @@ impl Trainer {
             }
             let step_start = Instant::now();
             let n = batch.labels.len();
-            if n == 0 {
+            if n == 0 || n * smallest_map * smallest_map < 2 {
+                // Batch norm in training needs two values per channel: a last batch of one
+                // image at 1×1 maps is left out, as DataLoader's drop_last would.
+                if n > 0 {
+                    observer.note(&format!(
+                        "batch {} holds one image, too few for batch norm on the last block's \
+                         {smallest_map}×{smallest_map} maps: left out",
+                        progress.batch + 1
+                    ));
+                }
                 progress.batch += 1;
                 continue;
             }
@@ -430,6 +474,8 @@ impl Trainer {
             &eval_transform(config),
             r.batch_size,
             device,
+            config.skip_bad_images,
+            &mut |path, message| observer.note(&format!("skipped {}: {message}", path.display())),
         )?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
@@ -524,13 +570,74 @@ fn remove_temporary_files(out: &Path) {
     }
 }
 
+/// Notes how `config` differs from the configuration `record` was saved with; refuses the
+/// changes that would change the batches of an epoch stopped in the middle.
+fn check_resumed_config(
+    record: &TrainingRecord,
+    config: &TrainConfig,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let flat = |c: &TrainConfig| -> Vec<(String, serde_json::Value)> {
+        let value = serde_json::to_value(c).expect("the configuration serialises");
+        let mut fields = Vec::new();
+        for (key, v) in value.as_object().into_iter().flatten() {
+            match (key.as_str(), v.as_object()) {
+                ("recipe", Some(recipe)) => {
+                    fields.extend(recipe.iter().map(|(k, v)| (format!("recipe.{k}"), v.clone())));
+                }
+                ("spec", _) => {}
+                // The same folder however it was written.
+                ("data", _) => {
+                    let path = std::fs::canonicalize(&c.data).unwrap_or_else(|_| c.data.clone());
+                    fields.push((key.clone(), path.display().to_string().into()));
+                }
+                _ => fields.push((key.clone(), v.clone())),
+            }
+        }
+        fields
+    };
+    let saved = flat(&record.config);
+    let changed: Vec<(String, String)> = flat(config)
+        .into_iter()
+        .filter_map(|(k, now)| {
+            let before = saved.iter().find(|(s, _)| *s == k).map(|(_, v)| v.clone());
+            (before.as_ref() != Some(&now)).then(|| (k, format!("{} → {now}", before.unwrap_or_default())))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let list = changed
+        .iter()
+        .map(|(k, d)| format!("{k} {d}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let batches = [
+        "recipe.batch_size",
+        "seed",
+        "data",
+        "image_size",
+        "recipe.augment",
+        "skip_bad_images",
+    ];
+    if record.progress.batch > 0 && changed.iter().any(|(k, _)| batches.contains(&k.as_str())) {
+        return Err(Error::Training(format!(
+            "the run stopped in the middle of epoch {}: it resumes exactly only with the batches it \
+             started, and these would change them: {list}",
+            record.progress.epoch + 1
+        )));
+    }
+    observer.note(&format!("resuming with a changed configuration: {list}"));
+    Ok(())
+}
+
 /// The data must have exactly one class per classifier output: fewer would train outputs that
 /// no image teaches and label them with names the data does not have.
 fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()> {
     let max_label = dataset.labels.iter().copied().max().unwrap_or(0) as usize;
     if dataset.classes.len() != spec.architecture.num_classes || max_label >= spec.architecture.num_classes {
         return Err(Error::Training(format!(
-            "{} has {} classes but {} has {} outputs: pass --num-classes {}",
+            "{} has {} classes but {} has {} outputs: set the spec's num_classes to {} (--num-classes)",
             dir.display(),
             dataset.classes.len(),
             spec.name,
