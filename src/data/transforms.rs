@@ -49,7 +49,7 @@ impl Transform {
         }
         let image = self.to_channels(image);
         let b = random_resized_crop_box(w, h, rng);
-        let crop = resized_crop(&image, b, self.size as u32);
+        let crop = resized_crop(&image, b, self.size as u32)?;
         let crop = if rng.random_bool(0.5) { crop.fliph() } else { crop };
         let noise = (self.augment == Augment::Fb).then(|| ColorNoise::draw(rng));
         self.normalise(&planar(&crop, self.channels), noise.as_ref(), out);
@@ -180,12 +180,37 @@ impl Transform {
 }
 
 /// torchvision's `F.resized_crop(image, top, left, height, width, [size, size], BILINEAR,
-/// antialias=True)` on a PIL image: the box cut out, then resized to `size`×`size` with the
-/// triangle filter widened by the scale when shrinking, as PIL's bilinear resize does.
-pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> DynamicImage {
-    image
-        .crop_imm(b.left, b.top, b.width, b.height)
-        .resize_exact(size, size, FilterType::Triangle)
+/// antialias=True)` on a PIL image: the box resized to `size`×`size` with the triangle filter
+/// widened by the scale when shrinking, in 8-bit fixed point, as PIL's bilinear resize does
+/// (`fast_image_resize`'s convolution, SIMD). Luma or RGB images;
+/// others are converted to RGB first. The box must lie inside the image; the message says why
+/// a resize failed.
+pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> Result<DynamicImage, String> {
+    use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    // Cut first, as PIL does: the filter then clamps at the box's edges instead of reading
+    // the pixels beyond them.
+    let crop = image.crop_imm(b.left, b.top, b.width, b.height);
+    let crop = match crop {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => crop,
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    };
+    let gray = matches!(crop, DynamicImage::ImageLuma8(_));
+    let pixels = if gray { PixelType::U8 } else { PixelType::U8x3 };
+    let mut out = Image::new(size, size, pixels);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new().resize(&crop, &mut out, &options).map_err(|e| {
+        format!(
+            "cannot resize a {}×{} crop to {size}×{size}: {e}",
+            b.width, b.height
+        )
+    })?;
+    let raw = out.into_vec();
+    let image = if gray {
+        image::GrayImage::from_raw(size, size, raw).map(DynamicImage::ImageLuma8)
+    } else {
+        image::RgbImage::from_raw(size, size, raw).map(DynamicImage::ImageRgb8)
+    };
+    image.ok_or_else(|| format!("the resize did not give {size}×{size} pixels"))
 }
 
 /// PIL's `convert("L")`: L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (ITU-R 601-2 luma);
