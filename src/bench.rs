@@ -112,12 +112,12 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
         return Ok(report);
     }
     let macs = summarize(spec, config.size)?.macs as f64;
-    let times = time_model(spec, config, device)?;
+    let times = time_model(spec, config, device, config.mode == BenchMode::Train)?;
     Ok(report(spec, config, device, times, macs))
 }
 
-/// Seconds of each timed iteration of inference or a training step.
-fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Result<Vec<f64>> {
+/// Seconds of each timed iteration of a training step (`train`) or of inference.
+fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device, train: bool) -> Result<Vec<f64>> {
     let varmap = seeded_varmap(spec, 0, device)?;
     let x = Tensor::randn(
         0f32,
@@ -143,31 +143,27 @@ fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resu
         }
         Ok(())
     };
-    match config.mode {
-        BenchMode::Infer => {
-            let model =
-                DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?.for_inference();
-            for i in 0..config.warmup + config.iters {
-                time(i, &mut || {
-                    model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
-                    Ok(())
-                })?;
-            }
+    if !train {
+        let model =
+            DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?.for_inference();
+        for i in 0..config.warmup + config.iters {
+            time(i, &mut || {
+                model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+                Ok(())
+            })?;
         }
-        BenchMode::Train => {
-            let model = DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?
-                .with_memory_efficient(config.memory_efficient);
-            let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4);
-            for i in 0..config.warmup + config.iters {
-                time(i, &mut || {
-                    let loss = candle_nn::loss::cross_entropy(&model.forward_t(&x, true)?, &y)?;
-                    opt.step(&loss.backward()?, 0.01)?;
-                    loss.to_scalar::<f32>()?;
-                    Ok(())
-                })?;
-            }
+    } else {
+        let model = DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?
+            .with_memory_efficient(config.memory_efficient);
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4);
+        for i in 0..config.warmup + config.iters {
+            time(i, &mut || {
+                let loss = candle_nn::loss::cross_entropy(&model.forward_t(&x, true)?, &y)?;
+                opt.step(&loss.backward()?, 0.01)?;
+                loss.to_scalar::<f32>()?;
+                Ok(())
+            })?;
         }
-        BenchMode::Data => return time_loader(spec, config, config.data.as_ref().expect("checked")),
     }
     Ok(times)
 }
