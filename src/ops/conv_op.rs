@@ -113,6 +113,16 @@ impl<'a, T: Float> Images<'a, T> {
         &self.data[i * self.stride..i * self.stride + len]
     }
 
+    /// Writes row `r` (of length `l`) of image `i` into `dst`, through `norm_relu` if there is
+    /// one: one pass over the row either way.
+    fn copy_row(&self, i: usize, r: usize, l: usize, dst: &mut [T]) {
+        let row = &self.data[i * self.stride + r * l..i * self.stride + (r + 1) * l];
+        match self.norm_relu {
+            Some(map) => map.apply(r, row, dst),
+            None => dst.copy_from_slice(row),
+        }
+    }
+
     /// Row `r` (of length `l`) of image `i`, through `norm_relu` into `scratch` if needed.
     fn row<'s>(&self, i: usize, r: usize, l: usize, scratch: &'s mut Vec<T>) -> &'s [T]
     where
@@ -145,13 +155,11 @@ fn side_by_side<'a, T: Float>(
     let width = count * l;
     // SAFETY: each of the rows gets `count` segments of l, its whole width, below.
     let mut out = unsafe { unwritten_vec(rows * width) };
-    out.par_chunks_mut(width)
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (r, dst)| {
-            for i in 0..count {
-                dst[i * l..(i + 1) * l].copy_from_slice(x.row(first + i, r, l, scratch));
-            }
-        });
+    out.par_chunks_mut(width).enumerate().for_each(|(r, dst)| {
+        for (i, dst) in dst.chunks_exact_mut(l).enumerate() {
+            x.copy_row(first + i, r, l, dst);
+        }
+    });
     Cow::Owned(out)
 }
 
