@@ -68,6 +68,15 @@ pub enum Error {
     #[error("training: {0}")]
     Training(String),
 
+    /// A class activation map was asked for a class, level or method the model cannot give.
+    #[error("class activation map of {variant}: {message}")]
+    Cam {
+        /// The variant's name.
+        variant: String,
+        /// What was asked and what the model has.
+        message: String,
+    },
+
     /// An input tensor does not fit the model.
     #[error("input of shape {found:?} does not fit {variant}: {message}")]
     BadInput {

@@ -28,6 +28,8 @@
 //! - [`checkpoint`]: safetensors, `.pth` and hub weights in, torchvision's and the book's names out.
 //! - [`data`], [`train`]: data sets and loaders; the [`train::Trainer`] and its [`train::Observer`].
 //! - [`infer`], [`labels`]: preprocessing, prediction and class names.
+//! - [`DenseNet::class_activation_maps`] (Grad-CAM and CAM) and [`heat_map`]: what the net
+//!   looked at, and the overlays that show it.
 //! - [`bench`](mod@bench), [`summary`], [`device`], [`device_check`], [`allocator`]: what the command
 //!   line's `bench`, `summary`, `--device` and `check-device` run on, and the allocator setting
 //!   for training programs.
@@ -39,6 +41,7 @@ pub mod data;
 pub mod device;
 pub mod device_check;
 mod error;
+pub mod heat_map;
 mod image_io;
 pub mod infer;
 pub mod labels;
@@ -50,7 +53,10 @@ pub mod summary;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use model::{DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stage, Stem, Transition};
+pub use model::{
+    CamClass, CamMethod, ClassActivationMaps, DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stage, Stem,
+    Transition,
+};
 pub use plan::{StagePlan, TransitionPlan};
 pub use spec::VariantSpec;
 

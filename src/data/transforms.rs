@@ -148,6 +148,33 @@ impl Transform {
     /// 16,384 pixels (the decoder's limit).
     pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>, String> {
         let (w, h) = image.dimensions();
+        let fit = self.fit(w, h)?;
+        let image = self.to_channels(image);
+        let resized = if fit.resized == (w, h) {
+            image
+        } else {
+            image.resize_exact(fit.resized.0, fit.resized.1, FilterType::Triangle)
+        };
+        let (left, top) = fit.crop_origin;
+        let cropped = resized.crop_imm(left, top, self.size as u32, self.size as u32);
+        Ok(planar(&cropped, self.channels))
+    }
+
+    /// Where [`Transform::fit_image`] takes its `size`×`size` crop from a `w`×`h` image, in the
+    /// image's own pixels: (left, top, width, height), fractional. A heat map over the crop
+    /// the network saw is drawn over this box.
+    pub fn eval_crop_box(&self, w: u32, h: u32) -> Result<[f64; 4], String> {
+        let fit = self.fit(w, h)?;
+        let (sx, sy) = (w as f64 / fit.resized.0 as f64, h as f64 / fit.resized.1 as f64);
+        let (left, top) = fit.crop_origin;
+        let size = self.size as f64;
+        Ok([left as f64 * sx, top as f64 * sy, size * sx, size * sy])
+    }
+
+    /// The geometry of [`Transform::fit_image`] for a `w`×`h` image: the shorter side resized
+    /// to `max(resize, size)`, then a centre crop, its offsets rounded as torchvision's
+    /// `CenterCrop`.
+    fn fit(&self, w: u32, h: u32) -> Result<Fit, String> {
         let target = self.resize.max(self.size) as u64;
         let (short, long) = (w.min(h) as u64, w.max(h) as u64);
         if short == 0 {
@@ -162,21 +189,23 @@ impl Transform {
             ));
         }
         let long_new = long_new as u32;
-        let image = self.to_channels(image);
         let (nw, nh) = if w <= h {
             (target as u32, long_new)
         } else {
             (long_new, target as u32)
         };
-        let resized = if (nw, nh) == (w, h) {
-            image
-        } else {
-            image.resize_exact(nw, nh, FilterType::Triangle)
-        };
         let offset = |side: u32| ((side - self.size as u32) as f64 / 2.0).round_ties_even() as u32;
-        let cropped = resized.crop_imm(offset(nw), offset(nh), self.size as u32, self.size as u32);
-        Ok(planar(&cropped, self.channels))
+        Ok(Fit {
+            resized: (nw, nh),
+            crop_origin: (offset(nw), offset(nh)),
+        })
     }
+}
+
+/// [`Transform::fit`]'s answer: the resized size and where the crop starts in it.
+struct Fit {
+    resized: (u32, u32),
+    crop_origin: (u32, u32),
 }
 
 /// torchvision's `F.resized_crop(image, top, left, height, width, [size, size], BILINEAR,

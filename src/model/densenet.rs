@@ -266,19 +266,52 @@ impl DenseNet {
     /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
     /// its pool, then every dense block's output (the last one after `norm5` and ReLU).
     pub fn features_only(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mode = self.mode(train);
+        let mut levels = Vec::with_capacity(self.feature_info.len());
+        self.walk_levels(x, self.mode(train), self.stages.len(), |level| levels.push(level))?;
+        Ok(levels)
+    }
+
+    /// Level `level`'s map of [`DenseNet::features_only`] for images `x`, without computing
+    /// the later levels.
+    pub(crate) fn forward_to_level(&self, x: &Tensor, level: usize, train: bool) -> Result<Tensor> {
+        let mut last = None;
+        self.walk_levels(x, self.mode(train), level, |map| last = Some(map))?;
+        Ok(last.expect("the stem level is always reached"))
+    }
+
+    /// The `features_only` levels 0..=`last` of `x`, each handed to `each` as it is made.
+    fn walk_levels(&self, x: &Tensor, mode: Mode, last: usize, mut each: impl FnMut(Tensor)) -> Result<()> {
         let stem = self.stem.forward_unpooled(&self.checked_input(x)?, mode)?;
         let mut x = self.stem.pool(&stem)?;
-        let mut levels = vec![stem];
-        for (i, stage) in self.stages.iter().enumerate() {
+        each(stem);
+        for (i, stage) in self.stages.iter().enumerate().take(last) {
             x = stage.forward(&x, mode)?;
             if i + 1 == self.stages.len() {
-                levels.push(self.norm5.forward_relu(&x, mode)?);
+                each(self.norm5.forward_relu(&x, mode)?);
             } else {
-                levels.push(x.clone());
+                each(x.clone());
             }
         }
-        Ok(levels)
+        Ok(())
+    }
+
+    /// Logits (N, classes) from level `level`'s map (as [`DenseNet::features_only`] gives
+    /// it): the rest of the net and the head, in `mode`.
+    pub(crate) fn forward_from_level(&self, map: &Tensor, level: usize, mode: Mode) -> Result<Tensor> {
+        let features = if level == self.stages.len() {
+            map.clone()
+        } else {
+            let mut x = if level == 0 {
+                self.stem.pool(map)?
+            } else {
+                map.clone()
+            };
+            for stage in &self.stages[level..] {
+                x = stage.forward(&x, mode)?;
+            }
+            self.norm5.forward_relu(&x, mode)?
+        };
+        self.forward_head(&features, false)
     }
 
     /// Channels and reduction of each [`DenseNet::features_only`] level, built with the layers;
@@ -317,6 +350,12 @@ impl DenseNet {
     /// applies it with its ReLU ([`BatchNorm2d::forward_relu`]).
     pub fn norm5(&self) -> &BatchNorm2d {
         &self.norm5
+    }
+
+    /// The classifier, `classifier` (weight (classes, F), bias (classes,)); `None` after
+    /// [`DenseNet::reset_classifier`] to 0 classes. timm's `get_classifier`.
+    pub fn classifier(&self) -> Option<&Linear> {
+        self.classifier.as_ref()
     }
 
     /// The stages in order, as [`Architecture::stages`](crate::spec::Architecture::stages) plans them.

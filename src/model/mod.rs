@@ -2,6 +2,7 @@
 //! and the DenseNet that strings them together.
 
 mod block;
+mod cam;
 mod densenet;
 mod layer;
 mod norm_relu_conv;
@@ -9,6 +10,7 @@ mod stem;
 mod transition;
 
 pub use block::DenseBlock;
+pub use cam::{CamClass, CamMethod, ClassActivationMaps};
 pub use densenet::{DenseNet, FeatureInfo, Stage};
 pub use layer::DenseLayer;
 pub use norm_relu_conv::NormReluConv;

@@ -1,0 +1,242 @@
+//! Class activation maps against PyTorch's autograd on the same weights and photos, and a
+//! sanity test that cannot pass by accident: a net trained here to find a bright square looks
+//! at the square.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use common::{assert_close, fixtures_dir, generated_state};
+use densenet_zoo::checkpoint::model_from_tensors;
+use densenet_zoo::infer::{batch, eval_transform, preprocess_file};
+use densenet_zoo::{CamClass, CamMethod, DenseNet, VariantSpec};
+use rand::{Rng, SeedableRng};
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures_dir().join("cam.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// DenseNet-121 with the fixtures' generated weights, and the two photos as it sees them.
+fn densenet121_and_photos() -> (DenseNet, Tensor) {
+    let spec = VariantSpec::resolve("121").unwrap();
+    let model = model_from_tensors(&spec, generated_state(&spec), "generated", &Device::Cpu).unwrap();
+    let t = eval_transform(&spec);
+    let images: Vec<Vec<f32>> = ["chelsea", "coffee"]
+        .iter()
+        .map(|n| preprocess_file(&fixtures_dir().join(format!("images/{n}-256.png")), &t).unwrap())
+        .collect();
+    (model, batch(&images, &t, &Device::Cpu).unwrap())
+}
+
+fn classes(t: &Tensor) -> Vec<usize> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|c| c as usize)
+        .collect()
+}
+
+#[test]
+fn grad_cam_and_cam_match_pytorch_autograd_at_the_last_level_and_an_earlier_one() {
+    let want = reference();
+    let (model, x) = densenet121_and_photos();
+    let block3 = model.level_index("block3").unwrap();
+    let block4 = model.level_index("block4").unwrap();
+    let fixed = classes(&want["class"]);
+    for (which, class) in [
+        ("top1", CamClass::Top1),
+        ("class", CamClass::PerImage(fixed.clone())),
+    ] {
+        for (level, name, h) in [(block4, "block4", 7), (block3, "block3", 14)] {
+            let got = model.grad_cam(&x, &class, level).unwrap();
+            assert_eq!(got.maps.dims(), &[2, h, h]);
+            assert_eq!(got.level, level);
+            let key = format!("gradcam.{name}.{which}");
+            assert_close(&got.maps, &want[&key], 1e-4, &key);
+            assert_close(&got.logits, &want["logits"], 1e-4, "logits");
+            let expected = if which == "top1" {
+                classes(&want["top1"])
+            } else {
+                fixed.clone()
+            };
+            assert_eq!(got.classes, expected, "{key}");
+        }
+        let got = model.cam(&x, &class).unwrap();
+        let key = format!("cam.block4.{which}");
+        assert_close(&got.maps, &want[&key], 1e-4, &key);
+    }
+}
+
+#[test]
+fn a_trainable_model_gives_the_same_maps_and_keeps_no_gradient_on_its_weights() {
+    let (inference, x) = densenet121_and_photos();
+    let spec = VariantSpec::resolve("121").unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let trainable = DenseNet::new(&spec, vb).unwrap();
+    for (name, t) in generated_state(&spec) {
+        if let Some(var) = varmap.data().lock().unwrap().get(&name) {
+            var.set(&t).unwrap();
+        }
+    }
+    let x = x.narrow(0, 0, 1).unwrap();
+    let level = trainable.level_index("block3").unwrap();
+    let a = trainable.grad_cam(&x, &CamClass::Index(3), level).unwrap();
+    let b = inference.grad_cam(&x, &CamClass::Index(3), level).unwrap();
+    assert_close(&a.maps, &b.maps, 1e-5, "trainable against inference");
+    assert!(!a.maps.track_op() && !a.logits.track_op());
+}
+
+#[test]
+fn every_level_gives_a_map_at_its_resolution() {
+    let (model, x) = densenet121_and_photos();
+    let x = x.narrow(0, 0, 1).unwrap();
+    for (level, info) in model.feature_info().iter().enumerate() {
+        let got = model.grad_cam(&x, &CamClass::Top1, level).unwrap();
+        let side = 224 / info.reduction;
+        assert_eq!(got.maps.dims(), &[1, side, side], "{}", info.name);
+        let peak = got.maps.max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(peak > 0.0, "{}: the map is zero everywhere", info.name);
+    }
+}
+
+#[test]
+fn impossible_requests_are_refused_with_what_the_model_has() {
+    let (model, x) = densenet121_and_photos();
+    let x = x.narrow(0, 0, 1).unwrap();
+    let err = |r: densenet_zoo::Result<densenet_zoo::ClassActivationMaps>| r.unwrap_err().to_string();
+    let block3 = model.level_index("block3").unwrap();
+    let e = err(model.class_activation_maps(&x, CamMethod::Cam, &CamClass::Top1, block3));
+    assert!(e.contains("last level (block4)") && e.contains("Grad-CAM"), "{e}");
+    let e = err(model.grad_cam(&x, &CamClass::Index(1000), block3));
+    assert!(e.contains("class 1000") && e.contains("1000 classes"), "{e}");
+    let e = err(model.grad_cam(&x, &CamClass::PerImage(vec![1, 2]), block3));
+    assert!(e.contains("2 classes given for 1 images"), "{e}");
+    let e = err(model.grad_cam(&x, &CamClass::Top1, 9));
+    assert!(e.contains("stem, block1, block2, block3, block4"), "{e}");
+    let e = model.level_index("block9").unwrap_err().to_string();
+    assert!(e.contains("no level `block9`"), "{e}");
+}
+
+/// A dark noisy image (1, S, S) around 0 (as the zero padding is) with three bright bars
+/// 1 pixel wide at random places, and when `square` a bright filled square of side `side` at a
+/// random place: the bars make the square's edges alone no evidence. Returns the image and the
+/// square's (top, left).
+fn pattern(
+    rng: &mut dyn rand::RngCore,
+    size: usize,
+    side: usize,
+    square: bool,
+) -> (Vec<f32>, (usize, usize)) {
+    let mut pixels: Vec<f32> = (0..size * size).map(|_| rng.random_range(-0.15..0.15)).collect();
+    let mut paint = |rng: &mut dyn rand::RngCore, (h, w): (usize, usize)| {
+        let (top, left) = (rng.random_range(0..=size - h), rng.random_range(0..=size - w));
+        for y in top..top + h {
+            for x in left..left + w {
+                pixels[y * size + x] = rng.random_range(0.7..0.9);
+            }
+        }
+        (top, left)
+    };
+    for bar in 0..3 {
+        paint(rng, if bar % 2 == 0 { (1, side) } else { (side, 1) });
+    }
+    let at = if square { paint(rng, (side, side)) } else { (0, 0) };
+    (pixels, at)
+}
+
+#[test]
+fn a_net_trained_to_find_a_bright_square_looks_at_the_square() {
+    const SIZE: usize = 32;
+    const SIDE: usize = 10;
+    let spec: VariantSpec = serde_json::from_str(
+        r#"{"name": "square_finder", "in_channels": 1, "num_classes": 2, "stem": "cifar",
+            "stem_features": 16, "growth_rate": 16, "block_config": [1, 1],
+            "layer": {"kind": "plain"}, "compression": 0.5,
+            "conv_bias": false, "drop_rate": 0.0,
+            "preprocess": {"resize": 32, "crop": 32, "mean": [0.0], "std": [1.0]}}"#,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let batch_of = |rng: &mut rand::rngs::StdRng, n: usize| {
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        let mut squares = Vec::new();
+        for i in 0..n {
+            let square = i % 2 == 0;
+            let (p, at) = pattern(rng, SIZE, SIDE, square);
+            pixels.extend(p);
+            labels.push(square as u32);
+            squares.push(at);
+        }
+        let x = Tensor::from_vec(pixels, (n, 1, SIZE, SIZE), &dev).unwrap();
+        (x, Tensor::new(labels, &dev).unwrap(), squares)
+    };
+    for _ in 0..300 {
+        let (x, y, _) = batch_of(&mut rng, 32);
+        let logits = model.forward_t(&x, true).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        opt.backward_step(&loss).unwrap();
+    }
+    // Held-out images with a square: Grad-CAM for "square" at the last level (16×16),
+    // upsampled to the image, peaks inside the square, which covers a tenth of the image (by
+    // chance the peak would fall in it about one time in ten). The net's receptive field (10
+    // pixels) is about the square's side, so that its evidence for a square is centred on it.
+    let (x, y, squares) = batch_of(&mut rng, 80);
+    let logits = model.forward_t(&x, false).unwrap();
+    let accuracy = logits
+        .argmax(D::Minus1)
+        .unwrap()
+        .eq(&y)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        accuracy > 0.95,
+        "the net did not learn the task: accuracy {accuracy}"
+    );
+    let last = model.feature_info().len() - 1;
+    let maps = model.grad_cam(&x, &CamClass::Index(1), last).unwrap().maps;
+    let (_, h, w) = maps.dims3().unwrap();
+    let (mut inside, mut total) = (0, 0);
+    for (i, &(top, left)) in squares.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let map = maps
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let heat = densenet_zoo::heat_map::upsample(&map, (h, w), (SIZE as u32, SIZE as u32));
+        let peak = (0..heat.len())
+            .max_by(|&a, &b| heat[a].total_cmp(&heat[b]))
+            .unwrap();
+        let (py, px) = (peak / SIZE, peak % SIZE);
+        total += 1;
+        if (top..top + SIDE).contains(&py) && (left..left + SIDE).contains(&px) {
+            inside += 1;
+        }
+    }
+    assert!(
+        inside * 10 >= total * 9,
+        "the map's peak fell inside the square in {inside} of {total} held-out images"
+    );
+}
