@@ -28,6 +28,9 @@ pub enum BenchMode {
     /// The training split of a data set through the loader alone: decode, augment, batch.
     /// Its rate is the timed span's, not the median batch's.
     Data,
+    /// Inference with a Grad-CAM map of each image's top-1 class at the last level: the
+    /// forward pass and the head's backward ([`DenseNet::grad_cam`]).
+    Gradcam,
 }
 
 /// One benchmark: `iters` timed iterations after `warmup` untimed ones, on random images
@@ -112,12 +115,12 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
         return Ok(report);
     }
     let macs = summarize(spec, config.size)?.macs as f64;
-    let times = time_model(spec, config, device, config.mode == BenchMode::Train)?;
+    let times = time_model(spec, config, device)?;
     Ok(report(spec, config, device, times, macs))
 }
 
-/// Seconds of each timed iteration of a training step (`train`) or of inference.
-fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device, train: bool) -> Result<Vec<f64>> {
+/// Seconds of each timed iteration of inference, a Grad-CAM or a training step.
+fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Result<Vec<f64>> {
     let varmap = seeded_varmap(spec, 0, device)?;
     let x = Tensor::randn(
         0f32,
@@ -143,12 +146,20 @@ fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device, train: 
         }
         Ok(())
     };
-    if !train {
+    if config.mode != BenchMode::Train {
         let model =
             DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?.for_inference();
+        let last = model.feature_info().len() - 1;
         for i in 0..config.warmup + config.iters {
             time(i, &mut || {
-                model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+                if config.mode == BenchMode::Gradcam {
+                    model
+                        .grad_cam(&x, &crate::CamClass::Top1, last)?
+                        .maps
+                        .to_device(&Device::Cpu)?;
+                } else {
+                    model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+                }
                 Ok(())
             })?;
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax;
+use image::DynamicImage;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{Augment, Transform};
@@ -91,11 +92,24 @@ pub fn preprocess_file(path: &Path, transform: &Transform) -> std::result::Resul
 
 /// [`preprocess_file`] on an image file's bytes held in memory.
 pub fn preprocess_bytes(bytes: Vec<u8>, transform: &Transform) -> std::result::Result<Vec<f32>, String> {
-    let image = crate::image_io::decode_image(bytes)?;
+    preprocess_image(&crate::image_io::decode_image(bytes)?, transform)
+}
+
+/// Opens and decodes an image file (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM; at most 16,384
+/// pixels a side); the message says why not.
+pub fn open_image(path: &Path) -> std::result::Result<DynamicImage, String> {
+    crate::image_io::open_image(path)
+}
+
+/// [`preprocess_file`] on a decoded image: (C, S, S) floats.
+pub fn preprocess_image(
+    image: &DynamicImage,
+    transform: &Transform,
+) -> std::result::Result<Vec<f32>, String> {
     let mut out = Vec::with_capacity(transform.channels * transform.size * transform.size);
     // Without augmentation the generator is never drawn from.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    transform.image_sample(&image, &mut rng, &mut out)?;
+    transform.image_sample(image, &mut rng, &mut out)?;
     Ok(out)
 }
 

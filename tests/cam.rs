@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -238,5 +239,145 @@ fn a_net_trained_to_find_a_bright_square_looks_at_the_square() {
     assert!(
         inside * 10 >= total * 9,
         "the map's peak fell inside the square in {inside} of {total} held-out images"
+    );
+}
+
+/// DenseNet-121's generated weights as a checkpoint file in `dir`, for the command line.
+fn densenet121_checkpoint(dir: &std::path::Path) -> String {
+    let spec = VariantSpec::resolve("121").unwrap();
+    let mut tensors: Vec<(String, Tensor)> = generated_state(&spec).into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = dir.join("densenet121-generated.safetensors");
+    densenet_zoo::checkpoint::write_safetensors(&path, &tensors, None).unwrap();
+    path.display().to_string()
+}
+
+fn photo_args() -> Vec<String> {
+    ["chelsea", "coffee"]
+        .iter()
+        .map(|n| {
+            fixtures_dir()
+                .join(format!("images/{n}-256.png"))
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn features_writes_the_maps_pytorch_gives() {
+    let dir = common::temp("cam", "features");
+    let weights = densenet121_checkpoint(&dir);
+    let out = dir.join("maps.safetensors");
+    let mut args = vec!["features", "--variant", "121", "--weights", &weights];
+    let photos = photo_args();
+    args.extend(photos.iter().map(String::as_str));
+    args.extend([
+        "--layer",
+        "gradcam",
+        "--layer",
+        "cam",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let run = common::zoo(&args);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let want = reference();
+    assert_close(
+        &got["gradcam"],
+        &want["gradcam.block4.top1"],
+        1e-4,
+        "features gradcam",
+    );
+    assert_close(&got["cam"], &want["cam.block4.top1"], 1e-4, "features cam");
+    assert_eq!(classes(&got["gradcam_classes"]), classes(&want["top1"]));
+
+    // A fixed class at an earlier level.
+    let mut args = vec!["features", "--variant", "121", "--weights", &weights];
+    args.extend(photos.iter().map(String::as_str));
+    args.extend([
+        "--layer",
+        "gradcam",
+        "--cam-class",
+        "281",
+        "--cam-level",
+        "block3",
+    ]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let run = common::zoo(&args);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let one = model_map_for_class(281);
+    assert_close(&got["gradcam"], &one, 1e-4, "features gradcam, class 281, block3");
+    assert_eq!(classes(&got["gradcam_classes"]), vec![281, 281]);
+}
+
+/// Grad-CAM on block3 for one class on both photos, from the library.
+fn model_map_for_class(class: usize) -> Tensor {
+    let (model, x) = densenet121_and_photos();
+    let level = model.level_index("block3").unwrap();
+    model.grad_cam(&x, &CamClass::Index(class), level).unwrap().maps
+}
+
+#[test]
+fn infer_draws_each_map_over_the_crop_the_net_saw_and_names_it() {
+    let dir = common::temp("cam", "infer");
+    let weights = densenet121_checkpoint(&dir);
+    let cams = dir.join("maps");
+    let mut args = vec!["infer", "--variant", "121", "--weights", &weights, "--json"];
+    let photos = photo_args();
+    args.extend(photos.iter().map(String::as_str));
+    args.extend(["--cam", cams.to_str().unwrap()]);
+    let run = common::zoo(&args);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let want_top1 = classes(&reference()["top1"]);
+    let lines = String::from_utf8(run.stdout).unwrap();
+    for (line, class) in lines.lines().zip(want_top1) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["top"][0]["index"], class);
+        let path = PathBuf::from(v["cam"].as_str().unwrap());
+        assert_eq!(path.parent().unwrap(), cams);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let label = v["top"][0]["label"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .replace(' ', "-");
+        let stem = PathBuf::from(v["path"].as_str().unwrap());
+        let stem = stem.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(name, format!("{stem}.gradcam.{label}.png"));
+        // The 224×224 centre crop of a 256×256 photo, scaled up to the overlays' 256 pixels.
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        assert_eq!((info.width, info.height), (256, 256));
+        let text: String = info.utf8_text.iter().map(|t| t.get_text().unwrap()).collect();
+        let prob = v["top"][0]["prob"].as_f64().unwrap();
+        assert!(text.contains(&format!("class {class} ")), "{text}");
+        assert!(text.contains(&format!("probability {prob:.4}")), "{text}");
+        assert!(text.contains("224×224 crop"), "{text}");
+    }
+    // Flags that choose a map are refused without --cam, and CAM below the last level names why.
+    let run = common::zoo(&["infer", "--cam-level", "block1"]);
+    assert!(
+        common::stderr(&run).contains("pass --cam"),
+        "{}",
+        common::stderr(&run)
+    );
+    let out = cams.to_str().unwrap();
+    let run = common::zoo(&[
+        "infer",
+        "--cam",
+        out,
+        "--cam-method",
+        "cam",
+        "--cam-level",
+        "block1",
+    ]);
+    assert!(
+        common::stderr(&run).contains("last level (block4) only"),
+        "{}",
+        common::stderr(&run)
     );
 }

@@ -8,19 +8,22 @@ use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
-use densenet_zoo::FeatureInfo;
+use densenet_zoo::{CamMethod, FeatureInfo};
 
+use super::cam::{note_coarse_level, CamTarget};
 use super::images::expand_inputs;
 
 /// What `--layer` names: the pooled embedding (N, F) before the classifier, the logits
-/// (N, classes), or a `features_only` level by its `feature_info` name (`stem`, the stem before
-/// its pool; `block1` ... `blockN`, each dense block's output, the last after `norm5` + ReLU).
+/// (N, classes), a `features_only` level by its `feature_info` name (`stem`, the stem before
+/// its pool; `block1` ... `blockN`, each dense block's output, the last after `norm5` + ReLU),
+/// or a class activation map (N, h, w) by its method (`gradcam`, `cam`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Layer {
     Pooled,
     Logits,
     /// Index into `features_only`'s levels.
     Level(usize),
+    Cam(CamMethod),
 }
 
 /// Resolves a `--layer` name against the model's levels.
@@ -28,6 +31,8 @@ fn parse_layer(name: &str, levels: &[FeatureInfo], variant: &str) -> anyhow::Res
     match name {
         "pooled" => Ok(Layer::Pooled),
         "logits" => Ok(Layer::Logits),
+        "gradcam" => Ok(Layer::Cam(CamMethod::GradCam)),
+        "cam" => Ok(Layer::Cam(CamMethod::Cam)),
         _ => levels
             .iter()
             .position(|l| l.name == name)
@@ -35,7 +40,7 @@ fn parse_layer(name: &str, levels: &[FeatureInfo], variant: &str) -> anyhow::Res
             .ok_or_else(|| {
                 let names: Vec<&str> = levels.iter().map(|l| l.name.as_str()).collect();
                 anyhow::anyhow!(
-                    "--layer {name}: {variant} has the levels pooled, logits, {}",
+                    "--layer {name}: {variant} has the levels pooled, logits, {}, and the maps gradcam, cam",
                     names.join(", ")
                 )
             }),
@@ -51,10 +56,13 @@ pub struct Args {
     /// Output .safetensors: one tensor per level, one row per image in the order given.
     #[arg(long)]
     out: PathBuf,
-    /// Level to write: pooled, logits, stem, block1 ... blockN (one per dense block); repeat for
-    /// several [default: pooled].
+    /// Level to write: pooled, logits, stem, block1 ... blockN (one per dense block), or a class
+    /// activation map (N, h, w): gradcam, cam (with `{name}_classes`, the class of each map);
+    /// repeat for several [default: pooled].
     #[arg(long = "layer")]
     layers: Vec<String>,
+    #[command(flatten)]
+    cam_target: CamTarget,
     /// Variant name or JSON spec [default: the checkpoint's].
     #[arg(long)]
     variant: Option<String>,
@@ -109,6 +117,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|n| parse_layer(n, model.feature_info(), &model.spec().name))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let wants_cam = layers.iter().any(|l| matches!(l, Layer::Cam(_)));
+    if !wants_cam && (args.cam_target.cam_class.is_some() || args.cam_target.cam_level.is_some()) {
+        anyhow::bail!(
+            "--cam-class and --cam-level choose the maps of --layer gradcam and --layer cam: pass one"
+        );
+    }
+    let (cam_class, cam_level) = args.cam_target.resolve(model)?;
+    if wants_cam {
+        note_coarse_level(model, cam_level);
+    }
+    let mut cam_classes: HashMap<Layer, Vec<i64>> = HashMap::new();
     let transform = eval_transform(model.spec());
     let (files, labelled) = list_images(&args.images)?;
     let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
@@ -125,6 +144,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Layer::Pooled => model.forward_head(&last, true)?,
                 Layer::Logits => model.forward_head(&last, false)?,
                 Layer::Level(i) => levels[i].clone(),
+                Layer::Cam(method) => {
+                    let maps = model.class_activation_maps(&x, method, &cam_class, cam_level)?;
+                    let classes = cam_classes.entry(layer).or_default();
+                    classes.extend(maps.classes.iter().map(|&c| c as i64));
+                    maps.maps
+                }
             };
             rows.entry(layer).or_default().push(t);
         }
@@ -134,6 +159,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(parts) = rows.get(layer) {
             if !tensors.iter().any(|(n, _): &(String, Tensor)| n == name) {
                 tensors.push((name.clone(), Tensor::cat(parts, 0)?));
+                if let Some(classes) = cam_classes.get(layer) {
+                    let classes = Tensor::new(classes.as_slice(), &candle_core::Device::Cpu)?;
+                    tensors.push((format!("{name}_classes"), classes));
+                }
             }
         }
     }

@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 
+use candle_core::Tensor;
 use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file, top_k};
+use densenet_zoo::infer::{batch, eval_transform, load, open_image, preprocess_image, top_k};
+use densenet_zoo::CamMethod;
+use image::DynamicImage;
 
+use super::cam::{note_coarse_level, CamTarget, OverlayWriter, Shown};
 use super::images::expand_inputs;
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +34,16 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Write each image's class activation map into this folder: the heat map over the crop
+    /// the network saw, as IMAGE.METHOD.CLASS.png, the class and its probability in the PNG's
+    /// text; with --json, each line gains the file's path as "cam".
+    #[arg(long, value_name = "OUT_DIR")]
+    cam: Option<PathBuf>,
+    /// gradcam (Grad-CAM, any level) or cam (CAM, the last level only).
+    #[arg(long, value_enum, default_value_t = CamMethod::GradCam, requires = "cam")]
+    cam_method: CamMethod,
+    #[command(flatten)]
+    cam_target: CamTarget,
 }
 
 /// The Fashion-MNIST test images shipped with the crate, for `infer` with no argument.
@@ -39,12 +53,26 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    if args.cam.is_none() && (args.cam_target.cam_class.is_some() || args.cam_target.cam_level.is_some()) {
+        anyhow::bail!("--cam-class and --cam-level choose the map that --cam OUT_DIR writes: pass --cam");
+    }
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     for notice in &loaded.notices {
         say!("note: {notice}");
     }
-    let spec = loaded.model.spec().clone();
+    let model = &loaded.model;
+    let spec = model.spec().clone();
     let transform = eval_transform(&spec);
+    let mut cam = match &args.cam {
+        Some(dir) => {
+            let (class, level) = args.cam_target.resolve(model)?;
+            note_coarse_level(model, level);
+            let level_name = &model.feature_info()[level].name;
+            let writer = OverlayWriter::new(dir, args.cam_method, level_name, &loaded.origin)?;
+            Some((writer, class, level))
+        }
+        None => None,
+    };
     let inputs = if args.images.is_empty() {
         shipped_examples()
     } else {
@@ -53,52 +81,113 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (files, arg_failures) = expand_inputs(&inputs);
     let total = files.len() + arg_failures.len();
     let mut failed = arg_failures.len();
+    let mut written = 0;
     for (path, error) in &arg_failures {
         report_error(path, error, args.json)?;
     }
     for chunk in files.chunks(args.batch_size.max(1)) {
-        let prepared: Vec<Result<Vec<f32>, String>> = chunk
+        let prepared: Vec<Result<(DynamicImage, Vec<f32>), String>> = chunk
             .iter()
-            .map(|path| preprocess_file(path, &transform))
+            .map(|path| {
+                let image = open_image(path)?;
+                let pixels = preprocess_image(&image, &transform)?;
+                Ok((image, pixels))
+            })
             .collect();
-        let images: Vec<Vec<f32>> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-        let mut predictions = if images.is_empty() {
-            Vec::new()
+        let ready: Vec<&(DynamicImage, Vec<f32>)> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let images: Vec<Vec<f32>> = ready.iter().map(|(_, pixels)| pixels.clone()).collect();
+        // The logits, and with --cam each image's map (h, w) and class.
+        let (logits, maps) = if images.is_empty() {
+            (None, None)
         } else {
-            let logits = loaded
-                .model
-                .forward_t(&batch(&images, &transform, &device)?, false)?;
-            top_k(&logits, &loaded.classes, args.topk)?
-        }
-        .into_iter();
+            let x = batch(&images, &transform, &device)?;
+            match &cam {
+                Some((_, class, level)) => {
+                    let m = model.class_activation_maps(&x, args.cam_method, class, *level)?;
+                    (Some(m.logits), Some((m.maps, m.classes)))
+                }
+                None => (Some(model.forward_t(&x, false)?), None),
+            }
+        };
+        let (mut predictions, probs) = match &logits {
+            Some(l) => (
+                top_k(l, &loaded.classes, args.topk)?,
+                candle_nn::ops::softmax(&l.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        predictions.reverse();
+        let mut index = 0;
         // One line per input, in the order given, failures in their place.
-        for (path, pixels) in chunk.iter().zip(&prepared) {
-            match pixels {
+        for (path, prepared) in chunk.iter().zip(&prepared) {
+            let image = match prepared {
                 Err(e) => {
                     failed += 1;
                     report_error(path, e, args.json)?;
+                    continue;
                 }
-                Ok(_) => {
-                    let top = predictions.next().expect("one prediction per prepared image");
-                    if args.json {
-                        out!("{}", json_line(path, &top))?;
-                    } else {
-                        let shown: Vec<String> =
-                            top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
-                        out!("{}: {}", path.display(), shown.join(", "))?;
-                    }
+                Ok((image, _)) => image,
+            };
+            let top = predictions.pop().expect("one prediction per prepared image");
+            let cam_path = match (&mut cam, &maps) {
+                (Some((writer, _, _)), Some((maps, classes))) => {
+                    let class = classes[index];
+                    let label = loaded.classes.get(class).map_or("class", String::as_str);
+                    let shown = Shown {
+                        class,
+                        label,
+                        prob: probs[index][class],
+                    };
+                    let map = maps.get(index)?;
+                    let (h, w) = map.dims2()?;
+                    let region = transform
+                        .eval_crop_box(image.width(), image.height())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let values = plane(&map)?;
+                    written += 1;
+                    Some(writer.write(path, image, region, (&values, (h, w)), shown)?)
                 }
+                _ => None,
+            };
+            index += 1;
+            if args.json {
+                out!("{}", json_line(path, &top, cam_path.as_deref()))?;
+            } else {
+                let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
+                out!("{}: {}", path.display(), shown.join(", "))?;
             }
         }
+    }
+    if let (Some(dir), false) = (&args.cam, args.json) {
+        say!(
+            "wrote {written} class activation map{} ({}) to {}",
+            if written == 1 { "" } else { "s" },
+            args.cam_method.name(),
+            dir.display()
+        );
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {total} inputs could not be classified");
     }
     Ok(())
 }
+
+/// A map (h, w) as f32 values, row-major.
+fn plane(map: &Tensor) -> anyhow::Result<Vec<f32>> {
+    Ok(map
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
 /// `{"path": "...", "top": [{"index": 3, "label": "Dress", "prob": 0.91}, ...]}`: the contracted
 /// form, its keys in this order and spaced like it.
-fn json_line(path: &std::path::Path, top: &[densenet_zoo::infer::Prediction]) -> String {
+/// With a class activation map, `"cam": "PATH"` follows `top`.
+fn json_line(
+    path: &std::path::Path,
+    top: &[densenet_zoo::infer::Prediction],
+    cam: Option<&std::path::Path>,
+) -> String {
     let items: Vec<String> = top
         .iter()
         .map(|p| {
@@ -111,7 +200,10 @@ fn json_line(path: &std::path::Path, top: &[densenet_zoo::infer::Prediction]) ->
         })
         .collect();
     let path = json_string(&path.display().to_string());
-    format!("{{\"path\": {path}, \"top\": [{}]}}", items.join(", "))
+    let cam = cam.map_or(String::new(), |c| {
+        format!(", \"cam\": {}", json_string(&c.display().to_string()))
+    });
+    format!("{{\"path\": {path}, \"top\": [{}]{cam}}}", items.join(", "))
 }
 
 fn json_string(s: &str) -> String {

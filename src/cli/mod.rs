@@ -19,6 +19,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod cam;
 mod check_device;
 mod eval;
 mod export;

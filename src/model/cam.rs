@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ops::Mode;
 
 /// How a class activation map weighs the channels of a feature map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CamMethod {
     /// Grad-CAM: channels weighed by the spatial mean of the class logit's gradient, ReLU of
