@@ -10,13 +10,20 @@ use candle_nn::{VarBuilder, VarMap};
 use common::{assert_close, relative_error, Fixture};
 use densenet_zoo::checkpoint::{expected_tensors, is_buffer, model_from_tensors};
 use densenet_zoo::ops::Mode;
+use densenet_zoo::spec::TransitionPool;
 use densenet_zoo::DenseNet;
 
 /// The float32 tolerance: max |ours − torch| ≤ TOL × max |torch|.
 const TOL: f64 = 1e-4;
 /// Gradients are compared in float64 on both sides, where far less than TOL separates them.
 const GRAD_TOL: f64 = 1e-8;
-const CASES: [&str; 4] = ["tiny_bottleneck", "tiny_cifar", "tiny_plain", "d2l"];
+const CASES: [&str; 5] = [
+    "tiny_bottleneck",
+    "tiny_cifar",
+    "tiny_plain",
+    "d2l",
+    "tiny_maxpool",
+];
 
 /// A model whose every tensor is a `Var` in the returned map, as in training.
 fn trainable(f: &Fixture) -> (DenseNet, VarMap) {
@@ -175,6 +182,18 @@ fn gradients_of_every_parameter_match_pytorch() {
             }
         }
     }
+}
+
+#[test]
+fn max_pooling_transitions_are_not_the_average_ones() {
+    // The same weights read as average-pooling transitions do not give torch's logits: the
+    // comparison above can fail, and the spec field is what selects the pool.
+    let mut f = Fixture::load("tiny_maxpool");
+    assert_eq!(f.spec.architecture.transition_pool, TransitionPool::Max);
+    f.spec.architecture.transition_pool = TransitionPool::Avg;
+    let model = model_from_tensors(&f.spec, f.state(), "tiny_maxpool", &Device::Cpu).unwrap();
+    let logits = model.forward_t(f.get("input"), false).unwrap();
+    assert!(relative_error(&logits, f.get("eval.logits")) > 100.0 * TOL);
 }
 
 #[test]

@@ -108,6 +108,8 @@ pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpe
         compression,
         conv_bias: tensors.contains_key("features.conv0.bias"),
         drop_rate: 0.0,
+        // Pooling has no tensor: torchvision's average.
+        transition_pool: Default::default(),
     };
     let nearest = preprocessing_source(&architecture);
     let mut pretrained_cfg = nearest.pretrained_cfg.clone();

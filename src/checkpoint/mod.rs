@@ -173,6 +173,13 @@ impl Checkpoint {
                 .as_ref()
                 .filter(|m| architecture_differences(&m.spec.architecture, &spec).is_empty())
             {
+                if m.spec.architecture.transition_pool != spec.architecture.transition_pool {
+                    self.notices.push(format!(
+                        "--variant {v}: the checkpoint's own spec of that architecture is used, whose \
+                         transitions pool by {} (its weights were trained so)",
+                        m.spec.architecture.transition_pool.name()
+                    ));
+                }
                 if m.spec.pretrained_cfg.preprocess != spec.pretrained_cfg.preprocess
                     || m.spec.architecture.num_classes != spec.architecture.num_classes
                 {

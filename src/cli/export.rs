@@ -63,6 +63,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         metadata.training = old.training;
     }
     write_safetensors(&args.out, &tensors, Some(&metadata))?;
+    if !spec.architecture.transition_pool.is_avg() {
+        say!(
+            "note: {}'s transitions max-pool; torchvision's DenseNet and the book's code average: \
+             load these weights into a model whose transitions end in MaxPool2d(2, 2) after the conv",
+            spec.name
+        );
+    }
     say!(
         "wrote {} ({} tensors of {}, {} names, read as {:?})",
         args.out.display(),

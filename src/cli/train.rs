@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use densenet_zoo::data::{self, Augment, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
+use densenet_zoo::spec::TransitionPool;
 use densenet_zoo::train::{
     self, saved_config, EpochMetrics, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig,
 };
@@ -57,6 +58,11 @@ pub struct Args {
     /// Label smoothing ε, as torch's CrossEntropyLoss(label_smoothing=ε) [default: the recipe's, 0].
     #[arg(long, allow_negative_numbers = true)]
     label_smoothing: Option<f64>,
+    /// How transitions downsample: avg (2×2 average, every published DenseNet) or max (2×2
+    /// max after the 1×1 conv; the book's exercise 1); recorded in the checkpoint [default: the
+    /// variant's, avg].
+    #[arg(long, value_enum)]
+    transition_pool: Option<TransitionPool>,
     /// Threads that decode and augment images; 0 or no flag: one per core.
     #[arg(long, allow_negative_numbers = true)]
     workers: Option<usize>,
@@ -100,10 +106,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 config.spec.name
             );
         }
+        if let Some(pool) = args.transition_pool {
+            let trained = config.spec.architecture.transition_pool;
+            anyhow::ensure!(
+                pool == trained,
+                "--resume: {} was trained with {} pooling in its transitions; --transition-pool {} \
+                 would change the net",
+                args.out.display(),
+                trained.name(),
+                pool.name()
+            );
+        }
         override_with(&mut config, &args);
         config
     } else {
-        let spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
+        let mut spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
+        if let Some(pool) = args.transition_pool {
+            spec.architecture.transition_pool = pool;
+        }
         let mut config = TrainConfig::new(spec, DEFAULT_DATA);
         override_with(&mut config, &args);
         fit_classes_to_data(&mut config, args.num_classes)?;
@@ -143,6 +163,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    let pool = config.spec.architecture.transition_pool;
+    if !pool.is_avg() {
+        say!(
+            "note: the transitions pool by {} instead of the published average",
+            pool.name()
+        );
+    }
     anyhow::ensure!(
         !(args.resume && args.weights.is_some()),
         "--resume continues from OUT/last.safetensors; --weights starts a new run: pass one of them"

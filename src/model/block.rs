@@ -15,7 +15,7 @@ use crate::spec::LayerKind;
 /// ```
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::VarBuilder;
-/// use densenet_zoo::{ops::Mode, spec::LayerKind, DenseBlock, Transition};
+/// use densenet_zoo::{ops::Mode, spec::{LayerKind, TransitionPool}, DenseBlock, Transition};
 ///
 /// // The book's example: a block of 2 conv blocks with growth 10 on 3 input channels ...
 /// let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
@@ -26,7 +26,7 @@ use crate::spec::LayerKind;
 /// assert_eq!(block.out_channels(), 23);
 ///
 /// // ... and a transition from 23 to 10 channels halves the height and width.
-/// let transition = Transition::new(vb.pp("transition"), 23, 10, true)?;
+/// let transition = Transition::new(vb.pp("transition"), 23, 10, true, TransitionPool::Avg)?;
 /// assert_eq!(transition.forward(&y, Mode::Eval)?.dims(), &[4, 10, 4, 4]);
 /// # Ok::<(), candle_core::Error>(())
 /// ```

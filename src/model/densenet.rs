@@ -108,6 +108,7 @@ impl DenseNet {
                     t.in_channels,
                     t.out_channels,
                     spec.architecture.conv_bias,
+                    spec.architecture.transition_pool,
                 )?),
                 None => None,
             };

@@ -5,19 +5,28 @@ use candle_nn::VarBuilder;
 
 use super::NormReluConv;
 use crate::ops::{self, Mode};
+use crate::spec::TransitionPool;
 
-/// `norm`-ReLU-`conv` (1×1) then 2×2/2 average pool: (N, C, H, W) → (N, C', H/2, W/2),
-/// where C' = floor(θ·C) for compression θ.
+/// `norm`-ReLU-`conv` (1×1) then a 2×2/2 pool, average (as published) or max: (N, C, H, W) →
+/// (N, C', H/2, W/2), where C' = floor(θ·C) for compression θ.
 #[derive(Debug, Clone)]
 pub struct Transition {
     unit: NormReluConv,
+    pool: TransitionPool,
 }
 
 impl Transition {
-    /// Builds `norm` and `conv` under `vb`.
-    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, conv_bias: bool) -> Result<Self> {
+    /// Builds `norm` and `conv` under `vb`, pooling by `pool`.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        conv_bias: bool,
+        pool: TransitionPool,
+    ) -> Result<Self> {
         Ok(Self {
             unit: NormReluConv::new(&vb, ("norm", "conv"), in_channels, out_channels, 1, conv_bias)?,
+            pool,
         })
     }
 
@@ -25,16 +34,23 @@ impl Transition {
     ///
     /// The 2×2 average is taken before the 1×1 conv, not after as in torchvision: both are
     /// linear and the conv acts on each pixel alone, so the two orders are the same function
-    /// (up to rounding), and this one convolves a quarter of the pixels.
+    /// (up to rounding), and this one convolves a quarter of the pixels. A max pool does not
+    /// commute with the conv, and follows it as `MaxPool2d(2, 2)` would.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let pooled = ops::avg_pool2x2(&self.unit.norm_relu(x, mode)?)?;
-        self.unit.conv().forward(&pooled)
+        match self.pool {
+            TransitionPool::Avg => {
+                let pooled = ops::avg_pool2x2(&self.unit.norm_relu(x, mode)?)?;
+                self.unit.conv().forward(&pooled)
+            }
+            TransitionPool::Max => ops::max_pool2d(&self.unit.forward(x, mode)?, 2, 2, 0),
+        }
     }
 
     /// The same transition on detached weights, for inference.
     pub fn detached(&self) -> Self {
         Self {
             unit: self.unit.detached(),
+            pool: self.pool,
         }
     }
 

@@ -16,7 +16,8 @@ use super::cpu::{float_kernel, unwritten_vec, Float};
 /// On the CPU (f32, f64), one kernel with its own backward. Elsewhere (CUDA), the maximum of the
 /// k·k shifted, strided views of the input padded with zeros, built from candle ops that all
 /// have gradients; zero padding equals −∞ padding only for non-negative inputs, which the
-/// DenseNet stem's pool (after a ReLU) always gets.
+/// DenseNet stem's pool (after a ReLU) always gets; without padding (a max-pooling transition)
+/// any input.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let op = MaxPool2d {
         kernel,
@@ -30,7 +31,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     }
 }
 
-/// The device-independent max pool of [`max_pool2d`], for non-negative inputs.
+/// The device-independent max pool of [`max_pool2d`], for non-negative inputs or no padding.
 fn max_pool2d_by_views(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let out = |n: usize| (n + 2 * padding).saturating_sub(kernel) / stride + 1;

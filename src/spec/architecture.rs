@@ -26,6 +26,33 @@ pub enum LayerKind {
     Plain,
 }
 
+/// How a transition halves the resolution (the book's exercise 1 asks why average, not max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum TransitionPool {
+    /// 2×2/2 average pool, as every published DenseNet (torchvision's `AvgPool2d(2, 2)`).
+    #[default]
+    Avg,
+    /// 2×2/2 max pool after the 1×1 conv (`MaxPool2d(2, 2)`); no torchvision class has it.
+    Max,
+}
+
+impl TransitionPool {
+    /// True for the default, [`TransitionPool::Avg`].
+    pub fn is_avg(&self) -> bool {
+        *self == TransitionPool::Avg
+    }
+
+    /// `avg` or `max`, as spec files write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransitionPool::Avg => "avg",
+            TransitionPool::Max => "max",
+        }
+    }
+}
+
 /// The largest value a size field may take: 65,536.
 const SIZE_LIMIT: usize = 1 << 16;
 
@@ -53,6 +80,8 @@ pub struct Architecture {
     pub conv_bias: bool,
     /// Dropout probability on each dense layer's new features, in training only.
     pub drop_rate: f64,
+    /// How each transition downsamples: average (the default) or max pooling.
+    pub transition_pool: TransitionPool,
 }
 
 impl Architecture {

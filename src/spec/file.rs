@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Architecture, LayerKind, Preprocess, PretrainedCfg, Recipe, Reference, StemKind, VariantSpec};
+use super::{
+    Architecture, LayerKind, Preprocess, PretrainedCfg, Recipe, Reference, StemKind, TransitionPool,
+    VariantSpec,
+};
 
 /// The JSON form of a [`VariantSpec`]: every field at the top level, unknown ones refused.
 /// `input_size` repeats `preprocess.crop`: written for older readers; on reading it may be
@@ -30,6 +33,10 @@ pub(super) struct SpecFile {
     conv_bias: bool,
     #[serde(default)]
     drop_rate: f64,
+    /// Written only when not the default, so that files of average-pooling nets stay readable
+    /// by releases before the field, and those of max-pooling nets are refused by them.
+    #[serde(default, skip_serializing_if = "TransitionPool::is_avg")]
+    transition_pool: TransitionPool,
     #[serde(default)]
     input_size: Option<usize>,
     preprocess: Preprocess,
@@ -60,6 +67,7 @@ impl TryFrom<SpecFile> for VariantSpec {
                 compression: f.compression,
                 conv_bias: f.conv_bias,
                 drop_rate: f.drop_rate,
+                transition_pool: f.transition_pool,
             },
             pretrained_cfg: PretrainedCfg {
                 preprocess: f.preprocess,
@@ -102,6 +110,7 @@ impl From<VariantSpec> for SpecFile {
             compression: a.compression,
             conv_bias: a.conv_bias,
             drop_rate: a.drop_rate,
+            transition_pool: a.transition_pool,
             input_size: Some(p.preprocess.crop),
             preprocess: p.preprocess,
             recipe: s.recipe,

@@ -16,7 +16,7 @@ mod file;
 mod pretrained_cfg;
 mod recipe;
 
-pub use architecture::{Architecture, LayerKind, StemKind};
+pub use architecture::{Architecture, LayerKind, StemKind, TransitionPool};
 pub use pretrained_cfg::{Preprocess, PretrainedCfg, Reference};
 pub use recipe::Recipe;
 
@@ -263,6 +263,11 @@ mod tests {
                 "\"batch_size\": 0,",
                 "recipe.batch_size must be at least 1",
             ),
+            (
+                "\"growth_rate\": 32",
+                "\"growth_rate\": 32, \"transition_pool\": \"mean\"",
+                "unknown variant `mean`, expected `avg` or `max`",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = base.replace(from, to);
@@ -270,6 +275,25 @@ mod tests {
             let err = VariantSpec::from_json(&text, "my.json").unwrap_err().to_string();
             assert!(err.contains("my.json") && err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn transition_pooling_is_read_and_written_only_when_not_the_default() {
+        let base = include_str!("../../variants/d2l.json");
+        let avg = VariantSpec::from_json(base, "d2l.json").unwrap();
+        assert_eq!(avg.architecture.transition_pool, TransitionPool::Avg);
+        assert!(
+            !serde_json::to_string(&avg).unwrap().contains("transition_pool"),
+            "older readers refuse unknown fields"
+        );
+        let text = base.replace(
+            "\"growth_rate\": 32",
+            "\"growth_rate\": 32, \"transition_pool\": \"max\"",
+        );
+        let max = VariantSpec::from_json(&text, "max.json").unwrap();
+        assert_eq!(max.architecture.transition_pool, TransitionPool::Max);
+        let again = VariantSpec::from_json(&serde_json::to_string(&max).unwrap(), "again.json").unwrap();
+        assert_eq!(again, max);
     }
 
     #[test]
