@@ -86,16 +86,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report_error(path, error, args.json)?;
     }
     for chunk in files.chunks(args.batch_size.max(1)) {
-        let prepared: Vec<Result<(DynamicImage, Vec<f32>), String>> = chunk
+        // The decoded image is kept only to draw its map on.
+        let prepared: Vec<Result<(Option<DynamicImage>, Vec<f32>), String>> = chunk
             .iter()
             .map(|path| {
                 let image = open_image(path)?;
                 let pixels = preprocess_image(&image, &transform)?;
-                Ok((image, pixels))
+                Ok((cam.is_some().then_some(image), pixels))
             })
             .collect();
-        let ready: Vec<&(DynamicImage, Vec<f32>)> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
-        let images: Vec<Vec<f32>> = ready.iter().map(|(_, pixels)| pixels.clone()).collect();
+        let images: Vec<Vec<f32>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(_, pixels)| pixels.clone()))
+            .collect();
         // The logits, and with --cam each image's map (h, w) and class.
         let (logits, maps) = if images.is_empty() {
             (None, None)
@@ -109,14 +112,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => (Some(model.forward_t(&x, false)?), None),
             }
         };
-        let (mut predictions, probs) = match &logits {
+        let (predictions, probs) = match &logits {
             Some(l) => (
                 top_k(l, &loaded.classes, args.topk)?,
                 candle_nn::ops::softmax(&l.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?,
             ),
             None => (Vec::new(), Vec::new()),
         };
-        predictions.reverse();
+        let mut predictions = predictions.into_iter();
+        // The position among the images that were read, in the logits and maps.
         let mut index = 0;
         // One line per input, in the order given, failures in their place.
         for (path, prepared) in chunk.iter().zip(&prepared) {
@@ -128,9 +132,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Ok((image, _)) => image,
             };
-            let top = predictions.pop().expect("one prediction per prepared image");
-            let cam_path = match (&mut cam, &maps) {
-                (Some((writer, _, _)), Some((maps, classes))) => {
+            let top = predictions.next().expect("one prediction per prepared image");
+            let cam_path = match (&mut cam, &maps, image) {
+                (Some((writer, _, _)), Some((maps, classes)), Some(image)) => {
                     let class = classes[index];
                     let label = loaded.classes.get(class).map_or("class", String::as_str);
                     let shown = Shown {
