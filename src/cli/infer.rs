@@ -46,6 +46,10 @@ pub struct Args {
     cam_target: CamTarget,
 }
 
+/// An input read for inference: the decoded image when its map is to be drawn, and the
+/// preprocessed pixels; or why it could not be read.
+type Prepared = Result<(Option<DynamicImage>, Vec<f32>), String>;
+
 /// The Fashion-MNIST test images shipped with the crate, for `infer` with no argument.
 fn shipped_examples() -> Vec<PathBuf> {
     vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/examples")]
@@ -87,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     for chunk in files.chunks(args.batch_size.max(1)) {
         // The decoded image is kept only to draw its map on.
-        let prepared: Vec<Result<(Option<DynamicImage>, Vec<f32>), String>> = chunk
+        let prepared: Vec<Prepared> = chunk
             .iter()
             .map(|path| {
                 let image = open_image(path)?;
