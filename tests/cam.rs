@@ -71,6 +71,34 @@ fn grad_cam_and_cam_match_pytorch_autograd_at_the_last_level_and_an_earlier_one(
 }
 
 #[test]
+fn grad_cam_at_the_finest_levels_matches_pytorch_where_batch_norms_output_exact_zeros() {
+    // Fresh batch norms (weight 1, bias 0, statistics 0 and 1) pass the stem pool's exact
+    // zeros on to ReLUs, whose gradient at 0 is torch's 0 here (candle's own relu passes 1).
+    let want = reference();
+    let spec = VariantSpec::resolve("121").unwrap();
+    let mut state = generated_state(&spec);
+    for (name, t) in state.iter_mut() {
+        if name.contains("norm") {
+            let fresh = if name.ends_with("weight") || name.ends_with("running_var") {
+                1.0
+            } else {
+                0.0
+            };
+            *t = (t.ones_like().unwrap() * fresh).unwrap();
+        }
+    }
+    let model = model_from_tensors(&spec, state, "fresh norms", &Device::Cpu).unwrap();
+    let (_, x) = densenet121_and_photos();
+    for name in ["stem", "block1"] {
+        let level = model.level_index(name).unwrap();
+        let got = model.grad_cam(&x, &CamClass::Top1, level).unwrap();
+        assert_eq!(got.classes, classes(&want["fresh.top1"]));
+        let key = format!("fresh.gradcam.{name}.top1");
+        assert_close(&got.maps, &want[&key], 1e-4, &key);
+    }
+}
+
+#[test]
 fn a_trainable_model_gives_the_same_maps_and_keeps_no_gradient_on_its_weights() {
     let (inference, x) = densenet121_and_photos();
     let spec = VariantSpec::resolve("121").unwrap();

@@ -83,7 +83,7 @@ impl BatchNorm2d {
             return self.eval_relu(x);
         }
         if !(mode.is_train() && cpu_kernels(x)) {
-            return self.forward_t(x, mode.is_train())?.relu();
+            return super::relu(&self.forward_t(x, mode.is_train())?);
         }
         let count = values_per_channel(x)?;
         let stats = Arc::new(Mutex::new(BatchStats::default()));

@@ -1,5 +1,5 @@
 //! The kernels the model calls, and the only place they live: convolution (with bias),
-//! batch norm fused with its ReLU, pooling and concatenation. The model code in `crate::model`
+//! batch norm fused with its ReLU, pooling, concatenation, and the ReLU with torch's gradient. The model code in `crate::model`
 //! calls nothing else, so faster kernels can replace these without touching it.
 //!
 //! On the CPU in f32 and f64 they are our own kernels with their own backward (`conv_op`,
@@ -20,6 +20,7 @@ mod feature_store;
 mod im2col;
 mod mode;
 mod pool;
+mod relu;
 mod shared_features;
 
 pub use batch_norm::BatchNorm2d;
@@ -27,3 +28,4 @@ pub use conv::{conv2d, norm_relu_conv, Conv2d};
 pub use feature_store::FeatureStore;
 pub use mode::{cpu_kernels, fused_inference, Mode};
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
+pub use relu::relu;
