@@ -29,7 +29,7 @@ pub enum BenchMode {
     /// Its rate is the timed span's, not the median batch's.
     Data,
     /// Inference with a Grad-CAM map of each image's top-1 class at the last level: the
-    /// forward pass and the head's backward ([`DenseNet::grad_cam`]).
+    /// forward pass and the head's backward.
     Gradcam,
 }
 

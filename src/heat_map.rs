@@ -55,26 +55,72 @@ pub fn normalise(values: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// The heat map `map` ((h, w) values of any range) over the box `region` = [left, top, width,
-/// height] of `image` (in its pixels, as [`Transform::eval_crop_box`] gives for the crop the
-/// network saw): the box cut out (scaled up to [`MIN_SIDE`] on its shorter side when smaller),
-/// the map upsampled to it, normalised, coloured by viridis and blended with weight
-/// [`HEAT_WEIGHT`].
+/// An overlay's shorter side is at most this many pixels: larger crops (a 12,000×8,000 photo's)
+/// are scaled down first.
+pub const MAX_SIDE: u32 = 1024;
+
+/// The pixels of `image` (`width`×`height`) that the box `region` = [left, top, width,
+/// height] covers, rounded: (left, top, width, height), at least 1×1, inside the image. The
+/// message says why a region cannot be used (not finite, empty, outside the image).
+pub fn crop_pixels(
+    (width, height): (u32, u32),
+    region: [f64; 4],
+) -> std::result::Result<(u32, u32, u32, u32), String> {
+    if width == 0 || height == 0 {
+        return Err(format!("the image is empty ({width}×{height})"));
+    }
+    if region.iter().any(|v| !v.is_finite()) || region[2] <= 0.0 || region[3] <= 0.0 {
+        return Err(format!("the region {region:?} is not a box of positive size"));
+    }
+    let (x0, y0) = (region[0].round().max(0.0), region[1].round().max(0.0));
+    let (x1, y1) = (
+        (region[0] + region[2]).round().min(width as f64),
+        (region[1] + region[3]).round().min(height as f64),
+    );
+    if x0 >= x1 || y0 >= y1 {
+        return Err(format!(
+            "the region {region:?} lies outside the {width}×{height} image"
+        ));
+    }
+    Ok((x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
+}
+
+/// The heat map `map` ((h, w) finite values of any range) over the box `region` = [left, top,
+/// width, height] of `image` (in its pixels, as [`Transform::eval_crop_box`] gives for the crop
+/// the network saw): the box cut out ([`crop_pixels`]) and scaled to between [`MIN_SIDE`] and
+/// [`MAX_SIDE`] pixels on its shorter side when outside them, the map upsampled to it,
+/// normalised, coloured by viridis and blended with weight [`HEAT_WEIGHT`].
+///
+/// The message says what is wrong: a map of other than h·w values or with a side of 0, a
+/// value that is not finite, a region [`crop_pixels`] refuses.
 ///
 /// [`Transform::eval_crop_box`]: crate::data::Transform::eval_crop_box
-pub fn overlay(image: &DynamicImage, region: [f64; 4], map: &[f32], (h, w): (usize, usize)) -> RgbImage {
-    let (iw, ih) = (image.width(), image.height());
-    let clamp = |v: f64, max: u32| (v.round().max(0.0) as u32).min(max);
-    let (left, top) = (clamp(region[0], iw - 1), clamp(region[1], ih - 1));
-    let width = clamp(region[2], iw - left).max(1);
-    let height = clamp(region[3], ih - top).max(1);
+pub fn overlay(
+    image: &DynamicImage,
+    region: [f64; 4],
+    map: &[f32],
+    (h, w): (usize, usize),
+) -> std::result::Result<RgbImage, String> {
+    if h == 0 || w == 0 || map.len() != h * w {
+        return Err(format!("{} values for a {h}×{w} map", map.len()));
+    }
+    if let Some(v) = map.iter().find(|v| !v.is_finite()) {
+        return Err(format!("the map holds {v}"));
+    }
+    let (left, top, width, height) = crop_pixels((image.width(), image.height()), region)?;
     let mut view = image.crop_imm(left, top, width, height).to_rgb8();
     let short = width.min(height);
-    if short < MIN_SIDE {
-        let scale = MIN_SIDE as f64 / short as f64;
+    let scale = if short < MIN_SIDE {
+        MIN_SIDE as f64 / short as f64
+    } else if short > MAX_SIDE {
+        MAX_SIDE as f64 / short as f64
+    } else {
+        1.0
+    };
+    if scale != 1.0 {
         let (sw, sh) = (
-            (width as f64 * scale).round() as u32,
-            (height as f64 * scale).round() as u32,
+            ((width as f64 * scale).round() as u32).max(1),
+            ((height as f64 * scale).round() as u32).max(1),
         );
         view = imageops::resize(&view, sw, sh, imageops::FilterType::Triangle);
     }
@@ -85,7 +131,7 @@ pub fn overlay(image: &DynamicImage, region: [f64; 4], map: &[f32], (h, w): (usi
             *channel = ((1.0 - HEAT_WEIGHT) * *channel as f32 + HEAT_WEIGHT * colour as f32).round() as u8;
         }
     }
-    view
+    Ok(view)
 }
 
 /// Writes `image` as a PNG at `path` (through a temporary file and a rename), with each
@@ -117,6 +163,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_maps_and_regions_are_refused_with_the_reason() {
+        let image = DynamicImage::ImageRgb8(RgbImage::new(40, 30));
+        let whole = [0.0, 0.0, 40.0, 30.0];
+        let err = |r: std::result::Result<RgbImage, String>| r.unwrap_err();
+        assert!(err(overlay(&image, whole, &[0.0; 3], (2, 2))).contains("3 values for a 2×2 map"));
+        assert!(err(overlay(&image, whole, &[f32::NAN; 4], (2, 2))).contains("NaN"));
+        assert!(err(overlay(&image, [f64::NAN, 0.0, 4.0, 4.0], &[0.0; 4], (2, 2))).contains("positive size"));
+        assert!(err(overlay(&image, [50.0, 0.0, 4.0, 4.0], &[0.0; 4], (2, 2))).contains("outside"));
+        let empty = DynamicImage::ImageRgb8(RgbImage::new(0, 0));
+        assert!(err(overlay(&empty, whole, &[0.0; 4], (2, 2))).contains("empty"));
+        // A huge crop is drawn at MAX_SIDE on its shorter side.
+        let big = DynamicImage::ImageRgb8(RgbImage::new(3000, 2000));
+        let out = overlay(&big, [0.0, 0.0, 3000.0, 2000.0], &[0.0; 4], (2, 2)).unwrap();
+        assert_eq!(out.dimensions(), (1536, MAX_SIDE));
+    }
+
+    #[test]
     fn upsampling_matches_pytorch_bilinear_with_half_pixel_centres() {
         // torch.nn.functional.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=4,
         // mode="bilinear", align_corners=False)
@@ -142,7 +205,7 @@ mod tests {
     fn the_hot_end_is_drawn_where_the_map_peaks() {
         let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(300, 300, image::Rgb([128, 128, 128])));
         // A 2×2 map whose bottom-right cell is hot, over the whole image.
-        let out = overlay(&image, [0.0, 0.0, 300.0, 300.0], &[0.0, 0.0, 0.0, 1.0], (2, 2));
+        let out = overlay(&image, [0.0, 0.0, 300.0, 300.0], &[0.0, 0.0, 0.0, 1.0], (2, 2)).unwrap();
         assert_eq!(out.dimensions(), (300, 300));
         let hot = colorous::VIRIDIS.eval_continuous(1.0);
         let cold = colorous::VIRIDIS.eval_continuous(0.0);

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -147,6 +147,9 @@ fn impossible_requests_are_refused_with_what_the_model_has() {
     assert!(e.contains("stem, block1, block2, block3, block4"), "{e}");
     let e = model.level_index("block9").unwrap_err().to_string();
     assert!(e.contains("no level `block9`"), "{e}");
+    let empty = Tensor::zeros((0, 3, 224, 224), DType::F32, &Device::Cpu).unwrap();
+    let e = err(model.grad_cam(&empty, &CamClass::Top1, block3));
+    assert!(e.contains("the batch holds no image"), "{e}");
 }
 
 /// A dark noisy image (1, S, S) around 0 (as the zero padding is) with three bright bars
@@ -403,9 +406,138 @@ fn infer_draws_each_map_over_the_crop_the_net_saw_and_names_it() {
         "--cam-level",
         "block1",
     ]);
+    let e = common::stderr(&run);
     assert!(
-        common::stderr(&run).contains("last level (block4) only"),
+        e.contains("needs the last level (block4)") && e.contains("--cam-method gradcam"),
+        "{e}"
+    );
+    // Each flag's error names it, before any folder is made.
+    let fresh = dir.join("never-made");
+    let fresh = fresh.to_str().unwrap();
+    for (flag, value, expected) in [
+        ("--cam-class", "10", "--cam-class 10: d2l has 10 classes (0 to 9)"),
+        (
+            "--cam-level",
+            "block5",
+            "--cam-level block5: d2l has the levels stem 16×16, block1 8×8",
+        ),
+    ] {
+        let run = common::zoo(&["infer", "--cam", fresh, flag, value]);
+        assert!(
+            common::stderr(&run).contains(expected),
+            "{}",
+            common::stderr(&run)
+        );
+        assert!(!Path::new(fresh).exists());
+    }
+}
+
+/// The shipped Fashion-MNIST examples, copied into a fresh folder, in sub-folders `a` and `b`
+/// under the same names, and one named like the first's numbered map would be.
+fn clashing_inputs(dir: &Path) -> Vec<PathBuf> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/examples");
+    let sandal = examples.join("t10k-00008-sandal.png");
+    let mut files = Vec::new();
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        files.push(dir.join(sub).join("shoe.png"));
+    }
+    files.push(dir.join("a").join("shoe-2.png"));
+    for f in &files {
+        std::fs::copy(&sandal, f).unwrap();
+    }
+    files
+}
+
+#[test]
+fn every_image_gets_its_own_map_and_no_input_is_overwritten() {
+    let dir = common::temp("cam", "clash");
+    let inputs = clashing_inputs(&dir.join("in"));
+    let out = dir.join("maps");
+    let mut args: Vec<&str> = vec![
+        "infer",
+        "--json",
+        "--cam-class",
+        "5",
+        "--cam",
+        out.to_str().unwrap(),
+    ];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    let run = common::zoo(&args);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let maps: Vec<String> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["cam"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let unique: std::collections::HashSet<&String> = maps.iter().collect();
+    assert_eq!(unique.len(), 3, "{maps:?}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+
+    // Maps written into an input folder would be read as images next time: refused.
+    let into_input = dir.join("in").join("maps");
+    let run = common::zoo(&[
+        "infer",
+        dir.join("in").to_str().unwrap(),
+        "--cam",
+        into_input.to_str().unwrap(),
+    ]);
+    assert!(
+        common::stderr(&run).contains("lies in the input folder"),
         "{}",
         common::stderr(&run)
     );
+    // An input named as a map would be is not overwritten: the map takes the next name.
+    let taken = out.join("shoe.gradcam.sandal.png");
+    let before = std::fs::read(&taken).unwrap();
+    let run = common::zoo(&[
+        "infer",
+        taken.to_str().unwrap(),
+        "--cam",
+        out.to_str().unwrap(),
+        "--cam-class",
+        "5",
+    ]);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    assert_eq!(std::fs::read(&taken).unwrap(), before);
+}
+
+#[test]
+fn the_embedded_model_draws_on_a_level_that_shows_where_and_says_so() {
+    let dir = common::temp("cam", "default-level");
+    let out = dir.join("maps");
+    let run = common::zoo(&["infer", "--cam", out.to_str().unwrap()]);
+    let stderr = common::stderr(&run);
+    assert!(run.status.success(), "{stderr}");
+    // The book's net at 32×32 ends on a 1×1 map; Grad-CAM goes to block1's 8×8.
+    assert!(
+        stderr.contains("final map is 1×1") && stderr.contains("drawn on block1 (8×8)"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert!(stdout.lines().all(|l| l.contains("; map ")), "{stdout}");
+    // features records the maps' level and class, and writes a level named twice once.
+    let feats = dir.join("f.safetensors");
+    let run = common::zoo(&[
+        "features",
+        "weights/examples",
+        "--layer",
+        "gradcam",
+        "--layer",
+        "gradcam",
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let file = std::fs::read(&feats).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&file).unwrap();
+    let cam = &header.metadata().as_ref().unwrap()["densenet_zoo.cam"];
+    assert_eq!(cam, r#"{"gradcam":{"class":"top1","level":"block1"}}"#);
+    let got = candle_core::safetensors::load(&feats, &Device::Cpu).unwrap();
+    assert_eq!(got["gradcam"].dims(), &[10, 8, 8]);
 }

@@ -1,11 +1,15 @@
 //! The class activation map flags of `infer` and `features`, and the overlays `infer --cam`
 //! writes.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use densenet_zoo::{heat_map, CamClass, CamMethod, DenseNet};
 use image::DynamicImage;
+
+/// A final map with a side below this is too coarse to show where: Grad-CAM's default level
+/// is then the coarsest of at least this side (DenseNet-121's final map at 224 is 7×7).
+const MIN_DEFAULT_SIDE: usize = 7;
 
 /// Which map: the class and the level (`features` names the method with `--layer`).
 #[derive(Debug, Clone, clap::Args)]
@@ -14,56 +18,100 @@ pub struct CamTarget {
     #[arg(long)]
     pub cam_class: Option<usize>,
     /// Level the map is on: stem, block1 ... blockN (finer to coarser) [default: the last, the
-    /// final feature map].
+    /// final feature map; for Grad-CAM, when that is under 7×7, the coarsest level of at least
+    /// 7×7, said in a note].
     #[arg(long)]
     pub cam_level: Option<String>,
 }
 
 impl CamTarget {
-    /// The class and level index for `model`; the error names the levels it has.
-    pub fn resolve(&self, model: &DenseNet) -> anyhow::Result<(CamClass, usize)> {
+    /// True when a flag of this group was given.
+    pub fn given(&self) -> bool {
+        self.cam_class.is_some() || self.cam_level.is_some()
+    }
+
+    /// The class and level index of `method`'s maps for `model`; the errors name the flag,
+    /// what was asked and what the model has.
+    pub fn resolve(&self, model: &DenseNet, method: CamMethod) -> anyhow::Result<(CamClass, usize)> {
+        let variant = &model.spec().name;
+        let classes = model.spec().architecture.num_classes;
+        if let Some(k) = self.cam_class.filter(|&k| k >= classes) {
+            anyhow::bail!(
+                "--cam-class {k}: {variant} has {classes} classes (0 to {})",
+                classes.saturating_sub(1)
+            );
+        }
         let class = self.cam_class.map_or(CamClass::Top1, CamClass::Index);
+        let last = model.feature_info().len() - 1;
+        let levels = level_sizes(model);
         let level = match &self.cam_level {
-            Some(name) => model.level_index(name)?,
-            None => model.feature_info().len() - 1,
+            Some(name) => model
+                .level_index(name)
+                .map_err(|_| anyhow::anyhow!("--cam-level {name}: {variant} has the levels {levels}"))?,
+            None if method == CamMethod::Cam => last,
+            None => default_level(model),
         };
+        let name = &model.feature_info()[level].name;
+        if method == CamMethod::Cam && level != last {
+            anyhow::bail!(
+                "CAM weighs the final map's channels by the classifier's, so it needs the last level \
+                 ({}); --cam-level {name} takes Grad-CAM (--cam-method gradcam, --layer gradcam)",
+                model.feature_info()[last].name
+            );
+        }
+        let side = side_of(model, level);
+        if self.cam_level.is_none() && level != last {
+            say!(
+                "note: {variant}'s final map is {s}×{s} at its input size, too coarse to show where: \
+                 Grad-CAM is drawn on {name} ({side}×{side}); --cam-level picks another ({levels})",
+                s = side_of(model, last)
+            );
+        } else if side < 4 {
+            say!("note: the {name} map of {variant} is {side}×{side}, too coarse to show where ({levels})");
+        }
         Ok((class, level))
+    }
+
+    /// What `--cam-class` asks, for files' metadata: `top1` or the index.
+    pub fn class_name(&self) -> String {
+        self.cam_class.map_or("top1".into(), |k| k.to_string())
     }
 }
 
-/// Says so when a level's map is too coarse to show anything (the book's net at 32×32 ends
-/// on 1×1), with the finer levels and their sizes.
-pub fn note_coarse_level(model: &DenseNet, level: usize) {
+/// The side of level `level`'s map at the spec's input size.
+fn side_of(model: &DenseNet, level: usize) -> usize {
     let crop = model.spec().pretrained_cfg.preprocess.crop;
-    let sides: Vec<String> = model
-        .feature_info()
-        .iter()
-        .map(|l| {
-            let side = crop.div_ceil(l.reduction);
-            format!("{} {side}×{side}", l.name)
-        })
+    crop.div_ceil(model.feature_info()[level].reduction)
+}
+
+/// "stem 16×16, block1 8×8, ...": every level with its map's size.
+fn level_sizes(model: &DenseNet) -> String {
+    let sizes: Vec<String> = (0..model.feature_info().len())
+        .map(|l| format!("{} {s}×{s}", model.feature_info()[l].name, s = side_of(model, l)))
         .collect();
-    let side = crop.div_ceil(model.feature_info()[level].reduction);
-    if side < 4 {
-        say!(
-            "note: the {} map of {} at {crop}×{crop} is {side}×{side}, too coarse to show where; \
-             --cam-level picks a finer one ({})",
-            model.feature_info()[level].name,
-            model.spec().name,
-            sides.join(", ")
-        );
-    }
+    sizes.join(", ")
+}
+
+/// Grad-CAM's default level: the last, unless its map is under [`MIN_DEFAULT_SIDE`]; then the
+/// coarsest level of at least that side (the stem when none is).
+fn default_level(model: &DenseNet) -> usize {
+    let last = model.feature_info().len() - 1;
+    (0..=last)
+        .rev()
+        .find(|&l| side_of(model, l) >= MIN_DEFAULT_SIDE)
+        .unwrap_or(0)
 }
 
 /// Writes `infer --cam` overlays into a folder, one PNG per image, named
-/// `{image stem}.{method}.{class label}.png` (`-2`, `-3`, ... after the stem when two images
-/// share it).
+/// `{image stem}.{method}.{class label}.png`; when that name is taken in this run (two images
+/// of one name in different folders) or by an input, `{stem}-2...`, `{stem}-3...`.
 pub struct OverlayWriter {
     dir: PathBuf,
     method: CamMethod,
     level: String,
     origin: String,
-    taken: HashMap<String, usize>,
+    /// Names written in this run, and the inputs' own paths: never overwritten.
+    taken: HashSet<PathBuf>,
 }
 
 /// What one overlay shows.
@@ -74,10 +122,29 @@ pub struct Shown<'a> {
 }
 
 impl OverlayWriter {
-    /// Creates `dir` if needed; refuses a path that is a file.
-    pub fn new(dir: &Path, method: CamMethod, level: &str, origin: &str) -> anyhow::Result<Self> {
+    /// Creates `dir` if needed. Refuses a path that is a file, and a folder inside one of the
+    /// input folders `inputs` (its maps would be read as images by the next run).
+    pub fn new(
+        dir: &Path,
+        inputs: &[PathBuf],
+        files: &[PathBuf],
+        method: CamMethod,
+        level: &str,
+        origin: &str,
+    ) -> anyhow::Result<Self> {
         if dir.exists() && !dir.is_dir() {
             anyhow::bail!("--cam {}: is a file; name a folder for the maps", dir.display());
+        }
+        let resolved = resolved(dir);
+        for input in inputs.iter().filter(|i| i.is_dir()) {
+            if resolved.starts_with(resolved_existing(input)) {
+                anyhow::bail!(
+                    "--cam {}: lies in the input folder {}, where the maps would be read as images \
+                     next time; name a folder outside it",
+                    dir.display(),
+                    input.display()
+                );
+            }
         }
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--cam {}: {e}", dir.display()))?;
         Ok(Self {
@@ -85,7 +152,7 @@ impl OverlayWriter {
             method,
             level: level.to_string(),
             origin: origin.to_string(),
-            taken: HashMap::new(),
+            taken: files.iter().map(|f| resolved_existing(f)).collect(),
         })
     }
 
@@ -103,16 +170,23 @@ impl OverlayWriter {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into());
-        let count = self.taken.entry(stem.clone()).or_insert(0);
-        *count += 1;
-        let stem = if *count == 1 {
-            stem
-        } else {
-            format!("{stem}-{count}")
+        let name = |n: usize| {
+            let stem = if n == 1 {
+                stem.clone()
+            } else {
+                format!("{stem}-{n}")
+            };
+            self.dir
+                .join(format!("{stem}.{}.{}.png", self.method.name(), slug(shown.label)))
         };
-        let name = format!("{stem}.{}.{}.png", self.method.name(), slug(shown.label));
-        let path = self.dir.join(name);
-        let overlay = heat_map::overlay(image, region, map.0, map.1);
+        let path = (1..)
+            .map(name)
+            .find(|p| !self.taken.contains(&resolved(p)))
+            .expect("some suffix is free");
+        self.taken.insert(resolved(&path));
+        let fail = |e: String| anyhow::anyhow!("{}: {e}", input.display());
+        let overlay = heat_map::overlay(image, region, map.0, map.1).map_err(fail)?;
+        let (_, _, cw, ch) = heat_map::crop_pixels((image.width(), image.height()), region).map_err(fail)?;
         let method = match self.method {
             CamMethod::GradCam => "Grad-CAM",
             CamMethod::Cam => "CAM",
@@ -127,8 +201,8 @@ impl OverlayWriter {
                 "Description",
                 format!(
                     "{method} on level {} ({h}×{w}) for class {} \"{}\", probability {:.4}, over \
-                     the {:.0}×{:.0} crop the network saw; weights {}",
-                    self.level, shown.class, shown.label, shown.prob, region[2], region[3], self.origin
+                     the {cw}×{ch} crop the network saw; weights {}",
+                    self.level, shown.class, shown.label, shown.prob, self.origin
                 ),
             ),
             ("Software", format!("densenet-zoo {}", env!("CARGO_PKG_VERSION"))),
@@ -136,6 +210,29 @@ impl OverlayWriter {
         heat_map::write_png(&path, &overlay, &text)?;
         Ok(path)
     }
+}
+
+/// `path` made absolute with symbolic links resolved, as far as it exists (the rest appended).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    out
+}
+
+fn resolved_existing(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| resolved(path))
 }
 
 /// A class label as a file-name part: lower-case letters and digits, runs of anything else

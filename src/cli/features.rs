@@ -8,9 +8,9 @@ use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
-use densenet_zoo::{CamMethod, FeatureInfo};
+use densenet_zoo::{CamClass, CamMethod, FeatureInfo};
 
-use super::cam::{note_coarse_level, CamTarget};
+use super::cam::CamTarget;
 use super::images::expand_inputs;
 
 /// What `--layer` names: the pooled embedding (N, F) before the classifier, the logits
@@ -108,24 +108,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     let model = &loaded.model;
-    let names = if args.layers.is_empty() {
-        vec!["pooled".to_string()]
-    } else {
-        args.layers.clone()
-    };
+    let mut names: Vec<String> = Vec::new();
+    for name in &args.layers {
+        // A level named twice is written once.
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    if names.is_empty() {
+        names.push("pooled".into());
+    }
     let layers = names
         .iter()
         .map(|n| parse_layer(n, model.feature_info(), &model.spec().name))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let wants_cam = layers.iter().any(|l| matches!(l, Layer::Cam(_)));
-    if !wants_cam && (args.cam_target.cam_class.is_some() || args.cam_target.cam_level.is_some()) {
+    // Each map's class and level, checked before any image is read.
+    let mut targets: HashMap<CamMethod, (CamClass, usize)> = HashMap::new();
+    for layer in &layers {
+        if let Layer::Cam(method) = *layer {
+            targets.insert(method, args.cam_target.resolve(model, method)?);
+        }
+    }
+    if targets.is_empty() && args.cam_target.given() {
         anyhow::bail!(
             "--cam-class and --cam-level choose the maps of --layer gradcam and --layer cam: pass one"
         );
-    }
-    let (cam_class, cam_level) = args.cam_target.resolve(model)?;
-    if wants_cam {
-        note_coarse_level(model, cam_level);
     }
     let mut cam_classes: HashMap<Layer, Vec<i64>> = HashMap::new();
     let transform = eval_transform(model.spec());
@@ -145,7 +152,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Layer::Logits => model.forward_head(&last, false)?,
                 Layer::Level(i) => levels[i].clone(),
                 Layer::Cam(method) => {
-                    let maps = model.class_activation_maps(&x, method, &cam_class, cam_level)?;
+                    let (class, level) = &targets[&method];
+                    let maps = model.class_activation_maps(&x, method, class, *level)?;
                     let classes = cam_classes.entry(layer).or_default();
                     classes.extend(maps.classes.iter().map(|&c| c as i64));
                     maps.maps
@@ -178,6 +186,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     metadata.insert("densenet_zoo.files".into(), serde_json::to_string(&names)?);
     metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());
+    if !targets.is_empty() {
+        // {"gradcam": {"level": "block4", "class": "top1"}, ...}
+        let maps: serde_json::Map<String, serde_json::Value> = targets
+            .iter()
+            .map(|(method, (_, level))| {
+                let level = &model.feature_info()[*level].name;
+                let what = serde_json::json!({"level": level, "class": args.cam_target.class_name()});
+                (method.name().to_string(), what)
+            })
+            .collect();
+        metadata.insert("densenet_zoo.cam".into(), serde_json::to_string(&maps)?);
+    }
     write_safetensors_with(&args.out, &tensors, Some(metadata))?;
     say!(
         "wrote {} ({} image{}; {})",

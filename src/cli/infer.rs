@@ -8,7 +8,7 @@ use densenet_zoo::infer::{batch, eval_transform, load, open_image, preprocess_im
 use densenet_zoo::CamMethod;
 use image::DynamicImage;
 
-use super::cam::{note_coarse_level, CamTarget, OverlayWriter, Shown};
+use super::cam::{CamTarget, OverlayWriter, Shown};
 use super::images::expand_inputs;
 
 #[derive(Debug, clap::Args)]
@@ -57,7 +57,7 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    if args.cam.is_none() && (args.cam_target.cam_class.is_some() || args.cam_target.cam_level.is_some()) {
+    if args.cam.is_none() && args.cam_target.given() {
         anyhow::bail!("--cam-class and --cam-level choose the map that --cam OUT_DIR writes: pass --cam");
     }
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
@@ -67,14 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = &loaded.model;
     let spec = model.spec().clone();
     let transform = eval_transform(&spec);
-    let mut cam = match &args.cam {
-        Some(dir) => {
-            let (class, level) = args.cam_target.resolve(model)?;
-            note_coarse_level(model, level);
-            let level_name = &model.feature_info()[level].name;
-            let writer = OverlayWriter::new(dir, args.cam_method, level_name, &loaded.origin)?;
-            Some((writer, class, level))
-        }
+    let target = match &args.cam {
+        Some(_) => Some(args.cam_target.resolve(model, args.cam_method)?),
         None => None,
     };
     let inputs = if args.images.is_empty() {
@@ -83,6 +77,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.images.clone()
     };
     let (files, arg_failures) = expand_inputs(&inputs);
+    let mut cam = match (&args.cam, target) {
+        (Some(dir), Some((class, level))) => {
+            let level_name = &model.feature_info()[level].name;
+            let writer =
+                OverlayWriter::new(dir, &inputs, &files, args.cam_method, level_name, &loaded.origin)?;
+            Some((writer, class, level))
+        }
+        _ => None,
+    };
+    // The overlay shows the image as the network saw it: gray for a one-channel net.
+    let gray = spec.architecture.in_channels == 1;
     let total = files.len() + arg_failures.len();
     let mut failed = arg_failures.len();
     let mut written = 0;
@@ -96,7 +101,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|path| {
                 let image = open_image(path)?;
                 let pixels = preprocess_image(&image, &transform)?;
-                Ok((cam.is_some().then_some(image), pixels))
+                let shown = match gray {
+                    true => DynamicImage::ImageLuma8(image.to_luma8()),
+                    false => image,
+                };
+                Ok((cam.is_some().then_some(shown), pixels))
             })
             .collect();
         let images: Vec<Vec<f32>> = prepared
@@ -138,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             let top = predictions.next().expect("one prediction per prepared image");
             let cam_path = match (&mut cam, &maps, image) {
-                (Some((writer, _, _)), Some((maps, classes)), Some(image)) => {
+                (Some((writer, _, level)), Some((maps, classes)), Some(image)) => {
                     let class = classes[index];
                     let label = loaded.classes.get(class).map_or("class", String::as_str);
                     let shown = Shown {
@@ -152,6 +161,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .eval_crop_box(image.width(), image.height())
                         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                     let values = plane(&map)?;
+                    if values.iter().all(|&v| v == values[0]) {
+                        say!(
+                            "note: {}: the map is flat ({}) at {}: no position stands out for {label}",
+                            path.display(),
+                            values[0],
+                            model.feature_info()[*level].name
+                        );
+                    }
                     written += 1;
                     Some(writer.write(path, image, region, (&values, (h, w)), shown)?)
                 }
@@ -162,7 +179,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 out!("{}", json_line(path, &top, cam_path.as_deref()))?;
             } else {
                 let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
-                out!("{}: {}", path.display(), shown.join(", "))?;
+                let map = cam_path.map_or(String::new(), |p| format!("; map {}", p.display()));
+                out!("{}: {}{map}", path.display(), shown.join(", "))?;
             }
         }
     }

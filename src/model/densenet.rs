@@ -329,9 +329,12 @@ impl DenseNet {
             found: x.dims().to_vec(),
             message,
         };
-        let (_, c, h, w) = x
+        let (n, c, h, w) = x
             .dims4()
             .map_err(|_| bad("expected (batch, channels, height, width)".into()))?;
+        if n == 0 {
+            return Err(bad("the batch holds no image".into()));
+        }
         if c != self.spec.architecture.in_channels {
             return Err(bad(format!(
                 "expected {} input channels, found {c}",
