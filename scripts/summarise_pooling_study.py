@@ -4,7 +4,7 @@ standard deviation over seeds of the final and best test accuracy and of the las
 training loss, as a Markdown table; and `curves.svg` in the study's folder: mean test accuracy
 and training loss per epoch, one line per pooling, the seeds' range shaded.
 
-    python3 scripts/summarise_pooling_study.py runs/pooling
+    python3 scripts/summarise_pooling_study.py docs/pooling-study
 
 Python's standard library only.
 """
@@ -78,7 +78,7 @@ def curves_svg(study):
 
 
 def main():
-    root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/pooling")
+    root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "docs/pooling-study")
     study = runs(root)
     if not study:
         sys.exit(f"{root}: no runs (*-seed*/metrics.jsonl)")

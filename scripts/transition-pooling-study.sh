@@ -8,12 +8,13 @@
 #   cargo build --release
 #   scripts/transition-pooling-study.sh            # about 6 runs x 10 epochs
 #
-# Environment: BIN (the binary), OUT (runs/pooling), SEEDS ("0 1 2"), EPOCHS (10), DATA (the
+# Environment: BIN (the binary), OUT (docs/pooling-study: each run's metrics are committed,
+# its checkpoints ignored), SEEDS ("0 1 2"), EPOCHS (10), DATA (the
 # data set folder; Debian's dataset-fashion-mnist by default). A killed study resumes where it
 # stopped: finished runs are skipped, an unfinished one resumes from its last checkpoint.
 set -euo pipefail
 BIN=${BIN:-target/release/densenet-zoo}
-OUT=${OUT:-runs/pooling}
+OUT=${OUT:-docs/pooling-study}
 SEEDS=${SEEDS:-"0 1 2"}
 EPOCHS=${EPOCHS:-10}
 DATA=${DATA:-}
