@@ -387,7 +387,8 @@ fn infer_draws_each_map_over_the_crop_the_net_saw_and_names_it() {
         let prob = v["top"][0]["prob"].as_f64().unwrap();
         assert!(text.contains(&format!("class {class} ")), "{text}");
         assert!(text.contains(&format!("probability {prob:.4}")), "{text}");
-        assert!(text.contains("224×224 crop"), "{text}");
+        let region = "224×224 region of the image that the network saw (at 224×224)";
+        assert!(text.contains(region), "{text}");
     }
     // Flags that choose a map are refused without --cam, and CAM below the last level names why.
     let run = common::zoo(&["infer", "--cam-level", "block1"]);
@@ -408,8 +409,14 @@ fn infer_draws_each_map_over_the_crop_the_net_saw_and_names_it() {
     ]);
     let e = common::stderr(&run);
     assert!(
-        e.contains("needs the last level (block4)") && e.contains("--cam-method gradcam"),
+        e.contains("needs the last level (block4)") && e.contains("takes Grad-CAM"),
         "{e}"
+    );
+    let run = common::zoo(&["infer", "--cam-method", "cam"]);
+    assert!(
+        common::stderr(&run).contains("pass --cam"),
+        "{}",
+        common::stderr(&run)
     );
     // Each flag's error names it, before any folder is made.
     let fresh = dir.join("never-made");
@@ -505,6 +512,38 @@ fn every_image_gets_its_own_map_and_no_input_is_overwritten() {
     ]);
     assert!(run.status.success(), "{}", common::stderr(&run));
     assert_eq!(std::fs::read(&taken).unwrap(), before);
+    // A file an earlier run left is replaced, and that is said.
+    let again = common::zoo(&[
+        "infer",
+        inputs[0].to_str().unwrap(),
+        "--cam",
+        out.to_str().unwrap(),
+        "--cam-class",
+        "5",
+    ]);
+    let e = common::stderr(&again);
+    assert!(
+        again.status.success() && e.contains("1 map replaced files"),
+        "{e}"
+    );
+    // A folder of a map's name is passed over.
+    let other = dir.join("other");
+    std::fs::create_dir_all(other.join("shoe.gradcam.sandal.png")).unwrap();
+    let run = common::zoo(&[
+        "infer",
+        inputs[0].to_str().unwrap(),
+        "--cam",
+        other.to_str().unwrap(),
+        "--cam-class",
+        "5",
+        "--json",
+    ]);
+    let line = String::from_utf8(run.stdout.clone()).unwrap();
+    assert!(
+        run.status.success() && line.contains("shoe-2.gradcam.sandal.png"),
+        "{line}{}",
+        common::stderr(&run)
+    );
 }
 
 #[test]

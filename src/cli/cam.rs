@@ -30,9 +30,14 @@ impl CamTarget {
         self.cam_class.is_some() || self.cam_level.is_some()
     }
 
-    /// The class and level index of `method`'s maps for `model`; the errors name the flag,
-    /// what was asked and what the model has.
-    pub fn resolve(&self, model: &DenseNet, method: CamMethod) -> anyhow::Result<(CamClass, usize)> {
+    /// The class and level index of `method`'s maps for `model`, and a note for the user when
+    /// the level was chosen for them or is too coarse; the errors name the flag, what was asked
+    /// and what the model has.
+    pub fn resolve(
+        &self,
+        model: &DenseNet,
+        method: CamMethod,
+    ) -> anyhow::Result<(CamClass, usize, Option<String>)> {
         let variant = &model.spec().name;
         let classes = model.spec().architecture.num_classes;
         if let Some(k) = self.cam_class.filter(|&k| k >= classes) {
@@ -55,21 +60,25 @@ impl CamTarget {
         if method == CamMethod::Cam && level != last {
             anyhow::bail!(
                 "CAM weighs the final map's channels by the classifier's, so it needs the last level \
-                 ({}); --cam-level {name} takes Grad-CAM (--cam-method gradcam, --layer gradcam)",
+                 ({}); --cam-level {name} takes Grad-CAM (gradcam)",
                 model.feature_info()[last].name
             );
         }
         let side = side_of(model, level);
-        if self.cam_level.is_none() && level != last {
-            say!(
-                "note: {variant}'s final map is {s}×{s} at its input size, too coarse to show where: \
+        let note = if self.cam_level.is_none() && level != last {
+            Some(format!(
+                "{variant}'s final map is {s}×{s} at its input size, too coarse to show where: \
                  Grad-CAM is drawn on {name} ({side}×{side}); --cam-level picks another ({levels})",
                 s = side_of(model, last)
-            );
+            ))
         } else if side < 4 {
-            say!("note: the {name} map of {variant} is {side}×{side}, too coarse to show where ({levels})");
-        }
-        Ok((class, level))
+            Some(format!(
+                "the {name} map of {variant} is {side}×{side}, too coarse to show where ({levels})"
+            ))
+        } else {
+            None
+        };
+        Ok((class, level, note))
     }
 
     /// What `--cam-class` asks, for files' metadata: `top1` or the index.
@@ -110,8 +119,12 @@ pub struct OverlayWriter {
     method: CamMethod,
     level: String,
     origin: String,
+    /// The network's input side: the crop is resized to it.
+    input_size: usize,
     /// Names written in this run, and the inputs' own paths: never overwritten.
     taken: HashSet<PathBuf>,
+    /// Files of earlier runs replaced by this one's maps.
+    pub replaced: usize,
 }
 
 /// What one overlay shows.
@@ -126,10 +139,10 @@ impl OverlayWriter {
     /// input folders `inputs` (its maps would be read as images by the next run).
     pub fn new(
         dir: &Path,
-        inputs: &[PathBuf],
-        files: &[PathBuf],
+        (inputs, files): (&[PathBuf], &[PathBuf]),
         method: CamMethod,
-        level: &str,
+        model: &DenseNet,
+        level: usize,
         origin: &str,
     ) -> anyhow::Result<Self> {
         if dir.exists() && !dir.is_dir() {
@@ -150,9 +163,11 @@ impl OverlayWriter {
         Ok(Self {
             dir: dir.to_path_buf(),
             method,
-            level: level.to_string(),
+            level: model.feature_info()[level].name.clone(),
             origin: origin.to_string(),
+            input_size: model.spec().pretrained_cfg.preprocess.crop,
             taken: files.iter().map(|f| resolved_existing(f)).collect(),
+            replaced: 0,
         })
     }
 
@@ -179,11 +194,15 @@ impl OverlayWriter {
             self.dir
                 .join(format!("{stem}.{}.{}.png", self.method.name(), slug(shown.label)))
         };
+        // A folder of that name is passed over like a name taken.
         let path = (1..)
             .map(name)
-            .find(|p| !self.taken.contains(&resolved(p)))
+            .find(|p| !self.taken.contains(&resolved(p)) && !p.is_dir())
             .expect("some suffix is free");
         self.taken.insert(resolved(&path));
+        if path.exists() {
+            self.replaced += 1;
+        }
         let fail = |e: String| anyhow::anyhow!("{}: {e}", input.display());
         let overlay = heat_map::overlay(image, region, map.0, map.1).map_err(fail)?;
         let (_, _, cw, ch) = heat_map::crop_pixels((image.width(), image.height()), region).map_err(fail)?;
@@ -201,8 +220,13 @@ impl OverlayWriter {
                 "Description",
                 format!(
                     "{method} on level {} ({h}×{w}) for class {} \"{}\", probability {:.4}, over \
-                     the {cw}×{ch} crop the network saw; weights {}",
-                    self.level, shown.class, shown.label, shown.prob, self.origin
+                     the {cw}×{ch} region of the image that the network saw (at {s}×{s}); weights {}",
+                    self.level,
+                    shown.class,
+                    shown.label,
+                    shown.prob,
+                    self.origin,
+                    s = self.input_size
                 ),
             ),
             ("Software", format!("densenet-zoo {}", env!("CARGO_PKG_VERSION"))),

@@ -124,14 +124,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Each map's class and level, checked before any image is read.
     let mut targets: HashMap<CamMethod, (CamClass, usize)> = HashMap::new();
+    let mut notes: Vec<String> = Vec::new();
     for layer in &layers {
         if let Layer::Cam(method) = *layer {
-            targets.insert(method, args.cam_target.resolve(model, method)?);
+            let (class, level, note) = args.cam_target.resolve(model, method)?;
+            targets.insert(method, (class, level));
+            if let Some(note) = note.filter(|n| !notes.contains(n)) {
+                notes.push(note);
+            }
         }
+    }
+    for note in &notes {
+        say!("note: {note}");
     }
     if targets.is_empty() && args.cam_target.given() {
         anyhow::bail!(
-            "--cam-class and --cam-level choose the maps of --layer gradcam and --layer cam: pass one"
+            "--cam-class and --cam-level choose the maps of --layer gradcam and --layer cam: pass either"
         );
     }
     let mut cam_classes: HashMap<Layer, Vec<i64>> = HashMap::new();

@@ -39,9 +39,9 @@ pub struct Args {
     /// text; with --json, each line gains the file's path as "cam".
     #[arg(long, value_name = "OUT_DIR")]
     cam: Option<PathBuf>,
-    /// gradcam (Grad-CAM, any level) or cam (CAM, the last level only).
-    #[arg(long, value_enum, default_value_t = CamMethod::GradCam, requires = "cam")]
-    cam_method: CamMethod,
+    /// gradcam (Grad-CAM, any level) or cam (CAM, the last level only) [default: gradcam].
+    #[arg(long, value_enum)]
+    cam_method: Option<CamMethod>,
     #[command(flatten)]
     cam_target: CamTarget,
 }
@@ -57,9 +57,12 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    if args.cam.is_none() && args.cam_target.given() {
-        anyhow::bail!("--cam-class and --cam-level choose the map that --cam OUT_DIR writes: pass --cam");
+    if args.cam.is_none() && (args.cam_target.given() || args.cam_method.is_some()) {
+        anyhow::bail!(
+            "--cam-method, --cam-class and --cam-level choose the map that --cam OUT_DIR writes: pass --cam"
+        );
     }
+    let method = args.cam_method.unwrap_or_default();
     let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
     for notice in &loaded.notices {
         say!("note: {notice}");
@@ -68,7 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = model.spec().clone();
     let transform = eval_transform(&spec);
     let target = match &args.cam {
-        Some(_) => Some(args.cam_target.resolve(model, args.cam_method)?),
+        Some(_) => {
+            let (class, level, note) = args.cam_target.resolve(model, method)?;
+            if let Some(note) = note {
+                say!("note: {note}");
+            }
+            Some((class, level))
+        }
         None => None,
     };
     let inputs = if args.images.is_empty() {
@@ -79,9 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (files, arg_failures) = expand_inputs(&inputs);
     let mut cam = match (&args.cam, target) {
         (Some(dir), Some((class, level))) => {
-            let level_name = &model.feature_info()[level].name;
-            let writer =
-                OverlayWriter::new(dir, &inputs, &files, args.cam_method, level_name, &loaded.origin)?;
+            let writer = OverlayWriter::new(dir, (&inputs, &files), method, model, level, &loaded.origin)?;
             Some((writer, class, level))
         }
         _ => None,
@@ -119,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let x = batch(&images, &transform, &device)?;
             match &cam {
                 Some((_, class, level)) => {
-                    let m = model.class_activation_maps(&x, args.cam_method, class, *level)?;
+                    let m = model.class_activation_maps(&x, method, class, *level)?;
                     (Some(m.logits), Some((m.maps, m.classes)))
                 }
                 None => (Some(model.forward_t(&x, false)?), None),
@@ -184,11 +191,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some((writer, _, _)) = cam.as_ref().filter(|(w, _, _)| w.replaced > 0) {
+        say!(
+            "note: {} map{} replaced files of the same name left in the folder by an earlier run",
+            writer.replaced,
+            if writer.replaced == 1 { "" } else { "s" }
+        );
+    }
     if let (Some(dir), false) = (&args.cam, args.json) {
         say!(
             "wrote {written} class activation map{} ({}) to {}",
             if written == 1 { "" } else { "s" },
-            args.cam_method.name(),
+            method.name(),
             dir.display()
         );
     }

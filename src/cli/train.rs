@@ -122,6 +122,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let mut spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
         if let Some(pool) = args.transition_pool {
+            let own = spec.architecture.transition_pool;
+            if pool != own && !own.is_avg() {
+                say!(
+                    "note: --transition-pool {} replaces {}'s own {} pooling",
+                    pool.name(),
+                    spec.name,
+                    own.name()
+                );
+            }
             spec.architecture.transition_pool = pool;
         }
         let mut config = TrainConfig::new(spec, DEFAULT_DATA);
@@ -267,6 +276,22 @@ fn fit_classes_to_data(config: &mut TrainConfig, num_classes: Option<usize>) -> 
     // is announced.
     data::open(&config.data, Split::Test)?;
     let spec = &mut config.spec;
+    let builtin = spec
+        .pretrained_cfg
+        .labels
+        .as_deref()
+        .and_then(densenet_zoo::labels::builtin);
+    if let (Some(list), Some(names)) = (spec.pretrained_cfg.labels.as_deref(), builtin) {
+        if names.len() == classes.len() && names != classes {
+            say!(
+                "note: the checkpoint names {}'s classes ({}), not {list}'s ({}); IDX files are read \
+                 as Fashion-MNIST only when their folder's path says \"fashion\"",
+                config.data.display(),
+                shown(&classes),
+                shown(&names)
+            );
+        }
+    }
     match num_classes {
         Some(n) if n != classes.len() => anyhow::bail!(
             "--num-classes {n} disagrees with the data: {} has {} classes ({})",

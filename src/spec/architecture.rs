@@ -28,7 +28,7 @@ pub enum LayerKind {
 
 /// How a transition halves the resolution (the book's exercise 1 asks why average, not max).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum TransitionPool {
     /// 2×2/2 average pool, as every published DenseNet (torchvision's `AvgPool2d(2, 2)`).
@@ -36,6 +36,22 @@ pub enum TransitionPool {
     Avg,
     /// 2×2/2 max pool after the 1×1 conv (`MaxPool2d(2, 2)`); no torchvision class has it.
     Max,
+}
+
+/// Read from spec files with an error that names the field (serde's would speak of an
+/// "unknown variant").
+impl TryFrom<String> for TransitionPool {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "avg" => Ok(TransitionPool::Avg),
+            "max" => Ok(TransitionPool::Max),
+            other => Err(format!(
+                "transition_pool must be \"avg\" or \"max\", found \"{other}\""
+            )),
+        }
+    }
 }
 
 impl TransitionPool {

@@ -266,7 +266,7 @@ mod tests {
             (
                 "\"growth_rate\": 32",
                 "\"growth_rate\": 32, \"transition_pool\": \"mean\"",
-                "unknown variant `mean`, expected `avg` or `max`",
+                "transition_pool must be \"avg\" or \"max\", found \"mean\"",
             ),
         ];
         for (from, to, expected) in cases {
