@@ -33,6 +33,8 @@ pub struct Summary {
     pub params: u64,
     /// Total multiply-adds for one image.
     pub macs: u64,
+    /// How the transitions pool: `avg` or `max`.
+    pub transition_pool: crate::spec::TransitionPool,
     /// Stage by stage, in order.
     pub stages: Vec<StageSummary>,
 }
@@ -105,6 +107,7 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
         input_size,
         params: stages.iter().map(|s| s.params).sum(),
         macs: stages.iter().map(|s| s.macs).sum(),
+        transition_pool: spec.architecture.transition_pool,
         stages,
     })
 }

@@ -116,3 +116,25 @@ fn a_users_own_spec_file_works() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["variant"], "bc-40-12");
 }
+
+#[test]
+fn summary_says_when_transitions_max_pool() {
+    let spec = include_str!("../variants/d2l.json").replace(
+        "\"growth_rate\": 32,",
+        "\"growth_rate\": 32, \"transition_pool\": \"max\",",
+    );
+    let path = std::env::temp_dir().join(format!("zoo-summary-maxpool-{}.json", std::process::id()));
+    std::fs::write(&path, spec).unwrap();
+    let table = zoo(&["summary", "--variant", path.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&table.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("; transitions max-pool"));
+    let json = zoo(&["summary", "--variant", path.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["transition_pool"], "max");
+    let plain = zoo(&["summary", "--variant", "d2l", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(v["transition_pool"], "avg");
+}

@@ -22,13 +22,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out!("{}", serde_json::to_string(&summary)?)?;
         return Ok(());
     }
+    let pool = spec.architecture.transition_pool;
     out!(
-        "{} at {}×{}×{} ({})",
+        "{} at {}×{}×{} ({}){}",
         summary.variant,
         spec.architecture.in_channels,
         summary.input_size,
         summary.input_size,
-        spec.description
+        spec.description,
+        if pool.is_avg() {
+            String::new()
+        } else {
+            format!("; transitions {}-pool", pool.name())
+        }
     )?;
     out!(
         "{:<14} {:>18} {:>14} {:>18}",
