@@ -25,9 +25,11 @@ def runs(root):
 
 
 def spread(values):
+    """Mean ± sample standard deviation; the mean alone for one seed."""
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {std:.4f}"
+    if len(values) < 2:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(study):
