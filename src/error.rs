@@ -55,6 +55,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A CSV file of tabular data is malformed, or does not fit the model: the file, and where
+    /// known the line (the header is line 1) and the column.
+    #[error("{}{}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column `{c}`")).unwrap_or_default())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The line of the file, where the error is in one.
+        line: Option<u64>,
+        /// The column's name, where the error is in one.
+        column: Option<String>,
+        /// What is wrong, with the value found and what was expected.
+        message: String,
+    },
+
     /// `--device` names no usable device.
     #[error("device `{name}`: {message}")]
     Device {

@@ -34,11 +34,20 @@ pub fn expected_tensors(spec: &VariantSpec) -> Result<Vec<TensorSpec>> {
 
 /// [`expected_tensors`] with the initialisation each tensor gets in a new model.
 pub fn expected_tensors_with_init(spec: &VariantSpec) -> Result<Vec<(TensorSpec, Init)>> {
+    record_tensors(|vb| DenseNet::new(spec, vb).map(drop))
+}
+
+/// Every tensor that `build` asks its `VarBuilder` for, in order, with its initialisation;
+/// nothing of the tensors' size is allocated.
+pub(crate) fn record_tensors(
+    build: impl FnOnce(VarBuilder) -> Result<()>,
+) -> Result<Vec<(TensorSpec, Init)>> {
     let recorder = Recorder(Mutex::new(Vec::new()));
-    {
-        let vb = VarBuilder::from_backend(Box::new(&recorder), DType::F32, Device::Cpu);
-        DenseNet::new(spec, vb)?;
-    }
+    build(VarBuilder::from_backend(
+        Box::new(&recorder),
+        DType::F32,
+        Device::Cpu,
+    ))?;
     Ok(recorder.0.into_inner().expect("recorder lock is never poisoned"))
 }
 

@@ -27,6 +27,7 @@ mod pth_guard;
 
 pub use adapt::{adapt, adapt_input_conv};
 pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
+pub(crate) use expected::record_tensors;
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
 pub use file::{is_temporary, write_atomic, write_safetensors, write_safetensors_with};
 pub use metadata::{Metadata, PreprocessRecord};
@@ -91,6 +92,14 @@ impl Checkpoint {
     }
 
     fn from_raw(origin: String, raw: file::RawCheckpoint) -> Result<Self> {
+        if raw.header.as_ref().is_some_and(crate::tabular::is_tabular) {
+            return Err(Error::Checkpoint {
+                path: origin,
+                message: "a tabular model (for CSV rows, not images): predict with \
+                          `densenet-zoo infer FILE.csv --weights` it"
+                    .into(),
+            });
+        }
         let mut notices = raw.notices;
         let canonical = to_canonical(raw.tensors);
         if let Some(prefix) = &canonical.stripped_prefix {

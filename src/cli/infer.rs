@@ -57,6 +57,9 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    if let Some(csv) = args.images.iter().find(|p| super::tabular::is_csv(p)) {
+        return infer_tabular(&args, csv, &device);
+    }
     if args.cam.is_none() && (args.cam_target.given() || args.cam_method.is_some()) {
         anyhow::bail!(
             "--cam-method, --cam-class and --cam-level choose the map that --cam OUT_DIR writes: pass --cam"
@@ -260,4 +263,31 @@ fn report_error(path: &std::path::Path, error: &str, json: bool) -> anyhow::Resu
         say!("{}: {error}", path.display());
     }
     Ok(())
+}
+
+/// Predicts CSV files' rows with a tabular checkpoint; the image flags are refused by name.
+fn infer_tabular(args: &Args, csv: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<()> {
+    if let Some(other) = args.images.iter().find(|p| !super::tabular::is_csv(p)) {
+        anyhow::bail!(
+            "{} is a CSV file and {} is not: predict tables and classify images in separate runs",
+            csv.display(),
+            other.display()
+        );
+    }
+    let weights = args.weights.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is a CSV file: pass the tabular model that predicts it, --weights RUN/model.safetensors",
+            csv.display()
+        )
+    })?;
+    let image_only = [
+        ("--variant", args.variant.is_some()),
+        ("--cam", args.cam.is_some()),
+        ("--cam-method", args.cam_method.is_some()),
+        ("--cam-class/--cam-level", args.cam_target.given()),
+    ];
+    if let Some((flag, _)) = image_only.iter().find(|(_, given)| *given) {
+        anyhow::bail!("{flag} is for images; a CSV file is predicted by its --weights model alone");
+    }
+    super::tabular::infer(&args.images, std::path::Path::new(weights), args.json, device)
 }

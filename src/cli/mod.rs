@@ -27,6 +27,7 @@ mod features;
 mod images;
 mod infer;
 mod summary;
+mod tabular;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -45,14 +46,16 @@ enum Command {
     Summary(summary::Args),
     /// Write a checkpoint as canonical safetensors (torchvision's names, or the book's).
     Export(export::Args),
-    /// Classify images: top-k classes per image (the embedded Fashion-MNIST model by default).
+    /// Classify images: top-k classes per image (the embedded Fashion-MNIST model by default);
+    /// or predict a CSV file's rows with a tabular model.
     Infer(infer::Args),
     /// Write embeddings or feature maps of images to a safetensors file.
     Features(features::Args),
     /// Time inference or a training step: examples/s, GFLOP/s, peak memory.
     Bench(bench::Args),
-    /// Train a variant on a data set (the book's recipe for d2l, the paper's for the others).
-    Train(train::Args),
+    /// Train a variant on a data set (the book's recipe for d2l, the paper's for the others), or a
+    /// tabular variant on a CSV file.
+    Train(Box<train::Args>),
     /// Top-1, top-5 and loss of a checkpoint on a data set's test split.
     Eval(eval::Args),
     /// Check a device (a GPU) against the CPU and PyTorch on the committed fixtures.
@@ -71,7 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Summary(args) => summary::run(args),
         Command::Export(args) => export::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Infer(args) => infer::run(args),
         Command::Features(args) => features::run(args),
         Command::Bench(args) => bench::run(args),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use densenet_zoo::data::{self, Augment, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::spec::TransitionPool;
+use densenet_zoo::tabular::{ColumnOptions, MlpSpec};
 use densenet_zoo::train::{
     self, saved_config, EpochMetrics, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig,
 };
@@ -92,9 +93,130 @@ pub struct Args {
     /// --num-classes, a classifier of another size is skipped and initialised fresh.
     #[arg(long)]
     weights: Option<String>,
+    /// Tabular variants (dense-mlp, plain-mlp, linear-regression): the CSV column to predict,
+    /// fitted as its logarithm.
+    #[arg(long, value_name = "COLUMN")]
+    target: Option<String>,
+    /// Tabular variants: k-fold cross-validation first, reporting each fold's and the mean log-RMSE.
+    #[arg(long, value_name = "K")]
+    folds: Option<usize>,
+    /// Tabular variants: a column of numbers to one-hot encode as categories (repeatable).
+    #[arg(long, value_name = "COLUMN")]
+    categorical: Vec<String>,
+    /// Tabular variants: the column naming rows, not a feature [default: a column called id, any case].
+    #[arg(long, value_name = "COLUMN")]
+    id_column: Option<String>,
+    /// Tabular variants: the report as one JSON object (log_rmse_mean, log_rmse_std, folds, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The tabular spec `--variant` names, if it names one.
+fn tabular_spec(args: &Args) -> anyhow::Result<Option<MlpSpec>> {
+    let Some(variant) = &args.variant else {
+        return Ok(None);
+    };
+    let spec = MlpSpec::resolve(variant)?;
+    if spec.is_some() && args.resume {
+        anyhow::bail!("--resume: tabular runs take seconds and are not resumed; run the command again");
+    }
+    Ok(spec)
+}
+
+/// The tabular run `args` ask for; the image-only flags are refused by name.
+fn tabular_request(spec: MlpSpec, args: &Args) -> anyhow::Result<super::tabular::TrainRequest> {
+    let image_only = [
+        ("--image-size", args.image_size.is_some()),
+        ("--augment", args.augment.is_some()),
+        ("--label-smoothing", args.label_smoothing.is_some()),
+        ("--transition-pool", args.transition_pool.is_some()),
+        ("--warmup-epochs", args.warmup_epochs.is_some()),
+        ("--workers", args.workers.is_some()),
+        ("--skip-bad-images", args.skip_bad_images.is_some()),
+        ("--memory-efficient", args.memory_efficient.is_some()),
+        ("--num-classes", args.num_classes.is_some()),
+        ("--weights", args.weights.is_some()),
+    ];
+    let given: Vec<&str> = image_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    anyhow::ensure!(
+        given.is_empty(),
+        "{} {} for image variants, not {} (a tabular variant)",
+        given.join(", "),
+        if given.len() == 1 { "is" } else { "are" },
+        spec.name
+    );
+    let data = args.data.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} trains on a CSV file: pass --data FILE.csv --target COLUMN",
+            spec.name
+        )
+    })?;
+    let target = args
+        .target
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{} needs the column to predict: pass --target COLUMN", spec.name))?;
+    let mut recipe = spec.recipe.clone();
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { recipe.$field = v; } )* };
+    }
+    set!(
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        schedule,
+        optimizer
+    );
+    Ok(super::tabular::TrainRequest {
+        spec,
+        data,
+        columns: ColumnOptions {
+            target,
+            id_column: args.id_column.clone(),
+            categorical: args.categorical.clone(),
+        },
+        folds: args.folds,
+        recipe,
+        seed: args.seed.unwrap_or(0),
+        out: args.out.clone(),
+        json: args.json,
+        device: parse_device(&args.device)?,
+    })
+}
+
+/// Refuses the tabular flags, and CSV data, for an image variant.
+fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
+    let tabular_only = [
+        ("--target", args.target.is_some()),
+        ("--folds", args.folds.is_some()),
+        ("--categorical", !args.categorical.is_empty()),
+        ("--id-column", args.id_column.is_some()),
+        ("--json", args.json),
+    ];
+    let given: Vec<&str> = tabular_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    let variant = args.variant.as_deref().unwrap_or("d2l");
+    anyhow::ensure!(
+        given.is_empty(),
+        "{} {} for tabular variants (dense-mlp, plain-mlp, linear-regression), not {variant}",
+        given.join(", "),
+        if given.len() == 1 { "is" } else { "are" },
+    );
+    if let Some(data) = args.data.as_deref().filter(|d| super::tabular::is_csv(d)) {
+        anyhow::bail!(
+            "--data {} is a CSV file, and {variant} an image variant: train a tabular variant on it              (--variant dense-mlp --target COLUMN)",
+            data.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(spec) = tabular_spec(&args)? {
+        return super::tabular::train(tabular_request(spec, &args)?);
+    }
+    refuse_tabular_input(&args)?;
     let device = parse_device(&args.device)?;
     let config = if args.resume {
         let mut config = saved_config(&args.out)?;

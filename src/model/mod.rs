@@ -3,6 +3,7 @@
 
 mod block;
 mod cam;
+mod dense_mlp;
 mod densenet;
 mod layer;
 mod norm_relu_conv;
@@ -11,6 +12,7 @@ mod transition;
 
 pub use block::DenseBlock;
 pub use cam::{CamClass, CamMethod, ClassActivationMaps};
+pub use dense_mlp::DenseMlp;
 pub use densenet::{DenseNet, FeatureInfo, Stage};
 pub use layer::DenseLayer;
 pub use norm_relu_conv::NormReluConv;

@@ -8,17 +8,23 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-use crate::checkpoint::expected_tensors_with_init;
+use crate::checkpoint::{expected_tensors_with_init, TensorSpec};
 use crate::error::Result;
 use crate::spec::VariantSpec;
 
 /// A `VarMap` holding every tensor of `spec`, initialised as torchvision does, from `seed`.
 pub fn seeded_varmap(spec: &VariantSpec, seed: u64, device: &Device) -> Result<VarMap> {
+    varmap_from(expected_tensors_with_init(spec)?, seed, device)
+}
+
+/// A `VarMap` holding `tensors`, each drawn from its initialisation with a generator seeded
+/// with `seed`, in order.
+pub(crate) fn varmap_from(tensors: Vec<(TensorSpec, Init)>, seed: u64, device: &Device) -> Result<VarMap> {
     let mut rng = StdRng::seed_from_u64(seed);
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("varmap lock");
-        for (t, init) in expected_tensors_with_init(spec)? {
+        for (t, init) in tensors {
             let n: usize = t.shape.iter().product();
             let values: Vec<f32> = sample(init, &t.shape, n, &mut rng);
             let tensor = Tensor::from_vec(values, t.shape.as_slice(), device)?;

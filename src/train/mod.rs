@@ -2,7 +2,7 @@
 //! metrics and the book's plot.
 
 mod evaluate;
-mod init;
+pub(crate) mod init;
 mod loss;
 mod metrics;
 mod optim;

@@ -1,0 +1,260 @@
+//! `train --variant dense-mlp --data houses.csv --target Sale_Price [--folds 5]` and
+//! `infer houses.csv --weights model.safetensors`: the tabular nets on CSV files.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use densenet_zoo::spec::Recipe;
+use densenet_zoo::tabular::{
+    self, cross_validate, fit, log_rmse, ColumnOptions, CsvTable, Encoded, FitOptions, MlpSpec, Schema,
+    TabularModel,
+};
+use densenet_zoo::DenseMlp;
+
+/// What `train` was asked, for a tabular variant.
+pub struct TrainRequest {
+    pub spec: MlpSpec,
+    pub data: PathBuf,
+    pub columns: ColumnOptions,
+    pub folds: Option<usize>,
+    pub recipe: Recipe,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub json: bool,
+    pub device: Device,
+}
+
+/// The file a tabular run writes in its output folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+const CROSS_VALIDATION_FILE: &str = "cross_validation.json";
+
+/// Cross-validates (with `--folds`), then trains on every row and saves the model.
+pub fn train(request: TrainRequest) -> anyhow::Result<()> {
+    let TrainRequest {
+        spec,
+        data,
+        columns,
+        folds,
+        recipe,
+        seed,
+        out,
+        json,
+        device,
+    } = request;
+    recipe
+        .validate()
+        .map_err(|m| anyhow::anyhow!("the training recipe: {m}"))?;
+    if out.join("last.safetensors").exists() {
+        anyhow::bail!(
+            "--out {} holds an image run (last.safetensors): name another folder for a tabular run",
+            out.display()
+        );
+    }
+    let table = CsvTable::read(&data)?;
+    let (schema, notes) = Schema::infer(&table, &columns)?;
+    for note in notes {
+        say!("note: {note}");
+    }
+    let numeric = schema
+        .features
+        .iter()
+        .filter(|(_, k)| *k == tabular::ColumnKind::Numeric)
+        .count();
+    let options = FitOptions { recipe, seed };
+    let r = &options.recipe;
+    say!(
+        "training {} on {} ({} rows; {} numeric and {} categorical columns; target log {}): {:?} lr {} \
+         (schedule {:?}), batch {}, weight decay {}, {} epochs, seed {seed}, device {device:?}",
+        spec.name,
+        data.display(),
+        table.len(),
+        numeric,
+        schema.features.len() - numeric,
+        schema.target,
+        r.optimizer,
+        r.lr,
+        r.schedule,
+        r.batch_size,
+        r.weight_decay,
+        r.epochs,
+    );
+    let cv = match folds {
+        Some(k) => {
+            let cv = cross_validate(&spec, &schema, &table, k, &options, &device, |f| {
+                say!(
+                    "fold {}/{k}: train log-RMSE {:.4}, valid log-RMSE {:.4} ({} rows held out{})",
+                    f.fold,
+                    f.train_log_rmse,
+                    f.valid_log_rmse,
+                    f.valid_rows,
+                    if f.unseen_categories > 0 {
+                        format!(
+                            "; {} category values unseen in training, encoded as zeros",
+                            f.unseen_categories
+                        )
+                    } else {
+                        String::new()
+                    }
+                )
+            })?;
+            Some(cv)
+        }
+        None => None,
+    };
+    let fitted = fit(&spec, &schema, &table, &options, &device)?;
+    let encoded = fitted.preprocessor.encode(&table)?;
+    let train_log_rmse = log_rmse(
+        &fitted.predict_log(&encoded, &device)?,
+        &fitted.preprocessor.log_targets(&table)?,
+    );
+    let parameters = DenseMlp::parameter_count(&spec, fitted.preprocessor.width())?;
+    let mut report = serde_json::json!({
+        "variant": spec.name,
+        "data": data.display().to_string(),
+        "target": schema.target,
+        "rows": table.len(),
+        "inputs": fitted.preprocessor.width(),
+        "parameters": parameters,
+        "seed": seed,
+        "epochs": options.recipe.epochs,
+        "train_log_rmse": train_log_rmse,
+        "model": out.join(MODEL_FILE).display().to_string(),
+    });
+    if let Some(cv) = &cv {
+        let value = serde_json::to_value(cv)?;
+        for key in ["log_rmse_mean", "log_rmse_std", "folds"] {
+            report[key] = value[key].clone();
+        }
+        report["k"] = serde_json::json!(cv.folds.len());
+    }
+    std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
+    tabular::save(
+        &out.join(MODEL_FILE),
+        &spec,
+        &fitted.preprocessor,
+        &fitted.varmap,
+        &report,
+    )?;
+    if cv.is_some() {
+        densenet_zoo::checkpoint::write_atomic(
+            &out.join(CROSS_VALIDATION_FILE),
+            format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
+        )?;
+    }
+    if json {
+        out!("{report}")?;
+    } else {
+        if let Some(cv) = &cv {
+            out!(
+                "{}: {}-fold log-RMSE {:.4} ± {:.4} (mean ± sd over folds; {} parameters over {} inputs)",
+                spec.name,
+                cv.folds.len(),
+                cv.log_rmse_mean,
+                cv.log_rmse_std,
+                parameters,
+                fitted.preprocessor.width()
+            )?;
+        }
+        out!(
+            "{}: trained on all {} rows, train log-RMSE {:.4}: {}",
+            spec.name,
+            table.len(),
+            train_log_rmse,
+            out.join(MODEL_FILE).display()
+        )?;
+    }
+    Ok(())
+}
+
+/// True for a path named `*.csv` (any case).
+pub fn is_csv(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// Predicts the target of every row of `files` with the tabular checkpoint `weights`, written
+/// as CSV on stdout: the identifier column (or the row's line), then the target; with more
+/// than one file, the file first. With `json`, one object per row.
+pub fn infer(files: &[PathBuf], weights: &Path, json: bool, device: &Device) -> anyhow::Result<()> {
+    let model = TabularModel::load(weights, device)?;
+    let p = &model.preprocessor;
+    let mut writer = csv::Writer::from_writer(std::io::stdout().lock());
+    let key = p.id_column.clone().unwrap_or_else(|| "line".into());
+    if !json {
+        let mut header = vec![key.clone(), p.target.clone()];
+        if files.len() > 1 {
+            header.insert(0, "file".into());
+        }
+        writer.write_record(&header)?;
+    }
+    for file in files {
+        let table = CsvTable::read(file)?;
+        let encoded = p.encode(&table)?;
+        announce(file, &encoded);
+        let logs = tabular::predict_log(&model.model, p, &encoded, device)?;
+        score_if_labelled(file, &table, &model, &logs);
+        let id = p.id_column.as_ref().and_then(|c| table.column_index(c));
+        for (row, log) in logs.iter().enumerate() {
+            let key_value = match id {
+                Some(c) => table.value(row, c).to_string(),
+                None => table.line(row).to_string(),
+            };
+            let value = log.exp();
+            if json {
+                writer.flush()?;
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        key.as_str(): key_value,
+                        p.target.as_str(): value,
+                        "log_prediction": log,
+                    })
+                )?;
+            } else {
+                let mut record = vec![key_value, format!("{value}")];
+                if files.len() > 1 {
+                    record.insert(0, file.display().to_string());
+                }
+                writer.write_record(&record)?;
+            }
+        }
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+/// Notes what the encoding decided: unseen categories and unused columns.
+fn announce(file: &Path, encoded: &Encoded) {
+    for (column, count, first) in &encoded.unseen {
+        say!(
+            "note: {}: column `{column}` has {count} values the training rows did not have (the \
+             first: `{first}`), encoded as no category (all zeros)",
+            file.display()
+        );
+    }
+    if !encoded.ignored.is_empty() {
+        say!(
+            "note: {}: not features of this model, ignored: {}",
+            file.display(),
+            encoded.ignored.join(", ")
+        );
+    }
+}
+
+/// Where the file has the target's true values, says how far off the predictions are.
+fn score_if_labelled(file: &Path, table: &CsvTable, model: &TabularModel, logs: &[f64]) {
+    let p = &model.preprocessor;
+    if table.column_index(&p.target).is_none() {
+        return;
+    }
+    match p.log_targets(table) {
+        Ok(truth) => say!(
+            "note: {} has {}: log-RMSE of these predictions {:.4} over {} rows",
+            file.display(),
+            p.target,
+            log_rmse(logs, &truth),
+            truth.len()
+        ),
+        Err(e) => say!("note: not scored against the file's {}: {e}", p.target),
+    }
+}
