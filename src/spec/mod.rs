@@ -116,6 +116,22 @@ impl VariantSpec {
         {
             return Ok(spec.clone());
         }
+        let tabular = match crate::tabular::MlpSpec::find_builtin(name_or_path) {
+            Some(spec) => Some(format!("{} (embedded)", spec.name)),
+            None => crate::tabular::MlpSpec::resolve(name_or_path)
+                .ok()
+                .flatten()
+                .map(|_| name_or_path.to_string()),
+        };
+        if let Some(origin) = tabular {
+            return Err(Error::Spec {
+                origin,
+                message: "a net for tabular data, not images: `train --variant NAME --data FILE.csv \
+                          --target COLUMN` trains it and `infer FILE.csv --weights MODEL` predicts \
+                          with it; other commands take image variants"
+                    .into(),
+            });
+        }
         let path = Path::new(name_or_path);
         if path.exists() {
             return Self::from_file(path);

@@ -41,20 +41,37 @@ impl CsvTable {
     /// a ragged row (the number of fields found and expected), text that is not UTF-8, an empty
     /// or repeated column name, or a file with no rows.
     pub fn read(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        let gzipped = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        if gzipped {
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut bytes)
+        } else {
+            std::io::Read::read_to_end(&mut { file }, &mut bytes)
+        }
+        .map_err(io)?;
+        Self::from_reader(bytes.as_slice(), path)
+    }
+
+    /// [`CsvTable::read`] from any reader; `path` names it in errors. The separator is the
+    /// one of `,`, `;` and tab that the header line has most of (comma on a tie), so that
+    /// files written with a European locale's `;` or as TSV read too.
+    pub fn from_reader(mut reader: impl std::io::Read, path: &Path) -> Result<Self> {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_reader(file, path)
-    }
-
-    /// [`CsvTable::read`] from any reader; `path` names it in errors.
-    pub fn from_reader(reader: impl std::io::Read, path: &Path) -> Result<Self> {
         let mut csv = csv::ReaderBuilder::new()
             .has_headers(true)
+            .delimiter(separator(&bytes))
             .trim(csv::Trim::All)
-            .from_reader(reader);
-        let header = csv.headers().map_err(|e| csv_error(path, &e))?.clone();
+            .from_reader(bytes.as_slice());
+        let header = csv.headers().map_err(|e| csv_error(path, &bytes, &e))?.clone();
         let columns: Vec<String> = header.iter().map(str::to_string).collect();
         if columns.iter().all(String::is_empty) {
             return Err(Error::Csv {
@@ -84,11 +101,12 @@ impl CsvTable {
         }
         let mut rows = Vec::new();
         let mut lines = Vec::new();
+        let mut counter = LineCounter::default();
         for record in csv.records() {
-            let record = record.map_err(|e| csv_error(path, &e))?;
+            let record = record.map_err(|e| csv_error(path, &bytes, &e))?;
             // A blank line between rows is skipped by the reader; a row of empty fields is kept
             // (all missing).
-            lines.push(record.position().map_or(0, |p| p.line()));
+            lines.push(record.position().map_or(0, |p| counter.line(&bytes, p)));
             rows.push(record.iter().map(str::to_string).collect());
         }
         if rows.is_empty() {
@@ -183,22 +201,68 @@ impl CsvTable {
     }
 }
 
-fn csv_error(path: &Path, e: &csv::Error) -> Error {
+/// The separator of a CSV file: whichever of `,`, `;` and tab its first line has most of
+/// outside quotes; a comma on a tie.
+fn separator(bytes: &[u8]) -> u8 {
+    let (mut counts, mut quoted) = ([0usize; 3], false);
+    for &b in bytes.iter().take_while(|&&b| b != b'\n') {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => counts[0] += 1,
+            b';' if !quoted => counts[1] += 1,
+            b'\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3).fold(0, |best, i| if counts[i] > counts[best] { i } else { best });
+    [b',', b';', b'\t'][best]
+}
+
+/// The line of the file where a record starts, counted from its byte offset (the csv crate's
+/// own count leaves out blank lines), from the file's start.
+fn line_at(bytes: &[u8], position: &csv::Position) -> u64 {
+    LineCounter::default().line(bytes, position)
+}
+
+/// [`line_at`] for records met in order: each byte is counted once.
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    newlines: u64,
+}
+
+impl LineCounter {
+    fn line(&mut self, bytes: &[u8], position: &csv::Position) -> u64 {
+        let mut start = (position.byte() as usize).min(bytes.len());
+        // The offset may be that of blank lines the reader skipped before the record.
+        while start < bytes.len() && matches!(bytes[start], b'\n' | b'\r') {
+            start += 1;
+        }
+        if start < self.offset {
+            *self = Self::default();
+        }
+        self.newlines += bytes[self.offset..start].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.offset = start;
+        1 + self.newlines
+    }
+}
+
+fn csv_error(path: &Path, bytes: &[u8], e: &csv::Error) -> Error {
     let (line, message) = match e.kind() {
         csv::ErrorKind::UnequalLengths {
             pos,
             expected_len,
             len,
         } => (
-            pos.as_ref().map(|p| p.line()),
+            pos.as_ref().map(|p| line_at(bytes, p)),
             format!("a ragged row: {len} fields where the header has {expected_len}"),
         ),
         csv::ErrorKind::Utf8 { pos, err } => (
-            pos.as_ref().map(|p| p.line()),
+            pos.as_ref().map(|p| line_at(bytes, p)),
             format!("not UTF-8 text (field {}): {err}", err.field() + 1),
         ),
         csv::ErrorKind::Io(err) => (None, err.to_string()),
-        _ => (e.position().map(|p| p.line()), e.to_string()),
+        _ => (e.position().map(|p| line_at(bytes, p)), e.to_string()),
     };
     Error::Csv {
         path: path.to_path_buf(),
@@ -224,6 +288,15 @@ mod tests {
         assert_eq!(t.value(0, 1), "x, y");
         assert_eq!(t.value(1, 1), "z");
         assert_eq!((t.line(0), t.line(1)), (2, 4));
+    }
+
+    #[test]
+    fn semicolons_tabs_byte_order_marks_and_crlf_read_as_commas() {
+        for text in ["a;b\r\n1,5;x\r\n", "\u{feff}a,b\n\"1,5\",x\n", "a\tb\n1,5\tx\n"] {
+            let t = table(text).unwrap();
+            assert_eq!(t.columns, ["a", "b"], "{text:?}");
+            assert_eq!((t.value(0, 0), t.value(0, 1)), ("1,5", "x"), "{text:?}");
+        }
     }
 
     #[test]
