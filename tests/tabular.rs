@@ -154,6 +154,9 @@ fn the_plain_baseline_has_the_dense_nets_parameter_count_on_any_input() {
         let p = DenseMlp::parameter_count(&plain, inputs).unwrap() as f64;
         assert!((d - p).abs() / d < 1e-3, "{inputs} inputs: dense {d}, plain {p}");
         assert_eq!(DenseMlp::parameter_count(&linear, inputs).unwrap(), inputs + 1);
+        // The README's formulas.
+        assert_eq!(d as usize, 128 * inputs + 79_617);
+        assert_eq!(p as usize, 128 * inputs + 79_639);
     }
 }
 
@@ -169,6 +172,18 @@ fn specs_are_refused_with_the_field_named() {
             "compression",
         ),
         (r#"{"kind": "plain", "hidden_widths": [4, 0]}"#, "hidden_widths"),
+        (
+            r#"{"kind": "dense", "stem_width": 1000000000, "growth_width": 3, "block_config": [2], "compression": 0.5}"#,
+            "stem_width is 1000000000, more than the limit",
+        ),
+        (
+            r#"{"kind": "dense", "stem_width": 6, "growth_width": 3, "block_config": [10000000], "compression": 0.5}"#,
+            "more than the limit of 1024",
+        ),
+        (
+            r#"{"kind": "plain", "hidden_widths": [1000000000000]}"#,
+            "more than the limit",
+        ),
         (r#"{"kind": "sparse"}"#, "sparse"),
     ] {
         let recipe = serde_json::to_string(&MlpSpec::find_builtin("dense-mlp").unwrap().recipe).unwrap();
@@ -452,4 +467,113 @@ fn the_ames_houses_from_debian_read_as_the_book_describes() {
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     assert_eq!((lo.exp().round(), hi.exp().round()), (12789.0, 755000.0));
+}
+
+#[test]
+fn infer_reads_gzip_keys_rows_and_writes_nothing_when_a_file_is_bad() {
+    let dir = temp("tabular", "infer");
+    let out = dir.join("run");
+    let houses = small_houses();
+    let o = zoo(&[
+        "train",
+        "--variant",
+        "linear",
+        "--data",
+        houses.to_str().unwrap(),
+        "--target",
+        "Sale_Price",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = out.join("model.safetensors");
+    let text = std::fs::read_to_string(&houses).unwrap();
+    // Gzipped, and without the identifier column: keyed by line, with a note.
+    let gz = dir.join("houses.csv.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    let no_id: String = text
+        .lines()
+        .map(|l| l.split_once(',').unwrap().1.to_string() + "\n")
+        .collect();
+    std::io::Write::write_all(&mut encoder, no_id.as_bytes()).unwrap();
+    encoder.finish().unwrap();
+    let o = zoo(&[
+        "infer",
+        gz.to_str().unwrap(),
+        "--weights",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(stdout.starts_with("line,Sale_Price\n2,"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 13);
+    assert!(
+        stderr(&o).contains("lack the model's identifier `Id`"),
+        "{}",
+        stderr(&o)
+    );
+    // A good file then a bad one: an error, and nothing on stdout.
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, text.replace("2003", "new")).unwrap();
+    let o = zoo(&[
+        "infer",
+        houses.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--weights",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        stderr(&o).contains("bad.csv, line 2, column `Year_Built`: `new` is not a number"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn misnamed_variants_and_columns_are_refused_as_such() {
+    let houses = small_houses();
+    let h = houses.to_str().unwrap();
+    let o = zoo(&[
+        "train",
+        "--variant",
+        "dense-mpl",
+        "--data",
+        h,
+        "--target",
+        "Sale_Price",
+    ]);
+    assert!(
+        stderr(&o).contains("unknown variant `dense-mpl`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = zoo(&[
+        "train",
+        "--variant",
+        "dense-mlp",
+        "--data",
+        h,
+        "--target",
+        "Sale_Price",
+        "--id-column",
+        "Sale_Price",
+    ]);
+    assert!(
+        stderr(&o).contains("--id-column names the target column"),
+        "{}",
+        stderr(&o)
+    );
+    let o = zoo(&["summary", "--variant", "dense-mlp"]);
+    assert!(
+        stderr(&o).contains("a net for tabular data, not images"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -95,8 +95,8 @@ impl Checkpoint {
         if raw.header.as_ref().is_some_and(crate::tabular::is_tabular) {
             return Err(Error::Checkpoint {
                 path: origin,
-                message: "a tabular model (for CSV rows, not images): predict with \
-                          `densenet-zoo infer FILE.csv --weights` it"
+                message: "a tabular model, for rows of CSV files, not images: `densenet-zoo infer \
+                          FILE.csv --weights THIS` predicts with it"
                     .into(),
             });
         }

@@ -13,7 +13,8 @@ use super::images::expand_inputs;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Image files or folders (PNG, JPEG, BMP, GIF, WebP, TIFF) [default: the shipped examples].
+    /// Image files or folders (PNG, JPEG, BMP, GIF, WebP, TIFF) [default: the shipped examples];
+    /// or CSV files of rows for a tabular model (--weights), whose predictions go to stdout as CSV.
     images: Vec<PathBuf>,
     /// Variant name or JSON spec [default: the checkpoint's].
     #[arg(long)]
@@ -25,7 +26,7 @@ pub struct Args {
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     topk: usize,
-    /// One JSON object per line and image.
+    /// One JSON object per line and image (or CSV row).
     #[arg(long)]
     json: bool,
     /// Images per forward pass.

@@ -108,6 +108,15 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
         &fitted.preprocessor.log_targets(&table)?,
     );
     let parameters = DenseMlp::parameter_count(&spec, fitted.preprocessor.width())?;
+    // Predicting the training mean scores the log target's spread: a model worse than that
+    // learnt nothing (a learning rate too high, too few epochs).
+    let spread = fitted.preprocessor.target_std;
+    if train_log_rmse >= spread {
+        say!(
+            "note: the trained model's log-RMSE on its own training rows, {train_log_rmse:.4}, is no \
+             better than predicting their mean ({spread:.4}): lower --lr or train longer"
+        );
+    }
     let mut report = serde_json::json!({
         "variant": spec.name,
         "data": data.display().to_string(),
@@ -140,6 +149,13 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
             &out.join(CROSS_VALIDATION_FILE),
             format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
         )?;
+    } else if out.join(CROSS_VALIDATION_FILE).exists() {
+        // An earlier run's, which would read as this model's.
+        std::fs::remove_file(out.join(CROSS_VALIDATION_FILE))?;
+        say!(
+            "note: removed {}: an earlier run's (no --folds this time)",
+            out.join(CROSS_VALIDATION_FILE).display()
+        );
     }
     if json {
         out!("{report}")?;
@@ -166,51 +182,76 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True for a path named `*.csv` (any case).
+/// True for a path named `*.csv`, `*.tsv`, or either gzipped (any case).
 pub fn is_csv(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    name.ends_with(".csv") || name.ends_with(".tsv")
 }
 
 /// Predicts the target of every row of `files` with the tabular checkpoint `weights`, written
-/// as CSV on stdout: the identifier column (or the row's line), then the target; with more
-/// than one file, the file first. With `json`, one object per row.
+/// as CSV on stdout: a key column, then the target; with more than one file, the file first.
+/// The key is the model's identifier column where every file has it, else a column called
+/// `id` (any case) that every file has, else the row's line in its file. With `json`, one
+/// object per row. Every file is read and predicted before anything is written: a bad file
+/// stops the command with nothing on stdout.
 pub fn infer(files: &[PathBuf], weights: &Path, json: bool, device: &Device) -> anyhow::Result<()> {
     let model = TabularModel::load(weights, device)?;
     let p = &model.preprocessor;
+    let mut predicted = Vec::with_capacity(files.len());
+    for file in files {
+        let table = CsvTable::read(file)?;
+        let encoded = p.encode(&table)?;
+        let logs = tabular::predict_log(&model.model, p, &encoded, device)?;
+        predicted.push((file, table, encoded, logs));
+    }
+    let tables: Vec<&CsvTable> = predicted.iter().map(|(_, t, _, _)| t).collect();
+    let key = row_key(p.id_column.as_deref(), &tables);
+    for (file, table, encoded, logs) in &predicted {
+        let ignored: Vec<String> = encoded
+            .ignored
+            .iter()
+            .filter(|c| Some(c.as_str()) != key.as_deref())
+            .cloned()
+            .collect();
+        announce(file, encoded, &ignored);
+        score_if_labelled(file, table, &model, logs);
+    }
+    let key_name = key.clone().unwrap_or_else(|| "line".into());
     let mut writer = csv::Writer::from_writer(std::io::stdout().lock());
-    let key = p.id_column.clone().unwrap_or_else(|| "line".into());
     if !json {
-        let mut header = vec![key.clone(), p.target.clone()];
+        let mut header = vec![key_name.clone(), p.target.clone()];
         if files.len() > 1 {
             header.insert(0, "file".into());
         }
         writer.write_record(&header)?;
     }
-    for file in files {
-        let table = CsvTable::read(file)?;
-        let encoded = p.encode(&table)?;
-        announce(file, &encoded);
-        let logs = tabular::predict_log(&model.model, p, &encoded, device)?;
-        score_if_labelled(file, &table, &model, &logs);
-        let id = p.id_column.as_ref().and_then(|c| table.column_index(c));
+    for (file, table, _, logs) in &predicted {
+        let key_index = key.as_ref().and_then(|k| table.column_index(k));
         for (row, log) in logs.iter().enumerate() {
-            let key_value = match id {
-                Some(c) => table.value(row, c).to_string(),
-                None => table.line(row).to_string(),
-            };
             let value = log.exp();
             if json {
-                writer.flush()?;
+                let key_value = match key_index {
+                    Some(c) => serde_json::json!(table.value(row, c)),
+                    None => serde_json::json!(table.line(row)),
+                };
                 out!(
                     "{}",
                     serde_json::json!({
                         "file": file.display().to_string(),
-                        key.as_str(): key_value,
+                        key_name.as_str(): key_value,
                         p.target.as_str(): value,
                         "log_prediction": log,
                     })
                 )?;
             } else {
+                let key_value = match key_index {
+                    Some(c) => table.value(row, c).to_string(),
+                    None => table.line(row).to_string(),
+                };
                 let mut record = vec![key_value, format!("{value}")];
                 if files.len() > 1 {
                     record.insert(0, file.display().to_string());
@@ -223,8 +264,36 @@ pub fn infer(files: &[PathBuf], weights: &Path, json: bool, device: &Device) -> 
     Ok(())
 }
 
+/// The column that keys predictions: the model's identifier where every table has it, else
+/// one called `id` (any case) that every table has; `None` for the rows' lines. Says which
+/// when it is not the model's own.
+fn row_key(model_id: Option<&str>, tables: &[&CsvTable]) -> Option<String> {
+    if let Some(id) = model_id {
+        if tables.iter().all(|t| t.column_index(id).is_some()) {
+            return Some(id.to_string());
+        }
+    }
+    let chosen = tables[0]
+        .columns
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case("id"))
+        .filter(|first| tables.iter().all(|t| t.column_index(first).is_some()))
+        .cloned();
+    match (&chosen, model_id) {
+        (Some(c), Some(id)) => {
+            say!("note: the files lack the model's identifier `{id}`: rows are keyed by `{c}`")
+        }
+        (Some(c), None) => say!("note: rows are keyed by the files' column `{c}`"),
+        (None, Some(id)) => {
+            say!("note: the files lack the model's identifier `{id}`: rows are keyed by their line")
+        }
+        (None, None) => {}
+    }
+    chosen
+}
+
 /// Notes what the encoding decided: unseen categories and unused columns.
-fn announce(file: &Path, encoded: &Encoded) {
+fn announce(file: &Path, encoded: &Encoded, ignored: &[String]) {
     for (column, count, first) in &encoded.unseen {
         say!(
             "note: {}: column `{column}` has {count} values the training rows did not have (the \
@@ -232,11 +301,11 @@ fn announce(file: &Path, encoded: &Encoded) {
             file.display()
         );
     }
-    if !encoded.ignored.is_empty() {
+    if !ignored.is_empty() {
         say!(
             "note: {}: not features of this model, ignored: {}",
             file.display(),
-            encoded.ignored.join(", ")
+            ignored.join(", ")
         );
     }
 }

@@ -18,7 +18,8 @@ pub struct Args {
     /// Variant name (d2l, 121, bc-100-12, ...) or a JSON spec [default: d2l].
     #[arg(long)]
     variant: Option<String>,
-    /// Data set folder: IDX files, CIFAR binary batches, or train/ and val/ class folders.
+    /// Data set folder: IDX files, CIFAR binary batches, or train/ and val/ class folders; for
+    /// a tabular variant, a CSV file (`,` `;` or tab separated, `.gz` too).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Epochs [default: the variant's recipe].
@@ -77,7 +78,8 @@ pub struct Args {
     /// storing them: far less memory, bit-identical results (`--memory-efficient false` to undo).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     memory_efficient: Option<bool>,
-    /// Output folder: metrics.jsonl, last/best.safetensors, curves.svg.
+    /// Output folder: metrics.jsonl, last/best.safetensors, curves.svg; for a tabular variant,
+    /// model.safetensors and (with --folds) cross_validation.json.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
     /// Continue from OUT/last.safetensors with its saved settings (flags given here override them).
@@ -197,6 +199,8 @@ fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
     ];
     let given: Vec<&str> = tabular_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     let variant = args.variant.as_deref().unwrap_or("d2l");
+    // A misspelt name or a broken spec file says so before anything else.
+    VariantSpec::resolve(variant)?;
     anyhow::ensure!(
         given.is_empty(),
         "{} {} for tabular variants (dense-mlp, plain-mlp, linear-regression), not {variant}",
@@ -205,7 +209,8 @@ fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
     );
     if let Some(data) = args.data.as_deref().filter(|d| super::tabular::is_csv(d)) {
         anyhow::bail!(
-            "--data {} is a CSV file, and {variant} an image variant: train a tabular variant on it              (--variant dense-mlp --target COLUMN)",
+            "--data {} is a CSV file, and {variant} an image variant: train a tabular variant on it \
+             (--variant dense-mlp --target COLUMN)",
             data.display()
         );
     }

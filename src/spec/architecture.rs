@@ -218,7 +218,7 @@ impl Architecture {
 }
 
 /// Refuses a size field of 0 or above [`SIZE_LIMIT`], naming it.
-pub(super) fn check_sizes(sizes: &[(&str, usize)]) -> Result<(), String> {
+pub(crate) fn check_sizes(sizes: &[(&str, usize)]) -> Result<(), String> {
     for &(field, value) in sizes {
         if value == 0 {
             return Err(format!("{field} must be at least 1, found 0"));

@@ -16,6 +16,7 @@ mod file;
 mod pretrained_cfg;
 mod recipe;
 
+pub(crate) use architecture::check_sizes;
 pub use architecture::{Architecture, LayerKind, StemKind, TransitionPool};
 pub use pretrained_cfg::{Preprocess, PretrainedCfg, Reference};
 pub use recipe::Recipe;

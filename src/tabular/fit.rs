@@ -88,6 +88,21 @@ pub fn fit(
     device: &Device,
 ) -> Result<FittedModel> {
     let (recipe, seed) = (&options.recipe, options.seed);
+    let with_recipe = MlpSpec {
+        recipe: recipe.clone(),
+        ..spec.clone()
+    };
+    with_recipe
+        .validate()
+        .map_err(|m| Error::Training(format!("{}: {m}", spec.name)))?;
+    if train.len() < 2 {
+        return Err(Error::Csv {
+            path: train.path.clone(),
+            line: None,
+            column: None,
+            message: format!("{} row to train on: batch norm needs at least 2", train.len()),
+        });
+    }
     let preprocessor = schema.fit(train)?;
     let encoded = preprocessor.encode(train)?;
     let targets: Vec<f32> = preprocessor
@@ -119,7 +134,7 @@ pub fn fit(
     let steps_per_epoch = rows.div_ceil(batch);
     let mut order: Vec<u32> = (0..rows as u32).collect();
     let mut rng = StdRng::seed_from_u64(seed ^ BATCH_ORDER_STREAM);
-    let mut epoch_losses = Vec::with_capacity(recipe.epochs);
+    let mut epoch_losses = Vec::new();
     for epoch in 0..recipe.epochs {
         order.shuffle(&mut rng);
         let (mut sum, mut count) = (0.0, 0usize);
@@ -231,7 +246,10 @@ pub fn cross_validate(
             .flat_map(|(_, rows)| rows.iter().copied())
             .collect();
         let (train, valid) = (table.select(&train_rows), table.select(valid_rows));
-        let fitted = fit(spec, schema, &train, options, device)?;
+        let fitted = fit(spec, schema, &train, options, device).map_err(|e| match e {
+            Error::Training(m) => Error::Training(format!("fold {} of {k}: {m}", i + 1)),
+            e => e,
+        })?;
         let score = |part: &CsvTable| -> Result<(f64, usize)> {
             let encoded = fitted.preprocessor.encode(part)?;
             let predicted = fitted.predict_log(&encoded, device)?;

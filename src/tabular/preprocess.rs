@@ -65,14 +65,38 @@ impl Schema {
         let id_column = match &options.id_column {
             Some(id) => {
                 table.require_column(id, "--id-column")?;
+                if *id == options.target {
+                    return Err(Error::Csv {
+                        path: table.path.clone(),
+                        line: Some(1),
+                        column: Some(id.clone()),
+                        message: "--id-column names the target column: name the rows' identifier".into(),
+                    });
+                }
                 Some(id.clone())
             }
             None => {
-                let found = table
+                let found: Vec<&String> = table
                     .columns
                     .iter()
-                    .find(|c| c.eq_ignore_ascii_case("id") && **c != options.target)
-                    .cloned();
+                    .filter(|c| c.eq_ignore_ascii_case("id") && **c != options.target)
+                    .collect();
+                if found.len() > 1 {
+                    return Err(Error::Csv {
+                        path: table.path.clone(),
+                        line: Some(1),
+                        column: None,
+                        message: format!(
+                            "columns {} could each be the rows' identifier: pass --id-column",
+                            found
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        ),
+                    });
+                }
+                let found = found.first().map(|c| c.to_string());
                 if let Some(id) = &found {
                     notes.push(format!(
                         "column `{id}` is taken as the rows' identifier, not a feature \
@@ -82,6 +106,18 @@ impl Schema {
                 found
             }
         };
+        if let Some(id) = &id_column {
+            let index = table.column_index(id).expect("checked above");
+            let mut values: Vec<&str> = (0..table.len()).map(|r| table.value(r, index)).collect();
+            values.sort_unstable();
+            if let Some(w) = values.windows(2).find(|w| w[0] == w[1]) {
+                notes.push(format!(
+                    "the identifier column `{id}` repeats values (`{}`, ...): predictions will \
+                     share those keys",
+                    w[0]
+                ));
+            }
+        }
         for c in &options.categorical {
             table.require_column(c, "--categorical")?;
             if *c == options.target || Some(c) == id_column.as_ref() {
@@ -207,6 +243,14 @@ fn infer_kind(table: &CsvTable, column: usize) -> Result<ColumnKind> {
             ),
         )),
         _ => Ok(ColumnKind::Categorical),
+    }
+}
+
+/// Why `v` is no value of a numeric column.
+fn not_a_number(v: &str) -> &'static str {
+    match v.parse::<f64>() {
+        Ok(x) if !x.is_finite() => "not a finite number",
+        _ => "not a number",
     }
 }
 
@@ -345,8 +389,9 @@ impl Preprocessor {
                                 row,
                                 index,
                                 format!(
-                                    "`{v}` is not a number; the model reads this column as \
-                                     numbers (leave it empty for a missing value)"
+                                    "`{v}` is {}; the model reads this column as numbers \
+                                     (leave it empty for a missing value)",
+                                    not_a_number(v)
                                 ),
                             )
                         })?;
@@ -418,7 +463,9 @@ impl Preprocessor {
                         index,
                         "the target is missing: every training row needs one".into(),
                     )),
-                    None => Err(table.error_at(row, index, format!("the target `{v}` is not a number"))),
+                    None => {
+                        Err(table.error_at(row, index, format!("the target `{v}` is {}", not_a_number(v))))
+                    }
                 }
             })
             .collect()

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::spec::Recipe;
+use crate::spec::{check_sizes, Recipe};
 
 /// The tabular specs that ship with the crate, as `(file name, JSON text)`.
 const BUILTIN: &[(&str, &str)] = &[
@@ -19,6 +19,11 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../variants/linear-regression.json"),
     ),
 ];
+
+/// The most layers a block (or a plain net) may have.
+const MAX_LAYERS: usize = 1024;
+/// The most epochs a recipe may ask for.
+const MAX_EPOCHS: usize = 1_000_000;
 
 /// A net for one numeric target from a row of encoded features: its connectivity and the
 /// recipe it trains with. Read strictly from JSON (see `variants/dense-mlp.json`).
@@ -131,12 +136,15 @@ impl MlpSpec {
                 block_config,
                 compression,
             } => {
-                if *stem_width == 0 || *growth_width == 0 {
-                    return Err("stem_width and growth_width must be at least 1".into());
-                }
+                check_sizes(&[("stem_width", *stem_width), ("growth_width", *growth_width)])?;
                 if block_config.is_empty() || block_config.contains(&0) {
                     return Err(format!(
                         "block_config needs at least one block of at least one layer, found {block_config:?}"
+                    ));
+                }
+                if let Some(n) = block_config.iter().find(|&&n| n > MAX_LAYERS) {
+                    return Err(format!(
+                        "block_config has a block of {n} layers, more than the limit of {MAX_LAYERS}"
                     ));
                 }
                 if !(*compression > 0.0 && *compression <= 1.0) {
@@ -145,6 +153,7 @@ impl MlpSpec {
                 let mut width = *stem_width;
                 for (i, layers) in block_config.iter().enumerate() {
                     width += layers * growth_width;
+                    check_sizes(&[(&format!("the width after dense block {}", i + 1), width)])?;
                     if i + 1 < block_config.len() {
                         width = (width as f64 * compression).floor() as usize;
                         if width == 0 {
@@ -154,14 +163,24 @@ impl MlpSpec {
                 }
             }
             Connectivity::Plain { hidden_widths } => {
-                if hidden_widths.contains(&0) {
+                if hidden_widths.len() > MAX_LAYERS {
                     return Err(format!(
-                        "hidden_widths must be at least 1, found {hidden_widths:?}"
+                        "hidden_widths has {} layers, more than the limit of {MAX_LAYERS}",
+                        hidden_widths.len()
                     ));
+                }
+                for w in hidden_widths {
+                    check_sizes(&[("hidden_widths", *w)])?;
                 }
             }
         }
         self.recipe.validate().map_err(|m| format!("recipe.{m}"))?;
+        if self.recipe.epochs > MAX_EPOCHS {
+            return Err(format!(
+                "recipe.epochs is {}, more than the limit of {MAX_EPOCHS}",
+                self.recipe.epochs
+            ));
+        }
         if self.recipe.augment != crate::data::Augment::None {
             return Err("recipe.augment must be none: rows of a table are not augmented".into());
         }

@@ -45,6 +45,14 @@ impl CsvTable {
             path: path.to_path_buf(),
             source,
         };
+        if path.is_dir() {
+            return Err(Error::Csv {
+                path: path.to_path_buf(),
+                line: None,
+                column: None,
+                message: "is a folder: name a CSV file".into(),
+            });
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         let mut bytes = Vec::new();
         let gzipped = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
@@ -259,7 +267,15 @@ fn csv_error(path: &Path, bytes: &[u8], e: &csv::Error) -> Error {
         ),
         csv::ErrorKind::Utf8 { pos, err } => (
             pos.as_ref().map(|p| line_at(bytes, p)),
-            format!("not UTF-8 text (field {}): {err}", err.field() + 1),
+            format!(
+                "field {} is not UTF-8 text (a Latin-1 or Windows-1252 file? save it as UTF-8){}",
+                err.field() + 1,
+                if bytes.starts_with(&[0x1f, 0x8b]) {
+                    "; its bytes are gzip's: name it .gz"
+                } else {
+                    ""
+                }
+            ),
         ),
         csv::ErrorKind::Io(err) => (None, err.to_string()),
         _ => (e.position().map(|p| line_at(bytes, p)), e.to_string()),
