@@ -78,6 +78,10 @@ pub enum Error {
         message: String,
     },
 
+    /// An operation across the processes of a data-parallel run failed.
+    #[error("distributed training: {0}")]
+    Distributed(String),
+
     /// Training stopped: a non-finite loss, or an inconsistent resume.
     #[error("training: {0}")]
     Training(String),

@@ -42,6 +42,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod device_check;
+pub mod distributed;
 mod error;
 pub mod heat_map;
 mod image_io;

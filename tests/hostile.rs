@@ -401,3 +401,35 @@ fn hostile_pth_files() {
         "{err}"
     );
 }
+
+/// `mpirun -np 2 densenet-zoo train` (or `srun`) before training spans processes: each rank
+/// would train alone into the same folder, so it is refused before anything is written.
+#[test]
+fn train_refuses_to_run_as_one_of_many_launched_processes() {
+    let dir = temp("launched");
+    for (var, size) in [
+        ("OMPI_COMM_WORLD_SIZE", "2"),
+        ("PMI_SIZE", "4"),
+        ("SLURM_STEP_NUM_TASKS", "8"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
+            .args(["train", "--epochs", "1", "--out", dir.to_str().unwrap()])
+            .env(var, size)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("one of {size} processes")),
+            "{var}: {err}"
+        );
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "{var}: wrote into --out"
+        );
+    }
+    assert_eq!(
+        densenet_zoo::distributed::launched_world_size(),
+        None,
+        "the tests run under no launcher"
+    );
+}

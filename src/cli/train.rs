@@ -218,6 +218,12 @@ fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(n) = densenet_zoo::distributed::launched_world_size().filter(|&n| n > 1) {
+        anyhow::bail!(
+            "started as one of {n} processes (mpirun or srun): `train` does not train across \
+             processes yet, and each would train alone into the same --out; run one process"
+        );
+    }
     if let Some(spec) = tabular_spec(&args)? {
         return super::tabular::train(tabular_request(spec, &args)?);
     }

@@ -1,0 +1,80 @@
+//! [`Collective`] over MPI (Open MPI, MPICH): the processes that `mpirun -np N` or Slurm's
+//! `srun` started, through the `mpi` crate.
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+
+use super::{Buffer, Collective};
+use crate::error::{Error, Result};
+
+/// The world communicator of an MPI job. MPI is finalised when this is dropped; create it
+/// once per process.
+pub struct Mpi {
+    // Kept alive: dropping the universe finalises MPI.
+    _universe: Universe,
+    world: SimpleCommunicator,
+}
+
+impl Mpi {
+    /// Initialises MPI (threading "funneled": only the thread that called this communicates;
+    /// candle's own threads do not).
+    ///
+    /// # Errors
+    /// [`Error::Distributed`] when MPI was already initialised in this process, or the library
+    /// does not give the threading level.
+    pub fn init() -> Result<Self> {
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or_else(|| Error::Distributed("MPI is already initialised in this process".into()))?;
+        if threading < mpi::Threading::Funneled {
+            return Err(Error::Distributed(format!(
+                "the MPI library gives threading level {threading:?}; funneled is needed"
+            )));
+        }
+        let world = universe.world();
+        Ok(Self {
+            _universe: universe,
+            world,
+        })
+    }
+}
+
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn world_size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_reduce_sum(&self, values: Buffer) -> Result<()> {
+        // MPI's in-place reduction is not in the crate's safe API: reduce from a copy.
+        match values {
+            Buffer::F32(v) => {
+                let send = v.to_vec();
+                self.world.all_reduce_into(&send[..], v, SystemOperation::sum());
+            }
+            Buffer::F64(v) => {
+                let send = v.to_vec();
+                self.world.all_reduce_into(&send[..], v, SystemOperation::sum());
+            }
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, values: Buffer, root: usize) -> Result<()> {
+        let root = self.world.process_at_rank(root as i32);
+        match values {
+            Buffer::F32(v) => root.broadcast_into(v),
+            Buffer::F64(v) => root.broadcast_into(v),
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world.barrier();
+        Ok(())
+    }
+}
