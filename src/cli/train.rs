@@ -158,19 +158,7 @@ fn tabular_request(spec: MlpSpec, args: &Args) -> anyhow::Result<super::tabular:
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{} needs the column to predict: pass --target COLUMN", spec.name))?;
     let mut recipe = spec.recipe.clone();
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { recipe.$field = v; } )* };
-    }
-    set!(
-        epochs,
-        batch_size,
-        lr,
-        momentum,
-        nesterov,
-        weight_decay,
-        schedule,
-        optimizer
-    );
+    override_recipe(&mut recipe, args);
     Ok(super::tabular::TrainRequest {
         spec,
         data,
@@ -459,6 +447,23 @@ fn shown(names: &[String]) -> String {
     out
 }
 
+/// Applies the recipe flags that image and tabular runs share, where given.
+fn override_recipe(recipe: &mut densenet_zoo::spec::Recipe, args: &Args) {
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { recipe.$field = v; } )* };
+    }
+    set!(
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        schedule,
+        optimizer
+    );
+}
+
 /// Applies the flags that were given; a new image size also becomes the saved spec's input
 /// size and preprocessing, so that inference with the checkpoint needs no flag.
 fn override_with(config: &mut TrainConfig, args: &Args) {
@@ -475,23 +480,8 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
         workers,
         skip_bad_images
     );
-    set!(
-        config.recipe,
-        epochs,
-        batch_size,
-        lr,
-        momentum,
-        nesterov,
-        weight_decay,
-        augment,
-        label_smoothing
-    );
-    if let Some(s) = args.schedule {
-        config.recipe.schedule = s;
-    }
-    if let Some(o) = args.optimizer {
-        config.recipe.optimizer = o;
-    }
+    set!(config.recipe, augment, label_smoothing);
+    override_recipe(&mut config.recipe, args);
     config.spec.set_input_size(config.image_size);
     // Recorded absolute, so that --resume works from another folder.
     if let Ok(data) = std::path::absolute(&config.data) {
