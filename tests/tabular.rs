@@ -577,3 +577,70 @@ fn misnamed_variants_and_columns_are_refused_as_such() {
         stderr(&o)
     );
 }
+
+#[test]
+fn what_would_train_nothing_or_overflow_is_refused() {
+    let dir = temp("tabular", "overflow");
+    let run = dir.join("run");
+    let train = |path: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--variant",
+            "dense-mlp",
+            "--data",
+            path.to_str().unwrap(),
+            "--target",
+            "Price",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--epochs", "1", "--out", run.to_str().unwrap()]);
+        zoo(&args)
+    };
+    let ok = dir.join("ok.csv");
+    std::fs::write(&ok, "Area,Zone,Price\n1,a,10\n2,b,20\n3,a,30\n4,b,40\n").unwrap();
+    let o = train(&ok, &["--batch-size", "1"]);
+    assert!(
+        stderr(&o).contains("batch size 1: batch norm has no statistics of one row"),
+        "{}",
+        stderr(&o)
+    );
+    let huge = dir.join("huge.csv");
+    std::fs::write(&huge, "Area,Zone,Price\n1e160,a,10\n2,b,20\n3,a,30\n4,b,40\n").unwrap();
+    let o = train(&huge, &[]);
+    assert!(
+        stderr(&o).contains("column `Area`: values too large to standardise"),
+        "{}",
+        stderr(&o)
+    );
+    let wide = dir.join("wide.csv");
+    let rows: String = (0..70_000)
+        .map(|i| format!("{i},k{i},{}\n", 10 + i % 7))
+        .collect();
+    std::fs::write(&wide, format!("Area,Key,Price\n{rows}")).unwrap();
+    let o = train(&wide, &[]);
+    assert!(
+        stderr(&o).contains("column `Key`: the encoded rows would have 70002 inputs"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!run.join("model.safetensors").exists());
+
+    // A trained model given a value far outside its training rows, in a file named .txt.
+    let o = train(&ok, &["--batch-size", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let far = dir.join("far.txt");
+    std::fs::write(&far, "Area,Zone\n2,a\n1e300,b\n").unwrap();
+    let model = run.join("model.safetensors");
+    let o = zoo(&[
+        "infer",
+        far.to_str().unwrap(),
+        "--weights",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.stdout.is_empty());
+    assert!(
+        stderr(&o).contains("far.txt, line 3, column `Area`: `1e300` is too far outside the training values"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -58,8 +58,22 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    // A tabular model reads every input as CSV, whatever its name; otherwise a `.csv` asks
+    // for one.
+    let tabular_weights = args
+        .weights
+        .as_deref()
+        .is_some_and(|w| densenet_zoo::tabular::is_tabular_file(std::path::Path::new(w)));
+    if tabular_weights && !args.images.is_empty() {
+        return infer_tabular(&args, &device);
+    }
     if let Some(csv) = args.images.iter().find(|p| super::tabular::is_csv(p)) {
-        return infer_tabular(&args, csv, &device);
+        anyhow::ensure!(
+            args.weights.is_some(),
+            "{} is a CSV file: pass the tabular model that predicts it, --weights RUN/model.safetensors",
+            csv.display()
+        );
+        return infer_tabular(&args, &device);
     }
     if args.cam.is_none() && (args.cam_target.given() || args.cam_method.is_some()) {
         anyhow::bail!(
@@ -266,21 +280,29 @@ fn report_error(path: &std::path::Path, error: &str, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// Predicts CSV files' rows with a tabular checkpoint; the image flags are refused by name.
-fn infer_tabular(args: &Args, csv: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<()> {
-    if let Some(other) = args.images.iter().find(|p| !super::tabular::is_csv(p)) {
+/// Predicts CSV files' rows with a tabular checkpoint (`--weights`, checked by the caller);
+/// the image flags are refused by name.
+fn infer_tabular(args: &Args, device: &candle_core::Device) -> anyhow::Result<()> {
+    let weights = args.weights.as_deref().expect("the caller checked --weights");
+    if !densenet_zoo::tabular::is_tabular_file(std::path::Path::new(weights)) {
+        // Its error says what the file is instead.
+        densenet_zoo::tabular::TabularModel::load(std::path::Path::new(weights), device)?;
+    }
+    let image = |p: &std::path::Path| {
+        p.is_dir()
+            || p.extension().is_some_and(|e| {
+                let e = e.to_ascii_lowercase();
+                ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "pnm"]
+                    .iter()
+                    .any(|x| e == *x)
+            })
+    };
+    if let Some(other) = args.images.iter().find(|p| image(p)) {
         anyhow::bail!(
-            "{} is a CSV file and {} is not: predict tables and classify images in separate runs",
-            csv.display(),
+            "{} is an image or a folder, and {weights} a tabular model: it predicts rows of CSV files",
             other.display()
         );
     }
-    let weights = args.weights.as_deref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} is a CSV file: pass the tabular model that predicts it, --weights RUN/model.safetensors",
-            csv.display()
-        )
-    })?;
     let image_only = [
         ("--variant", args.variant.is_some()),
         ("--cam", args.cam.is_some()),

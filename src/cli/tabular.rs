@@ -44,6 +44,9 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
     recipe
         .validate()
         .map_err(|m| anyhow::anyhow!("the training recipe: {m}"))?;
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {} is a file: name a folder", out.display());
+    }
     if out.join("last.safetensors").exists() {
         anyhow::bail!(
             "--out {} holds an image run (last.safetensors): name another folder for a tabular run",
@@ -111,7 +114,7 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
     // Predicting the training mean scores the log target's spread: a model worse than that
     // learnt nothing (a learning rate too high, too few epochs).
     let spread = fitted.preprocessor.target_std;
-    if train_log_rmse >= spread {
+    if train_log_rmse >= 0.95 * spread {
         say!(
             "note: the trained model's log-RMSE on its own training rows, {train_log_rmse:.4}, is no \
              better than predicting their mean ({spread:.4}): lower --lr or train longer"
@@ -126,6 +129,7 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
         "parameters": parameters,
         "seed": seed,
         "epochs": options.recipe.epochs,
+        "recipe": serde_json::to_value(&options.recipe)?,
         "train_log_rmse": train_log_rmse,
         "model": out.join(MODEL_FILE).display().to_string(),
     });
@@ -206,6 +210,16 @@ pub fn infer(files: &[PathBuf], weights: &Path, json: bool, device: &Device) -> 
         let table = CsvTable::read(file)?;
         let encoded = p.encode(&table)?;
         let logs = tabular::predict_log(&model.model, p, &encoded, device)?;
+        if let Some(row) = logs.iter().position(|v| !v.exp().is_finite()) {
+            anyhow::bail!(
+                "{}, line {}: the predicted {} is not a finite number (its log is {}): the row's \
+                 values are far outside the training rows'",
+                file.display(),
+                table.line(row),
+                p.target,
+                logs[row]
+            );
+        }
         predicted.push((file, table, encoded, logs));
     }
     let tables: Vec<&CsvTable> = predicted.iter().map(|(_, t, _, _)| t).collect();
@@ -296,7 +310,7 @@ fn row_key(model_id: Option<&str>, tables: &[&CsvTable]) -> Option<String> {
 fn announce(file: &Path, encoded: &Encoded, ignored: &[String]) {
     for (column, count, first) in &encoded.unseen {
         say!(
-            "note: {}: column `{column}` has {count} values the training rows did not have (the \
+            "note: {}: column `{column}` has {count} rows with values the training rows did not have (the \
              first: `{first}`), encoded as no category (all zeros)",
             file.display()
         );

@@ -118,7 +118,15 @@ fn tabular_spec(args: &Args) -> anyhow::Result<Option<MlpSpec>> {
     let Some(variant) = &args.variant else {
         return Ok(None);
     };
-    let spec = MlpSpec::resolve(variant)?;
+    // A spec file meant for tabular data (--target given) is read as one, so that its own
+    // mistakes are the ones reported.
+    let spec = match MlpSpec::resolve(variant)? {
+        None if args.target.is_some() && std::path::Path::new(variant).is_file() => {
+            let text = std::fs::read_to_string(variant)?;
+            Some(MlpSpec::from_json(&text, variant)?)
+        }
+        spec => spec,
+    };
     if spec.is_some() && args.resume {
         anyhow::bail!("--resume: tabular runs take seconds and are not resumed; run the command again");
     }

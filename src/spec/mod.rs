@@ -139,7 +139,15 @@ impl VariantSpec {
         }
         Err(Error::UnknownVariant {
             name: name_or_path.to_string(),
-            known: builtin.iter().map(|s| s.name.clone()).collect(),
+            known: builtin
+                .iter()
+                .map(|s| s.name.clone())
+                .chain(
+                    crate::tabular::MlpSpec::builtin()
+                        .into_iter()
+                        .map(|s| format!("{} (tabular)", s.name)),
+                )
+                .collect(),
         })
     }
 

@@ -37,6 +37,25 @@ pub fn is_tabular(metadata: &HashMap<String, String>) -> bool {
     metadata.contains_key(SPEC_KEY)
 }
 
+/// True when `path` is a safetensors file whose metadata is a tabular checkpoint's; reads only
+/// the header. False for anything else (an image model, a `.pth`, no such file).
+pub fn is_tabular_file(path: &Path) -> bool {
+    let read = || -> std::io::Result<bool> {
+        let mut file = std::fs::File::open(path)?;
+        let mut size = [0u8; 8];
+        std::io::Read::read_exact(&mut file, &mut size)?;
+        let size = u64::from_le_bytes(size);
+        if size > 100_000_000 {
+            return Ok(false);
+        }
+        let mut header = vec![0u8; size as usize];
+        std::io::Read::read_exact(&mut file, &mut header)?;
+        let header: serde_json::Value = serde_json::from_slice(&header).map_err(std::io::Error::other)?;
+        Ok(header.get("__metadata__").and_then(|m| m.get(SPEC_KEY)).is_some())
+    };
+    read().unwrap_or(false)
+}
+
 /// Writes `tensors` of a net of `spec` with its `preprocessor` and `training` facts to `path`,
 /// atomically.
 pub fn save(

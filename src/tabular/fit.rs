@@ -61,6 +61,9 @@ pub fn log_rmse(predicted: &[f64], truth: &[f64]) -> f64 {
     (sum / n).sqrt()
 }
 
+/// The most parameters a tabular net may have (1 GiB of f32).
+const MAX_PARAMETERS: usize = 1 << 28;
+
 /// Mixed into the seed for the order of the batches, so that it is not the folds' permutation.
 const BATCH_ORDER_STREAM: u64 = 0x0bad_5eed_0fba_7c4e;
 
@@ -78,8 +81,9 @@ pub struct FitOptions {
 /// single row is skipped (batch norm has no statistics of one row, as PyTorch refuses).
 ///
 /// # Errors
-/// The table's errors ([`Schema::fit`], [`Preprocessor::encode`]); [`Error::Training`] when
-/// the loss stops being finite (the epoch, and what to lower).
+/// The table's errors ([`Schema::fit`], [`Preprocessor::encode`]); [`Error::Training`] for a
+/// recipe the spec refuses, batches of one row, more than 2²⁸ parameters, or a loss that stops
+/// being finite (the epoch, and what to lower).
 pub fn fit(
     spec: &MlpSpec,
     schema: &Schema,
@@ -95,6 +99,12 @@ pub fn fit(
     with_recipe
         .validate()
         .map_err(|m| Error::Training(format!("{}: {m}", spec.name)))?;
+    if recipe.batch_size < 2 {
+        return Err(Error::Training(format!(
+            "batch size {}: batch norm has no statistics of one row; use 2 or more",
+            recipe.batch_size
+        )));
+    }
     if train.len() < 2 {
         return Err(Error::Csv {
             path: train.path.clone(),
@@ -111,6 +121,13 @@ pub fn fit(
         .map(|v| preprocessor.standardise_target(v) as f32)
         .collect();
     let width = preprocessor.width();
+    let parameters = DenseMlp::parameter_count(spec, width)?;
+    if parameters > MAX_PARAMETERS {
+        return Err(Error::Training(format!(
+            "{} over {width} inputs has {parameters} parameters, more than the limit of {MAX_PARAMETERS}",
+            spec.name
+        )));
+    }
     let x = Tensor::from_slice(&encoded.values, (encoded.rows, width), device)?;
     let y = Tensor::from_slice(&targets, encoded.rows, device)?;
     let varmap = DenseMlp::seeded_varmap(spec, width, seed, device)?;

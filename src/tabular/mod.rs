@@ -12,7 +12,7 @@ mod preprocess;
 mod spec;
 mod table;
 
-pub use checkpoint::{is_tabular, save, TabularModel};
+pub use checkpoint::{is_tabular, is_tabular_file, save, TabularModel};
 pub use fit::{
     cross_validate, fit, fold_rows, log_rmse, predict_log, CrossValidation, FitOptions, FittedModel,
     FoldResult,

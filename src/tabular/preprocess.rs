@@ -146,7 +146,7 @@ impl Schema {
                 path: table.path.clone(),
                 line: Some(1),
                 column: None,
-                message: "no feature columns: the header has only the target and identifier".into(),
+                message: "no feature columns: the header has only the target (and an identifier)".into(),
             });
         }
         Ok((
@@ -176,6 +176,16 @@ impl Schema {
                         .filter_map(|r| parse_number(train.value(r, index)))
                         .collect();
                     let (mean, std) = mean_std(&values);
+                    if !(mean.is_finite() && std.is_finite()) {
+                        return Err(Error::Csv {
+                            path: train.path.clone(),
+                            line: None,
+                            column: Some(name.clone()),
+                            message: "values too large to standardise (their mean or variance \
+                                      overflows a float64): rescale the column"
+                                .into(),
+                        });
+                    }
                     FeatureColumn::Numeric {
                         name: name.clone(),
                         mean,
@@ -197,6 +207,24 @@ impl Schema {
                 }
             });
         }
+        let width: usize = features.iter().map(FeatureColumn::width).sum();
+        if width > MAX_INPUTS {
+            let widest = features
+                .iter()
+                .max_by_key(|f| f.width())
+                .expect("a schema has features");
+            return Err(Error::Csv {
+                path: train.path.clone(),
+                line: None,
+                column: Some(widest.name().to_string()),
+                message: format!(
+                    "the encoded rows would have {width} inputs, more than the limit of \
+                     {MAX_INPUTS}; this column alone has {} categories (an identifier or free \
+                     text? name it with --id-column, or leave it out of the file)",
+                    widest.width() - 1
+                ),
+            });
+        }
         let mut preprocessor = Preprocessor {
             target: self.target.clone(),
             id_column: self.id_column.clone(),
@@ -211,6 +239,9 @@ impl Schema {
         Ok(preprocessor)
     }
 }
+
+/// The most inputs the encoded rows may have (the widths' limit of the specs).
+const MAX_INPUTS: usize = 1 << 16;
 
 /// A numeric column unless most values are not numbers; a stray non-number among numbers is
 /// an error rather than a silent switch to categories.
@@ -234,15 +265,24 @@ fn infer_kind(table: &CsvTable, column: usize) -> Result<ColumnKind> {
             row,
             column,
             format!(
-                "`{}` is not a number, in a column of numbers ({numbers} of {} values are); \
+                "`{}` is {}, in a column of numbers ({numbers} of {} values are); \
                  correct it, leave it empty for a missing value, or pass --categorical {} to \
                  one-hot encode the column",
-                table.value(row, column),
+                shown(table.value(row, column)),
+                not_a_number(table.value(row, column)),
                 numbers + labels,
                 table.columns[column]
             ),
         )),
         _ => Ok(ColumnKind::Categorical),
+    }
+}
+
+/// `v` for a message: at most 40 characters, then an ellipsis.
+fn shown(v: &str) -> String {
+    match v.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &v[..at]),
+        None => v.to_string(),
     }
 }
 
@@ -389,14 +429,27 @@ impl Preprocessor {
                                 row,
                                 index,
                                 format!(
-                                    "`{v}` is {}; the model reads this column as numbers \
+                                    "`{}` is {}; the model reads this column as numbers \
                                      (leave it empty for a missing value)",
+                                    shown(v),
                                     not_a_number(v)
                                 ),
                             )
                         })?;
                         if *std > 0.0 {
-                            values[row * width + offset] = ((x - mean) / std) as f32;
+                            let z = ((x - mean) / std) as f32;
+                            if !z.is_finite() {
+                                return Err(table.error_at(
+                                    row,
+                                    index,
+                                    format!(
+                                        "`{}` is too far outside the training values (mean {mean:.4e}, \
+                                         sd {std:.4e}) to encode",
+                                        shown(v)
+                                    ),
+                                ));
+                            }
+                            values[row * width + offset] = z;
                         }
                     }
                 }
@@ -456,16 +509,17 @@ impl Preprocessor {
                     Some(_) => Err(table.error_at(
                         row,
                         index,
-                        format!("the target must be positive (its logarithm is fitted), found {v}"),
+                        format!(
+                            "the target must be positive (its logarithm is fitted), found {}",
+                            shown(v)
+                        ),
                     )),
-                    None if is_missing(v) => Err(table.error_at(
+                    None if is_missing(v) => Err(table.error_at(row, index, "the target is missing".into())),
+                    None => Err(table.error_at(
                         row,
                         index,
-                        "the target is missing: every training row needs one".into(),
+                        format!("the target `{}` is {}", shown(v), not_a_number(v)),
                     )),
-                    None => {
-                        Err(table.error_at(row, index, format!("the target `{v}` is {}", not_a_number(v))))
-                    }
                 }
             })
             .collect()
