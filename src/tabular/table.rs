@@ -41,10 +41,6 @@ impl CsvTable {
     /// a ragged row (the number of fields found and expected), text that is not UTF-8, an empty
     /// or repeated column name, or a file with no rows.
     pub fn read(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         if path.is_dir() {
             return Err(Error::Csv {
                 path: path.to_path_buf(),
@@ -53,16 +49,15 @@ impl CsvTable {
                 message: "is a folder: name a CSV file".into(),
             });
         }
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        let gzipped = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
-        if gzipped {
-            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut bytes)
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
+            Self::from_reader(flate2::read::MultiGzDecoder::new(file), path)
         } else {
-            std::io::Read::read_to_end(&mut { file }, &mut bytes)
+            Self::from_reader(file, path)
         }
-        .map_err(io)?;
-        Self::from_reader(bytes.as_slice(), path)
     }
 
     /// [`CsvTable::read`] from any reader; `path` names it in errors. The separator is the
