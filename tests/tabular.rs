@@ -337,6 +337,22 @@ fn train_cross_validates_saves_and_infer_predicts_a_csv() {
     assert_eq!(linear_folds, dense_folds);
 }
 
+/// `train --variant dense-mlp --data DATA --target Price EXTRA... --epochs 1 --out OUT`.
+fn train_one_epoch(data: &Path, extra: &[&str], out: &Path) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--variant",
+        "dense-mlp",
+        "--data",
+        data.to_str().unwrap(),
+        "--target",
+        "Price",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--epochs", "1", "--out", out.to_str().unwrap()]);
+    zoo(&args)
+}
+
 #[test]
 fn bad_csv_files_name_the_file_the_line_and_the_column() {
     let dir = temp("tabular", "bad");
@@ -384,18 +400,7 @@ fn bad_csv_files_name_the_file_the_line_and_the_column() {
     ] {
         let (path, run) = (dir.join(name), dir.join("run"));
         std::fs::write(&path, text).unwrap();
-        let mut args = vec![
-            "train",
-            "--variant",
-            "dense-mlp",
-            "--data",
-            path.to_str().unwrap(),
-            "--target",
-            "Price",
-        ];
-        args.extend_from_slice(flags);
-        args.extend_from_slice(&["--epochs", "1", "--out", run.to_str().unwrap()]);
-        let o = zoo(&args);
+        let o = train_one_epoch(&path, flags, &run);
         assert!(!o.status.success(), "{name} was accepted");
         let e = stderr(&o);
         for s in says {
@@ -582,20 +587,7 @@ fn misnamed_variants_and_columns_are_refused_as_such() {
 fn what_would_train_nothing_or_overflow_is_refused() {
     let dir = temp("tabular", "overflow");
     let run = dir.join("run");
-    let train = |path: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--variant",
-            "dense-mlp",
-            "--data",
-            path.to_str().unwrap(),
-            "--target",
-            "Price",
-        ];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--epochs", "1", "--out", run.to_str().unwrap()]);
-        zoo(&args)
-    };
+    let train = |path: &Path, extra: &[&str]| train_one_epoch(path, extra, &run);
     let ok = dir.join("ok.csv");
     std::fs::write(&ok, "Area,Zone,Price\n1,a,10\n2,b,20\n3,a,30\n4,b,40\n").unwrap();
     let o = train(&ok, &["--batch-size", "1"]);
