@@ -12,7 +12,10 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            say!("error: {}", message_of(&e));
+            let _ = cli::write_line(
+                &mut std::io::stderr().lock(),
+                format_args!("error: {}", message_of(&e)),
+            );
             std::process::ExitCode::FAILURE
         }
     }

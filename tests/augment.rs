@@ -133,7 +133,7 @@ fn all_images(
         epoch_seed: 42,
         first_batch: first,
         workers,
-        skip_bad_images: false,
+        ..LoaderOptions::default()
     };
     let order = vec![3, 1, 4, 0, 5, 9, 2, 6, 8, 7];
     Loader::start(dataset, order, batch, t, options)

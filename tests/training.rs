@@ -2,41 +2,13 @@
 //! `.ci/run` installs): the loss falls, a killed or interrupted run resumes exactly, a NaN stops.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use densenet_zoo::checkpoint::Checkpoint;
 
-const FASHION: &str = "/usr/share/datasets/fashion-mnist";
-
-/// Writes the first `train` and `test` samples of the real data set as plain IDX files.
-fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf {
-    // The folder name tells the IDX reader these are Fashion-MNIST, not MNIST, classes.
-    let dir = std::env::temp_dir().join(format!("zoo-fashion-mnist-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (stem, n) in [
-        ("train-images-idx3-ubyte", train),
-        ("train-labels-idx1-ubyte", train),
-        ("t10k-images-idx3-ubyte", test),
-        ("t10k-labels-idx1-ubyte", test),
-    ] {
-        let path = Path::new(FASHION).join(format!("{stem}.gz"));
-        let file = std::fs::File::open(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; install Debian's dataset-fashion-mnist", path.display()));
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(file).read_to_end(&mut raw).unwrap();
-        let rank = raw[3] as usize;
-        let per: usize = (1..rank)
-            .map(|i| u32::from_be_bytes(raw[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-            .product();
-        let header = 4 + 4 * rank;
-        let mut out = raw[..header].to_vec();
-        out[4..8].copy_from_slice(&(n as u32).to_be_bytes());
-        out.extend_from_slice(&raw[header..header + n * per]);
-        std::fs::write(dir.join(stem), out).unwrap();
-    }
-    dir
-}
+mod common;
+use common::{slice_of_fashion_mnist, weights_of};
 
 fn zoo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
@@ -71,18 +43,6 @@ fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> 
         "--seed",
         "3",
     ]
-}
-
-fn weights_of(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ckpt = Checkpoint::read(path, &candle_core::Device::Cpu).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = ckpt
-        .tensors
-        .iter()
-        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 #[test]

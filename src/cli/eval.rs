@@ -81,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &device,
         args.skip_bad_images,
         &mut |path, message| say!("note: skipped {}: {message}", path.display()),
+        Default::default(),
     )?;
     if args.json {
         out!(

@@ -10,12 +10,23 @@ macro_rules! out {
     };
 }
 
-/// Prints one line to standard error: notes, progress and errors. A failed write is ignored:
-/// there is nowhere left to report it.
+/// Prints one line to standard error: notes and progress, unless [`quiet`] was called. A
+/// failed write is ignored: there is nowhere left to report it.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let _ = $crate::cli::write_line(&mut std::io::stderr().lock(), format_args!($($arg)*));
+        if !$crate::cli::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = $crate::cli::write_line(&mut std::io::stderr().lock(), format_args!($($arg)*));
+        }
     }};
+}
+
+/// Set on the ranks other than 0 of a data-parallel run: rank 0 alone shows the run.
+pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Silences [`say!`] for the rest of the process (errors are still printed).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub fn quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 mod bench;

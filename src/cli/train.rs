@@ -1,10 +1,12 @@
 //! `densenet-zoo train`: train a variant on a data set, timm-style, with the book's plot.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use densenet_zoo::data::{self, Augment, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
+use densenet_zoo::distributed::{launched_world_size, Collective, SingleProcess};
 use densenet_zoo::spec::TransitionPool;
 use densenet_zoo::tabular::{ColumnOptions, MlpSpec};
 use densenet_zoo::train::{
@@ -214,17 +216,90 @@ fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(n) = densenet_zoo::distributed::launched_world_size().filter(|&n| n > 1) {
-        anyhow::bail!(
-            "started as one of {n} processes (mpirun or srun): `train` does not train across \
-             processes yet, and each would train alone into the same --out; run one process"
-        );
+    let Some(processes) = launched_world_size().filter(|&n| n > 1) else {
+        if let Some(spec) = tabular_spec(&args)? {
+            return super::tabular::train(tabular_request(spec, &args)?);
+        }
+        let device = parse_device(&args.device)?;
+        return train_images(args, device, Rc::new(SingleProcess));
+    };
+    anyhow::ensure!(
+        tabular_spec(&args)?.is_none(),
+        "started as one of {processes} processes (mpirun or srun): tabular variants train on one \
+         process; run one"
+    );
+    train_on_ranks(args, processes)
+}
+
+/// One rank of a data-parallel run under `mpirun`/`srun`: rank 0 shows the run and writes
+/// `--out`; an error on any rank ends every rank (`MPI_Abort`), since the others would wait for
+/// it.
+#[cfg(feature = "mpi")]
+fn train_on_ranks(args: Args, processes: usize) -> anyhow::Result<()> {
+    share_cores_between_local_ranks();
+    let mpi = Rc::new(densenet_zoo::distributed::Mpi::init()?);
+    let (rank, world) = (mpi.rank(), mpi.world_size());
+    anyhow::ensure!(
+        world == processes,
+        "the launcher started {processes} processes, but MPI counts {world}: is the binary linked \
+         with the MPI library that mpirun belongs to?"
+    );
+    if rank > 0 {
+        super::quiet();
     }
-    if let Some(spec) = tabular_spec(&args)? {
-        return super::tabular::train(tabular_request(spec, &args)?);
+    let result = rank_device(&args.device, rank).and_then(|device| train_images(args, device, mpi.clone()));
+    if let Err(e) = result {
+        // One write: the abort of another rank may end this one mid-line.
+        let line = format!("error (rank {rank} of {world}): {}\n", crate::message_of(&e));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        mpi.abort(1);
     }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn train_on_ranks(_args: Args, processes: usize) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "started as one of {processes} processes (mpirun or srun), but this build has no MPI: \
+         build with `--features mpi` to train across processes (each would otherwise train alone \
+         into the same --out), or run one process"
+    )
+}
+
+/// Gives this rank's kernels its share of the machine's cores, unless `RAYON_NUM_THREADS` says
+/// otherwise: N ranks on one machine, each with a thread per core, contend for them (the book's
+/// net at 32×32 on 2 cores: 2 ranks of 1 thread trained 1.2–1.6× as fast as 2 ranks of 2).
+/// Through the variable, which our kernels' thread pool and candle's both read when they start:
+/// called before any other thread exists.
+#[cfg(feature = "mpi")]
+fn share_cores_between_local_ranks() {
+    let Some(local) = densenet_zoo::distributed::local_world_size().filter(|&n| n > 1) else {
+        return;
+    };
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
+    }
+}
+
+/// The device of rank `rank`: with `auto` or `cuda` on a GPU machine, the GPU of its local
+/// rank (one process per GPU); else as `--device` says.
+#[cfg(feature = "mpi")]
+fn rank_device(name: &str, rank: usize) -> anyhow::Result<candle_core::Device> {
+    if matches!(name, "auto" | "cuda") && candle_core::utils::cuda_is_available() {
+        let gpu = densenet_zoo::distributed::local_rank().unwrap_or(rank);
+        return Ok(parse_device(&format!("cuda:{gpu}"))?);
+    }
+    Ok(parse_device(name)?)
+}
+
+/// Trains an image variant with `collective`'s processes ([`SingleProcess`] for one).
+fn train_images(
+    args: Args,
+    device: candle_core::Device,
+    collective: Rc<dyn Collective>,
+) -> anyhow::Result<()> {
     refuse_tabular_input(&args)?;
-    let device = parse_device(&args.device)?;
     let config = if args.resume {
         let mut config = saved_config(&args.out)?;
         if let Some(v) = &args.variant {
@@ -301,6 +376,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
+    let world = collective.world_size();
+    if world > 1 {
+        say!(
+            "data-parallel over {world} processes (MPI): each takes about {} image(s) of every batch \
+             of {}, gradients averaged before each step; batch norm per process",
+            r.batch_size.div_ceil(world),
+            r.batch_size
+        );
+    }
     let pool = config.spec.architecture.transition_pool;
     if !pool.is_avg() {
         say!(
@@ -318,7 +402,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     let mut shown = Shown::default();
-    let outcome = train::train(&config, &args.out, &start, &device, &STOP, &mut shown)?;
+    // Rank 0 alone shows the run.
+    let observer: &mut dyn Observer = if collective.rank() == 0 {
+        &mut shown
+    } else {
+        &mut ()
+    };
+    let outcome = train::Trainer::with_collective(&config, &args.out, &start, &device, collective, observer)?
+        .run(&STOP, observer)?;
     if let Some(e) = shown.write_error {
         return Err(e);
     }
@@ -332,7 +423,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Set by Ctrl-C: the run saves its state after the current batch and stops.
+/// Set by Ctrl-C, SIGTERM or SIGHUP (mpirun passes Ctrl-C to its ranks as SIGTERM; Slurm sends
+/// it at a job's time limit): the run saves its state after the current batch and stops.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// How a run is shown: notes and a progress bar per epoch on stderr, the book's line per epoch

@@ -39,6 +39,31 @@ pub struct LoaderOptions {
     /// Leave out (and report in [`Batch::skipped`]) a file that cannot be decoded, instead of
     /// ending the epoch with its error.
     pub skip_bad_images: bool,
+    /// The part of each batch this loader makes (data-parallel training); the default, whole
+    /// batches.
+    pub shard: Shard,
+}
+
+/// Rank `rank` of `world_size` processes: a loader makes rows
+/// [`crate::distributed::shard`]`(len, rank, world_size)` of each batch of `len` samples, so
+/// that the ranks' batches together are the one process's batch, each sample drawn as there
+/// (its random draws come from its position in the epoch). A rank's batch may be empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank, below `world_size`.
+    pub rank: usize,
+    /// Number of processes.
+    pub world_size: usize,
+}
+
+impl Default for Shard {
+    /// One process: whole batches.
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            world_size: 1,
+        }
+    }
 }
 
 impl Default for LoaderOptions {
@@ -49,6 +74,7 @@ impl Default for LoaderOptions {
             first_batch: 0,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             skip_bad_images: false,
+            shard: Shard::default(),
         }
     }
 }
@@ -63,16 +89,26 @@ pub struct Loader {
     results: Receiver<(usize, SampleResult)>,
     /// Samples received ahead of the batch being assembled, by job.
     ready: HashMap<usize, SampleResult>,
-    /// Each job's position in `dataset`.
-    jobs: Arc<Vec<usize>>,
+    /// Each job's sample: its index in `dataset` and its position in the epoch's order.
+    jobs: Arc<Vec<Job>>,
+    /// Where each batch's jobs end, from the first batch made.
+    batch_ends: Vec<usize>,
     dataset: Arc<Dataset>,
     transform: Arc<Transform>,
-    batch_size: usize,
     skip_bad_images: bool,
-    /// The first job of the next batch.
+    /// The next batch, an index into `batch_ends`.
     next_batch: usize,
     /// Set after an error: the iteration is over.
     failed: bool,
+}
+
+/// One sample to make.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    /// Its index in the data set.
+    index: usize,
+    /// Its position in the epoch's order, which seeds its random draws.
+    position: usize,
 }
 
 /// What the workers and the consumer share: the next job to hand out, the jobs consumed, and
@@ -110,7 +146,8 @@ impl Loader {
     }
 
     /// Starts `options.workers` threads on batches of `batch_size` samples taken from `order`
-    /// (positions in `dataset`), from batch `options.first_batch` on.
+    /// (positions in `dataset`), from batch `options.first_batch` on, of each batch the rows of
+    /// `options.shard`.
     pub fn start(
         dataset: Arc<Dataset>,
         order: Vec<usize>,
@@ -120,8 +157,18 @@ impl Loader {
     ) -> Self {
         let batch_size = batch_size.max(1);
         let workers = options.workers.max(1);
+        let Shard { rank, world_size } = options.shard;
+        let (mut jobs, mut batch_ends) = (Vec::new(), Vec::new());
         let first = (options.first_batch * batch_size).min(order.len());
-        let jobs = Arc::new(order[first..].to_vec());
+        for start in (first..order.len()).step_by(batch_size) {
+            let rows = crate::distributed::shard(batch_size.min(order.len() - start), rank, world_size);
+            jobs.extend((start + rows.start..start + rows.end).map(|position| Job {
+                index: order[position],
+                position,
+            }));
+            batch_ends.push(jobs.len());
+        }
+        let jobs = Arc::new(jobs);
         let shared = Arc::new(Shared {
             state: Mutex::new(Progress {
                 next_job: 0,
@@ -147,8 +194,9 @@ impl Loader {
                 .name("data worker".into())
                 .spawn(move || {
                     while let Some(job) = shared.next_job(jobs.len()) {
-                        let mut rng = sample_rng(options.epoch_seed, first + job);
-                        let result = sample(&dataset, jobs[job], &transform, &mut rng);
+                        let Job { index, position } = jobs[job];
+                        let mut rng = sample_rng(options.epoch_seed, position);
+                        let result = sample(&dataset, index, &transform, &mut rng);
                         if sender.send((job, result)).is_err() {
                             return;
                         }
@@ -163,9 +211,9 @@ impl Loader {
             results,
             ready: HashMap::new(),
             jobs,
+            batch_ends,
             dataset,
             transform,
-            batch_size,
             skip_bad_images: options.skip_bad_images,
             next_batch: 0,
             failed: false,
@@ -200,13 +248,11 @@ impl Iterator for Loader {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (start, end) = (
-            self.next_batch,
-            (self.next_batch + self.batch_size).min(self.jobs.len()),
-        );
-        if self.failed || start >= end {
+        if self.failed || self.next_batch >= self.batch_ends.len() {
             return None;
         }
+        let start = self.next_batch.checked_sub(1).map_or(0, |b| self.batch_ends[b]);
+        let end = self.batch_ends[self.next_batch];
         while (start..end).any(|job| !self.ready.contains_key(&job)) {
             let Ok((job, result)) = self.results.recv() else {
                 // Only a worker that panicked leaves a job without a result.
@@ -225,7 +271,7 @@ impl Iterator for Loader {
             &self.transform,
             self.skip_bad_images,
         );
-        self.next_batch = end;
+        self.next_batch += 1;
         self.failed = batch.is_err();
         let failed = self.failed;
         self.shared.set(|p| {
@@ -275,7 +321,7 @@ fn sample(dataset: &Dataset, i: usize, t: &Transform, rng: &mut rand::rngs::StdR
 /// or with `skip_bad`, the failures are left out and listed.
 fn collect_batch(
     dataset: &Dataset,
-    chunk: &[usize],
+    chunk: &[Job],
     samples: impl Iterator<Item = SampleResult>,
     t: &Transform,
     skip_bad: bool,
@@ -285,11 +331,11 @@ fn collect_batch(
         labels: Vec::with_capacity(chunk.len()),
         skipped: Vec::new(),
     };
-    for (&i, sample) in chunk.iter().zip(samples) {
+    for (job, sample) in chunk.iter().zip(samples) {
         match sample {
             Ok(pixels) => {
                 batch.images.extend(pixels);
-                batch.labels.push(dataset.labels[i]);
+                batch.labels.push(dataset.labels[job.index]);
             }
             Err((path, message)) if skip_bad => batch.skipped.push((path, message)),
             Err((path, message)) => return Err(data_error(&path, message)),

@@ -19,7 +19,7 @@ mod transforms;
 pub use augment::Augment;
 pub use dataset::{Dataset, Samples, Split};
 pub use folder::{has_image_extension, image_folder, images_under, is_image_folder, IMAGE_EXTENSIONS};
-pub use loader::{Batch, Loader, LoaderOptions};
+pub use loader::{Batch, Loader, LoaderOptions, Shard};
 pub use transforms::{resized_crop, Transform};
 
 use std::path::Path;

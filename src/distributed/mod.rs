@@ -77,6 +77,28 @@ pub fn launched_world_size() -> Option<usize> {
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
+/// This process's index among the processes a launcher started on this machine
+/// (`OMPI_COMM_WORLD_LOCAL_RANK`, MPICH's `MPI_LOCALRANKID`, Slurm's `SLURM_LOCALID`): the GPU
+/// it trains on, one process per GPU. `None` outside a launcher.
+pub fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// How many processes a launcher started on this machine (`OMPI_COMM_WORLD_LOCAL_SIZE`,
+/// MPICH's `MPI_LOCALNRANKS`, Slurm's `SLURM_NTASKS_PER_NODE`): they share its cores. `None`
+/// outside a launcher.
+pub fn local_world_size() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// The rows of a global batch of `len` examples that `rank` of `world_size` takes: contiguous
 /// parts whose sizes differ by at most one, in rank order, so that the ranks' shards together
 /// are the batch, without overlap.

@@ -40,6 +40,14 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// Ends every process of the job with `code` (`MPI_Abort`): what a rank that fails alone
+    /// does, since the others would wait for it in their next collective operation.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::data::{Dataset, Loader, LoaderOptions, Transform};
+use crate::data::{Dataset, Loader, LoaderOptions, Shard, Transform};
 use crate::error::Result;
 use crate::model::DenseNet;
 
@@ -23,8 +23,10 @@ pub struct Evaluation {
 }
 
 /// Evaluates `model` in inference mode ([`DenseNet::for_inference`]) on every sample of
-/// `dataset`: loss, top-1 and top-5 accuracy. With `skip_bad_images`, a file that cannot be
-/// decoded is left out (and passed to `skipped`), else it ends the evaluation with its error.
+/// `dataset`, or with several ranks on this rank's [`Shard`] of each batch: loss, top-1 and
+/// top-5 accuracy. With `skip_bad_images`, a file that cannot be decoded is left out (and
+/// passed to `skipped`), else it ends the evaluation with its error.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &DenseNet,
     dataset: Arc<Dataset>,
@@ -33,6 +35,7 @@ pub fn evaluate(
     device: &Device,
     skip_bad_images: bool,
     skipped: &mut dyn FnMut(&Path, &str),
+    shard: Shard,
 ) -> Result<Evaluation> {
     let model = model.for_inference();
     let order: Vec<usize> = (0..dataset.len()).collect();
@@ -40,6 +43,7 @@ pub fn evaluate(
     let size = transform.size;
     let options = LoaderOptions {
         skip_bad_images,
+        shard,
         ..LoaderOptions::default()
     };
     for batch in Loader::start(dataset, order, batch_size, transform.clone(), options) {

@@ -2,11 +2,12 @@
 //! epoch, exact resume, and a clean stop on Ctrl-C or a non-finite loss.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -17,9 +18,11 @@ use super::{
     cross_entropy, curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule,
 };
 use crate::checkpoint::{
-    is_temporary, state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint, Metadata,
+    is_buffer, is_temporary, state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint,
+    Metadata,
 };
-use crate::data::{self, Dataset, Loader, LoaderOptions, Split, Transform};
+use crate::data::{self, Dataset, Loader, LoaderOptions, Shard, Split, Transform};
+use crate::distributed::{average_gradients, broadcast_tensors, Buffer, Collective, SingleProcess};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::{Recipe, VariantSpec};
@@ -90,7 +93,7 @@ pub enum Outcome {
 }
 
 /// A run's progress, saved in `last.safetensors` with the model and optimiser.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
     /// Epochs completed.
     epoch: usize,
@@ -106,6 +109,28 @@ struct Progress {
     wall_s: f64,
     /// One entry per completed epoch.
     metrics: Vec<EpochMetrics>,
+    /// Processes the run trained with last (data-parallel training), 1 before it was recorded.
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            batch: 0,
+            partial: Default::default(),
+            steps: 0,
+            best_test_acc: 0.0,
+            wall_s: 0.0,
+            metrics: Vec::new(),
+            world_size: 1,
+        }
+    }
 }
 
 /// The checkpoint `--resume` reads, in `out`.
@@ -206,6 +231,12 @@ pub struct Trainer {
     started: Instant,
     /// Wall seconds of the run before this session (a resume).
     wall_before: f64,
+    /// The processes the run trains with ([`SingleProcess`] but for data-parallel training).
+    collective: Rc<dyn Collective>,
+    /// The trainable variables, sorted by name: the gradients averaged across ranks.
+    parameters: Vec<Var>,
+    /// The batch-norm running statistics, sorted by name: rank 0's are evaluated and saved.
+    buffers: Vec<Var>,
 }
 
 impl Trainer {
@@ -224,6 +255,29 @@ impl Trainer {
         device: &Device,
         observer: &mut dyn Observer,
     ) -> Result<Self> {
+        Self::with_collective(config, out, start, device, Rc::new(SingleProcess), observer)
+    }
+
+    /// [`Trainer::new`] for one rank of a data-parallel run over `collective`, every rank
+    /// calling it with the same arguments, as PyTorch's `DistributedDataParallel` trains: the
+    /// ranks start from rank 0's weights; each takes its [`Shard`] of every batch
+    /// (`recipe.batch_size` stays the whole batch), and the gradients of the batch's mean loss
+    /// are averaged across ranks before each step, so that the ranks' weights stay identical;
+    /// batch norm uses each rank's own batch statistics, and rank 0's running statistics for
+    /// evaluation (sharded, its sums added across ranks) and checkpoints. Rank 0 alone writes
+    /// to `out`. A run resumes with any number of ranks (noted when it changes).
+    ///
+    /// # Errors
+    /// As [`Trainer::new`], and [`Error::Distributed`] when a collective operation fails.
+    pub fn with_collective(
+        config: &TrainConfig,
+        out: &Path,
+        start: &Start,
+        device: &Device,
+        collective: Rc<dyn Collective>,
+        observer: &mut dyn Observer,
+    ) -> Result<Self> {
+        let root = collective.rank() == 0;
         config.recipe.validate().map_err(Error::Training)?;
         let mut config = config.clone();
         config.spec.set_input_size(config.image_size);
@@ -241,11 +295,13 @@ impl Trainer {
                 origin: spec.name.clone(),
                 message,
             })?;
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
-        remove_temporary_files(out);
+        if root {
+            std::fs::create_dir_all(out).map_err(|source| Error::Io {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            remove_temporary_files(out);
+        }
         let train_set = Arc::new(data::open(&config.data, Split::Train)?);
         let test_set = Arc::new(data::open(&config.data, Split::Test)?);
         check_classes(&train_set, spec, &config.data)?;
@@ -273,12 +329,24 @@ impl Trainer {
             };
             // A kill between the metrics line and the checkpoint of an epoch would leave a line
             // the checkpoint does not know: the checkpoint is the truth.
-            let lines: String = progress
-                .metrics
-                .iter()
-                .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
-                .collect();
-            write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
+            if root {
+                let lines: String = progress
+                    .metrics
+                    .iter()
+                    .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
+                    .collect();
+                write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
+            }
+            if progress.world_size != collective.world_size() {
+                observer.note(&format!(
+                    "the run trained with {} process(es) until now and goes on with {}: batch norm's \
+                     statistics now come from parts of {} image(s) per batch instead of {}",
+                    progress.world_size,
+                    collective.world_size(),
+                    config.recipe.batch_size.div_ceil(collective.world_size()),
+                    config.recipe.batch_size.div_ceil(progress.world_size.max(1)),
+                ));
+            }
             observer.note(&format!(
                 "resuming from {} after epoch {}{at_batch}",
                 last_checkpoint(out).display(),
@@ -304,9 +372,17 @@ impl Trainer {
                     out.display()
                 ));
             }
-            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            if root {
+                let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            }
             (varmap, Default::default(), Progress::default())
         };
+        let (parameters, buffers) = sorted_variables(&varmap);
+        // Every rank trains rank 0's model, whatever each read or drew.
+        broadcast_tensors(&*collective, &parameters, 0)?;
+        broadcast_tensors(&*collective, &buffers, 0)?;
+        let mut progress = progress;
+        progress.world_size = collective.world_size();
         let r = &config.recipe;
         let mut optimizer = Optimizer::new(r.optimizer, &varmap, r.momentum, r.nesterov, r.weight_decay);
         optimizer.load_state(&optimizer_state, progress.steps);
@@ -336,7 +412,21 @@ impl Trainer {
             wall_before: progress.wall_s,
             progress,
             started: Instant::now(),
+            collective,
+            parameters,
+            buffers,
         })
+    }
+
+    /// Runs the epochs left ([`Trainer::run_epoch`]) to the end of the recipe, or until `stop`
+    /// is set (then `Outcome::Interrupted`, the state saved mid-epoch for `--resume`).
+    pub fn run(&mut self, stop: &AtomicBool, observer: &mut dyn Observer) -> Result<Outcome> {
+        while !self.is_finished() {
+            if self.run_epoch(stop, observer)?.is_none() {
+                return Ok(Outcome::Interrupted);
+            }
+        }
+        Ok(Outcome::Finished)
     }
 
     /// True once every epoch of the recipe has run.
@@ -355,10 +445,10 @@ impl Trainer {
     }
 
     /// Trains the next epoch (or the rest of it, after a mid-epoch resume), evaluates, and
-    /// writes the epoch's checkpoints and metrics: `Some(metrics)`. When `stop` is set between
-    /// two batches, the state is saved in `last.safetensors` mid-epoch and `None` is returned:
-    /// a resume goes on from that batch. A non-finite loss stops the run with an error, and the
-    /// last good checkpoint stays as it was.
+    /// writes the epoch's checkpoints and metrics: `Some(metrics)`. When `stop` is set (on any
+    /// rank) between two batches, the state is saved in `last.safetensors` mid-epoch and `None`
+    /// is returned: a resume goes on from that batch. A non-finite loss stops the run with an
+    /// error, and the last good checkpoint stays as it was.
     pub fn run_epoch(
         &mut self,
         stop: &AtomicBool,
@@ -368,6 +458,8 @@ impl Trainer {
         let (spec, r) = (&config.spec, &config.recipe);
         let device = &self.device;
         let out = &self.out;
+        let collective = &*self.collective;
+        let (rank, world) = (collective.rank(), collective.world_size());
         let batches_per_epoch = self.train_set.len().div_ceil(r.batch_size);
         let progress = &mut self.progress;
         let epoch = progress.epoch;
@@ -389,6 +481,10 @@ impl Trainer {
                 n => n,
             },
             skip_bad_images: config.skip_bad_images,
+            shard: Shard {
+                rank,
+                world_size: world,
+            },
         };
         let loader = Loader::start(
             self.train_set.clone(),
@@ -411,14 +507,47 @@ impl Trainer {
             }
             let step_start = Instant::now();
             let n = batch.labels.len();
-            if n == 0 || n * smallest_map * smallest_map < 2 {
-                // Batch norm in training needs two values per channel: a last batch of one
-                // image at 1×1 maps is left out, as DataLoader's drop_last would.
-                if n > 0 {
+            // Batch norm in training needs two values per channel.
+            let too_small = n * smallest_map * smallest_map < 2;
+            let [total, parts_too_small, stopping] = sum_over_ranks(
+                collective,
+                [
+                    n as f64,
+                    f64::from(u8::from(too_small)),
+                    f64::from(u8::from(stop.load(Ordering::SeqCst))),
+                ],
+            )?;
+            if stopping > 0.0 {
+                observer.epoch_abandoned();
+                progress.partial = (loss_sum, correct, seen, train_s);
+                progress.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
+                broadcast_tensors(collective, &self.buffers, 0)?;
+                if rank == 0 {
+                    save_model(
+                        &last_checkpoint(out),
+                        config,
+                        &self.classes,
+                        &self.varmap,
+                        progress,
+                        Some(&self.optimizer),
+                    )?;
+                }
+                observer.stopped(&last_checkpoint(out), epoch + 1, progress.batch);
+                return Ok(None);
+            }
+            if parts_too_small > 0.0 {
+                // A last batch of one image at 1×1 maps is left out, as DataLoader's drop_last
+                // would; with several ranks, a batch any part of which is that small.
+                if total > 0.0 {
                     observer.note(&format!(
-                        "batch {} holds one image, too few for batch norm on the last block's \
+                        "batch {} holds {total} image(s){}, too few for batch norm on the last block's \
                          {smallest_map}×{smallest_map} maps: left out",
-                        progress.batch + 1
+                        progress.batch + 1,
+                        if world > 1 {
+                            format!(" for {world} processes")
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 progress.batch += 1;
@@ -432,42 +561,41 @@ impl Trainer {
                 .lr(epoch as f64 + progress.batch as f64 / batches_per_epoch as f64);
             let logits = self.model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &y, r.label_smoothing)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
+            let hits = top_k_hits(&logits.detach(), &batch.labels)?.0;
+            let local_loss = loss.to_scalar::<f32>()? as f64 * n as f64;
+            let [batch_loss, batch_hits] = sum_over_ranks(collective, [local_loss, hits as f64])?;
+            if !batch_loss.is_finite() {
                 observer.epoch_abandoned();
                 return Err(Error::Training(format!(
-                    "the loss is {loss_value} at epoch {}, batch {}: stopped; the last good checkpoint is {} \
+                    "the loss is {} at epoch {}, batch {}: stopped; the last good checkpoint is {} \
                      (try a lower --lr)",
+                    batch_loss / total,
                     epoch + 1,
                     progress.batch + 1,
                     last_checkpoint(out).display()
                 )));
             }
-            let grads = loss.backward()?;
+            // Each rank's mean weighted by its share of the batch: the average of the ranks'
+            // gradients is then the gradient of the whole batch's mean loss.
+            let loss = if world > 1 {
+                loss.affine((n * world) as f64 / total, 0.0)?
+            } else {
+                loss
+            };
+            let mut grads = loss.backward()?;
+            average_gradients(collective, &self.parameters, &mut grads)?;
             self.optimizer.step(&grads, lr)?;
             progress.steps += 1;
-            loss_sum += loss_value * n as f64;
-            correct += top_k_hits(&logits.detach(), &batch.labels)?.0;
-            seen += n;
+            loss_sum += batch_loss;
+            correct += batch_hits as usize;
+            seen += total as usize;
             train_s += step_start.elapsed().as_secs_f64();
             progress.batch += 1;
             observer.batch_done(loss_sum / seen as f64, seen as f64 / train_s);
-            if stop.load(Ordering::SeqCst) && progress.batch < batches_per_epoch {
-                observer.epoch_abandoned();
-                progress.partial = (loss_sum, correct, seen, train_s);
-                progress.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
-                save_model(
-                    &last_checkpoint(out),
-                    config,
-                    &self.classes,
-                    &self.varmap,
-                    progress,
-                    Some(&self.optimizer),
-                )?;
-                observer.stopped(&last_checkpoint(out), epoch + 1, progress.batch);
-                return Ok(None);
-            }
         }
+        // Every rank evaluates and saves rank 0's running statistics.
+        broadcast_tensors(collective, &self.buffers, 0)?;
+        check_same_weights(collective, &self.parameters, epoch + 1)?;
         let test = evaluate(
             &self.model,
             self.test_set.clone(),
@@ -476,48 +604,113 @@ impl Trainer {
             device,
             config.skip_bad_images,
             &mut |path, message| observer.note(&format!("skipped {}: {message}", path.display())),
+            Shard {
+                rank,
+                world_size: world,
+            },
+        )?;
+        let [_, test_hits, test_samples] = sum_over_ranks(
+            collective,
+            [
+                test.loss * test.samples as f64,
+                test.top1 * test.samples as f64,
+                test.samples as f64,
+            ],
         )?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             loss: loss_sum / seen.max(1) as f64,
             train_acc: correct as f64 / seen.max(1) as f64,
-            test_acc: test.top1,
+            test_acc: test_hits.round() / test_samples.max(1.0),
             examples_per_s: seen as f64 / train_s.max(1e-9),
             wall_s: self.wall_before + self.started.elapsed().as_secs_f64(),
             lr,
         };
-        append_line(
-            &out.join("metrics.jsonl"),
-            &serde_json::to_string(&metrics).expect("metrics serialise"),
-        )?;
+        if rank == 0 {
+            append_line(
+                &out.join("metrics.jsonl"),
+                &serde_json::to_string(&metrics).expect("metrics serialise"),
+            )?;
+        }
         progress.epoch += 1;
         progress.batch = 0;
         progress.partial = Default::default();
         progress.wall_s = metrics.wall_s;
         progress.metrics.push(metrics.clone());
-        if metrics.test_acc > progress.best_test_acc || progress.epoch == 1 {
-            progress.best_test_acc = progress.best_test_acc.max(metrics.test_acc);
+        let best = metrics.test_acc > progress.best_test_acc || progress.epoch == 1;
+        progress.best_test_acc = progress.best_test_acc.max(metrics.test_acc);
+        if rank == 0 {
+            if best {
+                save_model(
+                    &out.join("best.safetensors"),
+                    config,
+                    &self.classes,
+                    &self.varmap,
+                    progress,
+                    None,
+                )?;
+            }
             save_model(
-                &out.join("best.safetensors"),
+                &last_checkpoint(out),
                 config,
                 &self.classes,
                 &self.varmap,
                 progress,
-                None,
+                Some(&self.optimizer),
             )?;
+            write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
         }
-        save_model(
-            &last_checkpoint(out),
-            config,
-            &self.classes,
-            &self.varmap,
-            progress,
-            Some(&self.optimizer),
-        )?;
-        write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
         observer.epoch_done(&metrics);
         Ok(Some(metrics))
     }
+}
+
+/// `values` summed over the ranks, in one all-reduce.
+fn sum_over_ranks<const N: usize>(collective: &dyn Collective, mut values: [f64; N]) -> Result<[f64; N]> {
+    collective.all_reduce_sum(Buffer::F64(&mut values))?;
+    Ok(values)
+}
+
+/// The variables of `varmap` sorted by name, as every rank orders them: the trainable ones and
+/// the batch-norm buffers.
+fn sorted_variables(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(&String, &Var)> = data.iter().collect();
+    named.sort_by_key(|(name, _)| *name);
+    let (buffers, parameters): (Vec<_>, Vec<_>) = named.into_iter().partition(|(name, _)| is_buffer(name));
+    let vars = |list: Vec<(&String, &Var)>| list.into_iter().map(|(_, v)| v.clone()).collect();
+    (vars(parameters), vars(buffers))
+}
+
+/// Refuses to go on when this rank's weights differ, by a hash of their bits, from rank 0's
+/// after `epoch`: the ranks would no longer train one model (different builds, or data).
+fn check_same_weights(collective: &dyn Collective, parameters: &[Var], epoch: usize) -> Result<()> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for p in parameters {
+        for v in p
+            .as_detached_tensor()
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+        {
+            hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    // 32 bits, exact in an f64.
+    let own = f64::from((hash ^ (hash >> 32)) as u32);
+    let mut root = [own];
+    collective.broadcast(Buffer::F64(&mut root), 0)?;
+    if root[0] != own {
+        return Err(Error::Distributed(format!(
+            "after epoch {epoch}, rank {}'s weights differ from rank 0's: the ranks no longer train one \
+             model (are they running the same build on the same data?)",
+            collective.rank()
+        )));
+    }
+    Ok(())
 }
 
 /// The images as training sees them: the recipe's augmentation at the run's input size, with
@@ -540,7 +733,8 @@ fn eval_transform(config: &TrainConfig) -> Transform {
 }
 
 /// Trains as `config` says to the end of the recipe ([`Trainer`]), or until `stop` is set
-/// (then `Outcome::Interrupted`, the state saved mid-epoch for `--resume`).
+/// (then `Outcome::Interrupted`, the state saved mid-epoch for `--resume`); on several
+/// processes, [`Trainer::with_collective`] and [`Trainer::run`].
 pub fn train(
     config: &TrainConfig,
     out: &Path,
@@ -549,13 +743,7 @@ pub fn train(
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    let mut trainer = Trainer::new(config, out, start, device, observer)?;
-    while !trainer.is_finished() {
-        if trainer.run_epoch(stop, observer)?.is_none() {
-            return Ok(Outcome::Interrupted);
-        }
-    }
-    Ok(Outcome::Finished)
+    Trainer::new(config, out, start, device, observer)?.run(stop, observer)
 }
 
 /// Removes the temporary files of checkpoint writes that a killed run left in `out`.
@@ -697,4 +885,70 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::error::Result;
+
+    /// Rank `rank` of two: its broadcasts record what it held and bring `root`'s value (rank
+    /// 0's own when `None`).
+    struct FakeRank {
+        rank: usize,
+        root: Option<f64>,
+        held: Cell<Option<f64>>,
+    }
+
+    impl Collective for FakeRank {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: Buffer) -> Result<()> {
+            Ok(())
+        }
+        fn broadcast(&self, values: Buffer, _: usize) -> Result<()> {
+            if let Buffer::F64(v) = values {
+                self.held.set(Some(v[0]));
+                if let Some(root) = self.root {
+                    v.fill(root);
+                }
+            }
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn rank(rank: usize, root: Option<f64>) -> FakeRank {
+        FakeRank {
+            rank,
+            root,
+            held: Cell::new(None),
+        }
+    }
+
+    #[test]
+    fn weights_that_differ_from_rank_0s_stop_the_run() {
+        let dev = Device::Cpu;
+        let weights = Var::new(&[1f32, 2., 3.], &dev).unwrap();
+        let rank_0 = rank(0, None);
+        check_same_weights(&rank_0, std::slice::from_ref(&weights), 1).unwrap();
+        let sent = rank_0.held.get();
+        check_same_weights(&rank(1, sent), &[weights], 1).unwrap();
+        // One bit of one weight apart.
+        let changed = Var::new(&[1f32, 2., f32::from_bits(3f32.to_bits() + 1)], &dev).unwrap();
+        let err = check_same_weights(&rank(1, sent), &[changed], 3).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("after epoch 3, rank 1's weights differ from rank 0's"),
+            "{err}"
+        );
+    }
 }
