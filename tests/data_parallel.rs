@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use densenet_zoo::checkpoint::Checkpoint;
 
 mod common;
-use common::{slice_of_fashion_mnist, weights_of};
+use common::{metrics, slice_of_fashion_mnist, train_args, weights_of};
 
 /// The example binary cargo built beside this test (target/<profile>/examples/).
 fn example() -> PathBuf {
@@ -77,36 +77,6 @@ fn zoo_on_two_ranks(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("mpirun (apt-get install openmpi-bin)")
-}
-
-/// The book's net at 32×32, batch 64, `epochs` epochs.
-fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--variant",
-        "d2l",
-        "--data",
-        data,
-        "--image-size",
-        "32",
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "64",
-        "--workers",
-        "1",
-    ]
-    .into_iter()
-    .chain(["--out", out])
-    .collect()
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn succeeded(out: &Output) -> String {
@@ -292,4 +262,21 @@ fn an_error_on_the_ranks_ends_them_all() {
     assert!(err.contains(" of 2): data "), "{err}");
     assert!(err.contains("no-such-data"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(120), "the ranks hung");
+}
+
+#[test]
+fn a_batch_too_small_to_share_between_the_ranks_is_refused() {
+    let data = slice_of_fashion_mnist("dp-small-batch", 64, 16);
+    let out = data.join("run");
+    let mut args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), "1");
+    let at = args.iter().position(|a| *a == "--batch-size").unwrap();
+    args[at + 1] = "1";
+    let run = zoo_on_two_ranks(&args);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("--batch-size 1 over 2 processes leaves some with 0 image(s) per batch"),
+        "{err}"
+    );
+    assert!(!out.join("last.safetensors").exists());
 }

@@ -8,41 +8,13 @@ use std::process::{Command, Output};
 use densenet_zoo::checkpoint::Checkpoint;
 
 mod common;
-use common::{slice_of_fashion_mnist, weights_of};
+use common::{metrics, slice_of_fashion_mnist, train_args, weights_of};
 
 fn zoo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_densenet-zoo"))
         .args(args)
         .output()
         .unwrap()
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--variant",
-        "d2l",
-        "--data",
-        data,
-        "--image-size",
-        "32",
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "64",
-        "--out",
-        out,
-        "--seed",
-        "3",
-    ]
 }
 
 #[test]

@@ -379,9 +379,12 @@ fn train_images(
     let world = collective.world_size();
     if world > 1 {
         say!(
-            "data-parallel over {world} processes (MPI): each takes about {} image(s) of every batch \
-             of {}, gradients averaged before each step; batch norm per process",
-            r.batch_size.div_ceil(world),
+            "data-parallel over {world} processes (MPI): each takes {} image(s) of every batch of {}, \
+             gradients averaged before each step; batch norm per process",
+            match (r.batch_size / world, r.batch_size.div_ceil(world)) {
+                (lo, hi) if lo == hi => lo.to_string(),
+                (lo, hi) => format!("{lo} or {hi}"),
+            },
             r.batch_size
         );
     }
@@ -402,11 +405,12 @@ fn train_images(
     };
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     let mut shown = Shown::default();
-    // Rank 0 alone shows the run.
+    // Rank 0 alone shows the run; the others only the images their shards left out.
+    let mut skips = RankSkips(collective.rank());
     let observer: &mut dyn Observer = if collective.rank() == 0 {
         &mut shown
     } else {
-        &mut ()
+        &mut skips
     };
     let outcome = train::Trainer::with_collective(&config, &args.out, &start, &device, collective, observer)?
         .run(&STOP, observer)?;
@@ -426,6 +430,21 @@ fn train_images(
 /// Set by Ctrl-C, SIGTERM or SIGHUP (mpirun passes Ctrl-C to its ranks as SIGTERM; Slurm sends
 /// it at a job's time limit): the run saves its state after the current batch and stops.
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// What a rank other than 0 shows of a data-parallel run: the files its shards left out
+/// (`--skip-bad-images`), which no other rank sees; rank 0 shows the rest.
+struct RankSkips(usize);
+
+impl Observer for RankSkips {
+    fn note(&mut self, message: &str) {
+        if message.starts_with("skipped ") {
+            let _ = super::write_line(
+                &mut std::io::stderr().lock(),
+                format_args!("note (rank {}): {message}", self.0),
+            );
+        }
+    }
+}
 
 /// How a run is shown: notes and a progress bar per epoch on stderr, the book's line per epoch
 /// on stdout.

@@ -295,6 +295,17 @@ impl Trainer {
                 origin: spec.name.clone(),
                 message,
             })?;
+        let (world, side) = (collective.world_size(), last_map_side(config));
+        let smallest_part = config.recipe.batch_size / world;
+        if world > 1 && smallest_part * side * side < 2 {
+            return Err(Error::Training(format!(
+                "--batch-size {} over {world} processes leaves some with {smallest_part} image(s) \
+                 per batch, too few for batch norm on the last block's {side}×{side} maps: use a \
+                 batch of at least {}",
+                config.recipe.batch_size,
+                world * 2usize.div_ceil(side * side)
+            )));
+        }
         if root {
             std::fs::create_dir_all(out).map_err(|source| Error::Io {
                 path: out.to_path_buf(),
@@ -494,12 +505,7 @@ impl Trainer {
             options,
         );
         let mut lr = self.schedule.lr(epoch as f64);
-        let smallest_map = spec
-            .architecture
-            .stage_sizes(config.image_size)
-            .ok()
-            .and_then(|s| s.last().copied())
-            .unwrap_or(1);
+        let smallest_map = last_map_side(config);
         for batch in loader {
             let batch = batch?;
             for (path, message) in &batch.skipped {
@@ -533,6 +539,9 @@ impl Trainer {
                     )?;
                 }
                 observer.stopped(&last_checkpoint(out), epoch + 1, progress.batch);
+                // No rank leaves before rank 0 has saved: a launcher ends the whole job when the
+                // first process exits with an error status.
+                collective.barrier()?;
                 return Ok(None);
             }
             if parts_too_small > 0.0 {
@@ -544,7 +553,7 @@ impl Trainer {
                          {smallest_map}×{smallest_map} maps: left out",
                         progress.batch + 1,
                         if world > 1 {
-                            format!(" for {world} processes")
+                            format!(", {} for some of the {world} processes", total as usize / world)
                         } else {
                             String::new()
                         }
@@ -663,6 +672,18 @@ impl Trainer {
         observer.epoch_done(&metrics);
         Ok(Some(metrics))
     }
+}
+
+/// The side of the last dense block's maps at the run's input size (1 when it cannot be
+/// computed, which the spec check refuses first).
+fn last_map_side(config: &TrainConfig) -> usize {
+    config
+        .spec
+        .architecture
+        .stage_sizes(config.image_size)
+        .ok()
+        .and_then(|s| s.last().copied())
+        .unwrap_or(1)
 }
 
 /// `values` summed over the ranks, in one all-reduce.

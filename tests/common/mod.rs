@@ -193,3 +193,33 @@ pub fn weights_of(path: &Path) -> Vec<(String, Vec<f32>)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// The lines of a run's `metrics.jsonl`.
+pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `train` of the book's net at 32×32, batch 64, seed 3, for `epochs` epochs into `out`.
+pub fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--variant",
+        "d2l",
+        "--data",
+        data,
+        "--image-size",
+        "32",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "64",
+        "--out",
+        out,
+        "--seed",
+        "3",
+    ]
+}
