@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::{fixtures_dir, relative_error};
 use densenet_zoo::data::augment::CropBox;
 use densenet_zoo::data::{
-    self, resized_crop, Augment, Dataset, Loader, LoaderOptions, Samples, Split, Transform,
+    self, resized_crop, Augment, Dataset, Loader, LoaderOptions, Samples, Shard, Split, Transform,
 };
 use densenet_zoo::train::cross_entropy;
 use image::DynamicImage;
@@ -158,6 +158,50 @@ fn the_pixels_do_not_depend_on_workers_or_batch_size() {
         assert_eq!(tail, reference[6 * 256..], "{augment:?} resumed");
         // And the draws do make a difference.
         assert_ne!(reference, all_images(in_memory(), 4, Augment::None, 1, 0));
+    }
+}
+
+#[test]
+fn the_ranks_shards_together_are_the_one_process_batches() {
+    let t = Transform {
+        size: 16,
+        resize: 16,
+        channels: 1,
+        mean: vec![0.5],
+        std: vec![0.25],
+        augment: Augment::Imagenet,
+    };
+    let order = vec![3, 1, 4, 0, 5, 9, 2, 6, 8, 7];
+    let batches = |shard: Shard, first_batch: usize| -> Vec<(Vec<f32>, Vec<u32>)> {
+        let options = LoaderOptions {
+            epoch_seed: 42,
+            first_batch,
+            workers: 2,
+            shard,
+            ..LoaderOptions::default()
+        };
+        Loader::start(in_memory(), order.clone(), 4, t.clone(), options)
+            .map(|b| {
+                let b = b.unwrap();
+                (b.images, b.labels)
+            })
+            .collect()
+    };
+    for first_batch in [0, 1] {
+        let whole = batches(Shard::default(), first_batch);
+        for world_size in [2, 3, 5] {
+            let parts: Vec<_> = (0..world_size)
+                .map(|rank| batches(Shard { rank, world_size }, first_batch))
+                .collect();
+            for (b, (images, labels)) in whole.iter().enumerate() {
+                // Every rank yields every batch, some of them empty (5 ranks, batches of 4 or 2).
+                let joined_images: Vec<f32> = parts.iter().flat_map(|p| p[b].0.clone()).collect();
+                let joined_labels: Vec<u32> = parts.iter().flat_map(|p| p[b].1.clone()).collect();
+                assert_eq!(&joined_labels, labels, "{world_size} ranks, batch {b}");
+                assert_eq!(&joined_images, images, "{world_size} ranks, batch {b}");
+            }
+            assert!(parts.iter().all(|p| p.len() == whole.len()));
+        }
     }
 }
 

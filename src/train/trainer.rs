@@ -548,15 +548,18 @@ impl Trainer {
                 // A last batch of one image at 1×1 maps is left out, as DataLoader's drop_last
                 // would; with several ranks, a batch any part of which is that small.
                 if total > 0.0 {
+                    let holds = if world > 1 {
+                        format!(
+                            "holds {total} image(s), {} for some of the {world} processes",
+                            total as usize / world
+                        )
+                    } else {
+                        "holds one image".to_string()
+                    };
                     observer.note(&format!(
-                        "batch {} holds {total} image(s){}, too few for batch norm on the last block's \
+                        "batch {} {holds}, too few for batch norm on the last block's \
                          {smallest_map}×{smallest_map} maps: left out",
                         progress.batch + 1,
-                        if world > 1 {
-                            format!(", {} for some of the {world} processes", total as usize / world)
-                        } else {
-                            String::new()
-                        }
                     ));
                 }
                 progress.batch += 1;
