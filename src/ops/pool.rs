@@ -129,11 +129,9 @@ impl MaxPool2d {
     fn for_each_argmax<T: Float>(&self, src: &[T], g: &Window, mut visit: impl FnMut(usize, usize)) {
         {
             for oy in 0..g.ho {
-                let y0 = (oy * self.stride) as isize - self.padding as isize;
-                let ys = y0.max(0) as usize..((y0 + self.kernel as isize) as usize).min(g.h);
+                let ys = self.span(oy, g.h);
                 for ox in 0..g.wo {
-                    let x0 = (ox * self.stride) as isize - self.padding as isize;
-                    let xs = x0.max(0) as usize..((x0 + self.kernel as isize) as usize).min(g.w);
+                    let xs = self.span(ox, g.w);
                     let mut best = ys.start * g.w + xs.start;
                     for iy in ys.clone() {
                         for ix in xs.clone() {
@@ -154,15 +152,43 @@ impl MaxPool2d {
         }
     }
 
+    /// The rows (or columns) of the window at output position `o` along a side of `len`.
+    fn span(&self, o: usize, len: usize) -> std::ops::Range<usize> {
+        let start = (o * self.stride) as isize - self.padding as isize;
+        start.max(0) as usize..((start + self.kernel as isize) as usize).min(len)
+    }
+
+    /// The maxima, as [`MaxPool2d::for_each_argmax`] finds them, a row of outputs at a time:
+    /// the maximum over the window's rows first, a whole input row at once (a loop that
+    /// vectorises), then over the window's columns of that row.
     fn forward<T: Float>(&self, x: &[T], g: &Window) -> Vec<T> {
-        // SAFETY: `for_each_argmax` visits every output of each plane once, and each visit
-        // writes it.
+        // SAFETY: each plane's ho rows of wo outputs are written below, one by one.
         let mut out = unsafe { unwritten_vec(g.n * g.ho * g.wo) };
+        if g.ho * g.wo == 0 {
+            return out;
+        }
+        // The larger of two values, NaN if either is (as torch's max pool).
+        #[allow(clippy::eq_op)]
+        let larger = |a: T, b: T| if b > a || b != b { b } else { a };
         out.par_chunks_mut(g.ho * g.wo)
             .enumerate()
             .for_each(|(plane, dst)| {
                 let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
-                self.for_each_argmax(src, g, |o, i| dst[o] = src[i]);
+                let mut column_max = vec![T::zero(); g.w];
+                for (oy, dst) in dst.chunks_exact_mut(g.wo).enumerate() {
+                    let mut rows = self.span(oy, g.h).map(|y| &src[y * g.w..(y + 1) * g.w]);
+                    column_max.copy_from_slice(rows.next().expect("a window has a row"));
+                    for row in rows {
+                        column_max
+                            .iter_mut()
+                            .zip(row)
+                            .for_each(|(m, v)| *m = larger(*m, *v));
+                    }
+                    for (ox, o) in dst.iter_mut().enumerate() {
+                        let cols = &column_max[self.span(ox, g.w)];
+                        *o = cols[1..].iter().fold(cols[0], |m, v| larger(m, *v));
+                    }
+                }
             });
         out
     }
@@ -240,7 +266,7 @@ mod tests {
             }
             rows.push(Tensor::cat(&cols, 2)?);
         }
-        Tensor::stack(&rows, 2)?.squeeze(3)
+        Tensor::stack(&rows, 2)
     }
 
     #[test]
@@ -254,6 +280,30 @@ mod tests {
             let diff = (ours - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert_eq!(diff, 0.0);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn max_pool_matches_the_reference_for_other_windows_and_propagates_nan() -> Result<()> {
+        for (k, s, p) in [(2, 2, 0), (3, 1, 1), (5, 3, 2), (4, 2, 1), (3, 3, 0)] {
+            for (h, w) in [(9, 9), (8, 11), (6, 5)] {
+                let x = Tensor::randn(0f64, 1.0, (2, 3, h, w), &Device::Cpu)?;
+                let ours = max_pool2d(&x, k, s, p)?;
+                let want = reference_max_pool(&x, k, s, p)?;
+                assert_eq!(ours.dims(), want.dims(), "{k}/{s}/{p} on {h}×{w}");
+                let diff = (ours - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert_eq!(diff, 0.0, "{k}/{s}/{p} on {h}×{w}");
+            }
+        }
+        // x[r, c] = 5r + c with x[1, 1] = NaN: torch gives NaN in the four windows that cover
+        // (1, 1) and each other window's bottom-right value.
+        let mut values: Vec<f32> = (0..25).map(|v| v as f32).collect();
+        values[6] = f32::NAN;
+        let x = Tensor::from_vec(values, (1, 1, 5, 5), &Device::Cpu)?;
+        let got = max_pool2d(&x, 3, 2, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(got[..2].iter().all(|v| v.is_nan()) && got[3..5].iter().all(|v| v.is_nan()));
+        assert_eq!(got[2], 9.0);
+        assert_eq!(got[5..], [19.0, 21.0, 23.0, 24.0]);
         Ok(())
     }
 
