@@ -1,5 +1,6 @@
 //! The data-parallel check of `tests/data_parallel.rs`, run by `mpirun -np 2`: DDP with
-//! per-rank batch norm against one process with "ghost" batch norm, in float64.
+//! per-rank batch norm against one process with "ghost" batch norm, and with synchronised batch
+//! norm against one process on the whole batch, in float64.
 //!
 //! Every rank builds a small book-style DenseNet from weights of its own seed, takes rank 0's
 //! ([`broadcast_tensors`]), and trains a few SGD steps with momentum on its shard of each
@@ -14,7 +15,12 @@
 //! mpirun -np 2 --oversubscribe target/debug/examples/data_parallel_check
 //! ```
 //!
-//! With `--no-average` the ranks skip the gradient average, and the check fails. With
+//! With `--sync-bn` every batch norm takes the statistics of the whole global batch across the
+//! ranks ([`DenseNet::with_sync_batch_norm`], PyTorch's `SyncBatchNorm`), and the reference is
+//! one process training on the whole batches with plain batch norm; the running statistics are
+//! compared too. `--memory-efficient` trains both in the memory-efficient mode (each batch norm
+//! recomputed in the backward pass). With `--no-average` the ranks skip the gradient average,
+//! and the check fails. With
 //! `--time-all-reduce MB` it times instead the all-reduce of MB megabytes of f32 (DenseNet-121's
 //! gradients are 31.9 MB): the median of 20, after 3 untimed, printed by rank 0.
 
@@ -113,6 +119,8 @@ fn main() -> densenet_zoo::Result<()> {
     }
     // `--no-average`: each rank steps on its own gradients, which the check must catch.
     let average = std::env::args().all(|a| a != "--no-average");
+    let sync_bn = std::env::args().any(|a| a == "--sync-bn");
+    let memory_efficient = std::env::args().any(|a| a == "--memory-efficient");
     let spec = VariantSpec::from_json(SPEC, "data_parallel_check")?;
     let sgd = |varmap: &VarMap| Optimizer::new(OptimizerKind::Sgd, varmap, 0.9, false, 1e-4);
 
@@ -120,7 +128,9 @@ fn main() -> densenet_zoo::Result<()> {
     let (varmap, vars) = f64_varmap(&spec, 100 + rank as u64)?;
     let all: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     broadcast_tensors(&mpi, &all, 0)?;
-    let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu))?;
+    let model = DenseNet::new(&spec, VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu))?
+        .with_sync_batch_norm(if sync_bn { mpi.batch_norm_group() } else { None })
+        .with_memory_efficient(memory_efficient);
     let params = parameters(&vars);
     let mut optimizer = sgd(&varmap);
     for step in 0..STEPS {
@@ -138,15 +148,22 @@ fn main() -> densenet_zoo::Result<()> {
         optimizer.step(&grads, 0.1)?;
     }
 
-    // The reference, alone: rank 0's initial weights, ghost batch norm over the same shards.
+    // The reference, alone: rank 0's initial weights, on the whole batches (synchronised batch
+    // norm) or with ghost batch norm over the same shards (per-rank batch norm).
     let (ref_varmap, ref_vars) = f64_varmap(&spec, 100)?;
     let reference = DenseNet::new(
         &spec,
         VarBuilder::from_varmap(&ref_varmap, DType::F64, &Device::Cpu),
-    )?;
+    )?
+    .with_memory_efficient(memory_efficient);
     let mut ref_optimizer = sgd(&ref_varmap);
     for step in 0..STEPS {
         let (x, y) = batch(step)?;
+        if sync_bn {
+            let loss = cross_entropy(&reference.forward_t(&x, true)?, &y, 0.0)?;
+            ref_optimizer.step(&loss.backward()?, 0.1)?;
+            continue;
+        }
         let mut losses = Vec::new();
         for r in 0..world {
             let rows = shard(GLOBAL_BATCH, r, world);
@@ -160,8 +177,15 @@ fn main() -> densenet_zoo::Result<()> {
         ref_optimizer.step(&loss.backward()?, 0.1)?;
     }
 
-    let ours = flat(&params)?;
-    let want = flat(&parameters(&ref_vars))?;
+    // With synchronised batch norm the running statistics are the whole batch's too.
+    let compared = |vars: &[(String, Var)]| -> Vec<Var> {
+        match sync_bn {
+            true => vars.iter().map(|(_, v)| v.clone()).collect(),
+            false => parameters(vars),
+        }
+    };
+    let ours = flat(&compared(&vars))?;
+    let want = flat(&compared(&ref_vars))?;
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let deviation = ours
         .iter()
@@ -172,13 +196,15 @@ fn main() -> densenet_zoo::Result<()> {
     mpi.broadcast(Buffer::F64(&mut rank0), 0)?;
     let identical = rank0.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits());
     println!(
-        "rank {rank} of {world}: {} parameters after {STEPS} steps, relative deviation from one process {deviation:e}, \
+        "rank {rank} of {world}{}: {} {} after {STEPS} steps, relative deviation from one process {deviation:e}, \
          bit-identical to rank 0: {identical}",
-        ours.len()
+        if sync_bn { " (synchronised batch norm)" } else { "" },
+        ours.len(),
+        if sync_bn { "values of parameters and buffers" } else { "parameters" }
     );
     let changed = ours
         .iter()
-        .zip(&flat(&parameters(&f64_varmap(&spec, 100)?.1))?)
+        .zip(&flat(&compared(&f64_varmap(&spec, 100)?.1))?)
         .any(|(a, b)| a != b);
     std::io::Write::flush(&mut std::io::stdout()).ok();
     // Every rank reports before any exits; dropping `mpi` finalises MPI, so that mpirun

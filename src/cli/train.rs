@@ -80,6 +80,10 @@ pub struct Args {
     /// storing them: far less memory, bit-identical results (`--memory-efficient false` to undo).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     memory_efficient: Option<bool>,
+    /// Under mpirun/srun: every batch norm takes the statistics of the whole batch across the
+    /// processes (PyTorch's SyncBatchNorm) instead of each process's part; CPU only.
+    #[arg(long = "sync-bn", num_args = 0..=1, default_missing_value = "true")]
+    sync_batch_norm: Option<bool>,
     /// Output folder: metrics.jsonl, last/best.safetensors, curves.svg; for a tabular variant,
     /// model.safetensors and (with --folds) cross_validation.json.
     #[arg(long, default_value = "runs/train")]
@@ -146,6 +150,7 @@ fn tabular_request(spec: MlpSpec, args: &Args) -> anyhow::Result<super::tabular:
         ("--workers", args.workers.is_some()),
         ("--skip-bad-images", args.skip_bad_images.is_some()),
         ("--memory-efficient", args.memory_efficient.is_some()),
+        ("--sync-bn", args.sync_batch_norm.is_some()),
         ("--num-classes", args.num_classes.is_some()),
         ("--weights", args.weights.is_some()),
     ];
@@ -380,13 +385,20 @@ fn train_images(
     if world > 1 {
         say!(
             "data-parallel over {world} processes (MPI): each takes {} image(s) of every batch of {}, \
-             gradients averaged before each step; batch norm per process",
+             gradients averaged before each step; {}",
             match (r.batch_size / world, r.batch_size.div_ceil(world)) {
                 (lo, hi) if lo == hi => lo.to_string(),
                 (lo, hi) => format!("{lo} or {hi}"),
             },
-            r.batch_size
+            r.batch_size,
+            if config.sync_batch_norm {
+                "batch norm over the whole batch (--sync-bn)"
+            } else {
+                "batch norm per process"
+            }
         );
+    } else if config.sync_batch_norm {
+        say!("note: --sync-bn with one process changes nothing: its batch norms see the whole batch");
     }
     let pool = config.spec.architecture.transition_pool;
     if !pool.is_avg() {
@@ -596,6 +608,7 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
         seed,
         image_size,
         memory_efficient,
+        sync_batch_norm,
         workers,
         skip_bad_images
     );

@@ -5,14 +5,17 @@
 //! ([`shard`]), and averages the gradients in one flat buffer per step ([`average_gradients`]).
 //!
 //! Semantics follow PyTorch's `DistributedDataParallel`: gradients summed across ranks and
-//! divided by the world size; batch norm uses each rank's own batch statistics.
+//! divided by the world size; batch norm uses each rank's own batch statistics, or with
+//! [`Collective::batch_norm_group`] those of the whole batch (PyTorch's `SyncBatchNorm`).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
+pub use crate::ops::BatchNormGroup;
 
 #[cfg(feature = "mpi")]
 mod mpi_backend;
@@ -41,6 +44,12 @@ pub trait Collective {
     fn broadcast(&self, values: Buffer, root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// The ranks as a group for synchronised batch norm
+    /// ([`DenseNet::with_sync_batch_norm`](crate::DenseNet::with_sync_batch_norm)); `None`
+    /// where each rank's batch is the whole batch (one process).
+    fn batch_norm_group(&self) -> Option<Arc<dyn BatchNormGroup>> {
+        None
+    }
 }
 
 /// One process: the sums are the values themselves. What `train` runs without `mpirun`.

@@ -1,12 +1,15 @@
 //! [`Collective`] over MPI (Open MPI, MPICH): the processes that `mpirun -np N` or Slurm's
 //! `srun` started, through the `mpi` crate.
 
+use std::sync::Arc;
+use std::thread::ThreadId;
+
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
-use super::{Buffer, Collective};
+use super::{BatchNormGroup, Buffer, Collective};
 use crate::error::{Error, Result};
 
 /// The world communicator of an MPI job. MPI is finalised when this is dropped; create it
@@ -15,6 +18,8 @@ pub struct Mpi {
     // Kept alive: dropping the universe finalises MPI.
     _universe: Universe,
     world: SimpleCommunicator,
+    /// The thread that initialised MPI: the only one that may communicate.
+    thread: ThreadId,
 }
 
 impl Mpi {
@@ -36,6 +41,7 @@ impl Mpi {
         Ok(Self {
             _universe: universe,
             world,
+            thread: std::thread::current().id(),
         })
     }
 }
@@ -83,6 +89,32 @@ impl Collective for Mpi {
 
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
+        Ok(())
+    }
+
+    fn batch_norm_group(&self) -> Option<Arc<dyn BatchNormGroup>> {
+        Some(Arc::new(WorldGroup { thread: self.thread }))
+    }
+}
+
+/// Every rank of `MPI_COMM_WORLD`, for synchronised batch norm. It holds no handle, so it can
+/// sit in the model's ops; MPI runs "funneled", so it communicates only from the thread that
+/// initialised MPI and refuses any other.
+#[derive(Debug)]
+struct WorldGroup {
+    thread: ThreadId,
+}
+
+impl BatchNormGroup for WorldGroup {
+    fn all_reduce_sum(&self, values: &mut [f64]) -> candle_core::Result<()> {
+        if std::thread::current().id() != self.thread {
+            candle_core::bail!(
+                "synchronised batch norm: MPI communicates from the thread that initialised it \
+                 only (threading level funneled); the model ran on another"
+            );
+        }
+        let send = values.to_vec();
+        SimpleCommunicator::world().all_reduce_into(&send[..], values, SystemOperation::sum());
         Ok(())
     }
 }

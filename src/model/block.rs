@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::DenseLayer;
-use crate::ops::{FeatureStore, Mode};
+use crate::ops::{BatchNorm2d, FeatureStore, Mode};
 use crate::spec::LayerKind;
 
 /// A dense block of L layers: (N, C, H, W) → (N, C + L·k, H, W).
@@ -88,6 +88,13 @@ impl DenseBlock {
             features.push(&new)?;
         }
         features.finish()
+    }
+
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        for layer in &mut self.layers {
+            layer.for_each_batch_norm(f);
+        }
     }
 
     /// The same block on detached weights, for inference.

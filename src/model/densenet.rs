@@ -1,11 +1,13 @@
 //! The DenseNet: one generic model for every variant spec.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use super::{DenseBlock, Stem, Transition};
 use crate::error::{Error, Result};
-use crate::ops::{self, BatchNorm2d, Mode};
+use crate::ops::{self, BatchNorm2d, BatchNormGroup, Mode};
 use crate::spec::VariantSpec;
 
 /// One level of [`DenseNet::features_only`], as timm's `feature_info` reports it.
@@ -39,6 +41,14 @@ impl Stage {
             None => x.clone(),
         };
         Ok(self.block.forward(&x, mode)?)
+    }
+
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        if let Some(transition) = &mut self.transition {
+            transition.for_each_batch_norm(f);
+        }
+        self.block.for_each_batch_norm(f);
     }
 
     /// The same stage on detached weights, for inference.
@@ -210,6 +220,20 @@ impl DenseNet {
         for stage in &mut self.stages {
             stage.block.set_memory_efficient(on);
         }
+        self
+    }
+
+    /// Synchronised batch norm, as PyTorch's `SyncBatchNorm.convert_sync_batchnorm`: in
+    /// training every batch norm takes the statistics of the whole batch that the processes of
+    /// `group` hold parts of (see [`BatchNorm2d::set_group`]); `None` restores each process's
+    /// own. Training with a group runs on the CPU kernels only (f32, f64 on the CPU).
+    pub fn with_sync_batch_norm(mut self, group: Option<Arc<dyn BatchNormGroup>>) -> Self {
+        let mut set = |norm: &mut BatchNorm2d| norm.set_group(group.clone());
+        self.stem.for_each_batch_norm(&mut set);
+        for stage in &mut self.stages {
+            stage.for_each_batch_norm(&mut set);
+        }
+        set(&mut self.norm5);
         self
     }
 

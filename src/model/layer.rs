@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
-use crate::ops::{FeatureStore, Mode};
+use crate::ops::{BatchNorm2d, FeatureStore, Mode};
 use crate::spec::LayerKind;
 
 /// One dense layer: (N, C, H, W), the concatenation of every earlier feature map in the block,
@@ -71,6 +71,13 @@ impl DenseLayer {
             y = candle_nn::ops::dropout(&y, self.drop_rate as f32)?;
         }
         Ok(y)
+    }
+
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        for unit in &mut self.units {
+            unit.for_each_batch_norm(f);
+        }
     }
 
     /// The same layer on detached weights, for inference.

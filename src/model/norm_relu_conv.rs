@@ -54,6 +54,11 @@ impl NormReluConv {
         features.norm_relu_conv(&self.norm, &self.conv)
     }
 
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        f(&mut self.norm);
+    }
+
     /// The same unit on detached weights, for inference.
     pub fn detached(&self) -> Self {
         Self {

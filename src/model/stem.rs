@@ -59,6 +59,13 @@ impl Stem {
         self.pool(&self.forward_unpooled(x, mode)?)
     }
 
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        if let Some(norm) = &mut self.norm0 {
+            f(norm);
+        }
+    }
+
     /// The same stem on detached weights, for inference.
     pub fn detached(&self) -> Self {
         Self {

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::NormReluConv;
-use crate::ops::{self, Mode};
+use crate::ops::{self, BatchNorm2d, Mode};
 use crate::spec::TransitionPool;
 
 /// `norm`-ReLU-`conv` (1×1) then a 2×2/2 pool, average (as published) or max: (N, C, H, W) →
@@ -44,6 +44,11 @@ impl Transition {
             }
             TransitionPool::Max => ops::max_pool2d(&self.unit.forward(x, mode)?, 2, 2, 0),
         }
+    }
+
+    /// Calls `f` on each of its batch norms, in checkpoint order.
+    pub fn for_each_batch_norm(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        self.unit.for_each_batch_norm(f);
     }
 
     /// The same transition on detached weights, for inference.

@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::batch_norm_group::BatchNormGroup;
+
 use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
@@ -17,12 +19,15 @@ const MOMENTUM: f64 = 0.1;
 /// Parameters `weight` and `bias` (C) are learned; buffers `running_mean` and `running_var`
 /// (C) are estimated in training mode like PyTorch's `BatchNorm2d`: the batch mean, and the
 /// unbiased batch variance, mixed in with momentum 0.1. Evaluation mode normalises with them.
+/// With a [`BatchNormGroup`] ([`BatchNorm2d::set_group`]), training takes the statistics of the
+/// group's whole batch, as PyTorch's `SyncBatchNorm`.
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     weight: Tensor,
     bias: Tensor,
     running_mean: Var,
     running_var: Var,
+    group: Option<Arc<dyn BatchNormGroup>>,
 }
 
 impl BatchNorm2d {
@@ -38,7 +43,22 @@ impl BatchNorm2d {
             bias,
             running_mean: Var::from_tensor(&running_mean)?,
             running_var: Var::from_tensor(&running_var)?,
+            group: None,
         })
+    }
+
+    /// Synchronised batch norm: in training, the batch statistics (and the sums of the backward
+    /// pass) are those of every process of `group`, whose parts together are the batch, as
+    /// PyTorch's `SyncBatchNorm`; `None`, this process's own (the default). The running
+    /// statistics then agree across the group. Training with a group runs on the CPU kernels
+    /// only (f32, f64 on the CPU): elsewhere it fails.
+    pub fn set_group(&mut self, group: Option<Arc<dyn BatchNormGroup>>) {
+        self.group = group;
+    }
+
+    /// The group set by [`BatchNorm2d::set_group`].
+    pub fn group(&self) -> Option<Arc<dyn BatchNormGroup>> {
+        self.group.clone()
     }
 
     /// The running mean, (C).
@@ -53,8 +73,20 @@ impl BatchNorm2d {
 
     /// Normalises `x` (N, C, H, W). With `train`, uses the batch statistics and updates the
     /// running ones; otherwise uses the running statistics.
+    ///
+    /// # Errors
+    /// With `train` and a group ([`BatchNorm2d::set_group`]): the group's statistics are taken
+    /// by the fused kernel of [`BatchNorm2d::forward_relu`] only.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
+        if train && self.group.is_some() {
+            candle_core::bail!(
+                "synchronised batch norm trains on the CPU kernels only (f32 or f64 on the CPU), \
+                 got {:?} on {:?}",
+                x.dtype(),
+                x.device().location()
+            );
+        }
         let (scale, shift) = if train {
             let mean = x.mean_keepdim((0, 2, 3))?;
             let centred = x.broadcast_sub(&mean)?;
@@ -85,25 +117,27 @@ impl BatchNorm2d {
         if !(mode.is_train() && cpu_kernels(x)) {
             return super::relu(&self.forward_t(x, mode.is_train())?);
         }
-        let count = values_per_channel(x)?;
+        values_per_channel(x)?;
         let stats = Arc::new(Mutex::new(BatchStats::default()));
         let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(BnReluTrain {
             eps: EPS,
             stats: stats.clone(),
+            group: self.group.clone(),
         }));
         let y = x.contiguous()?.apply_op3_arc(&self.weight, &self.bias, op)?;
-        self.record_batch(&stats.lock().expect("stats lock"), count, x.device())?;
+        self.record_batch(&stats.lock().expect("stats lock"), x.device())?;
         Ok(y)
     }
 
-    /// The same norm on detached γ and β (the running statistics shared): a copy for
-    /// inference that records no graph.
+    /// The same norm on detached γ and β (the running statistics shared, no group): a copy
+    /// for inference that records no graph.
     pub fn detached(&self) -> Self {
         Self {
             weight: self.weight.detach(),
             bias: self.bias.detach(),
             running_mean: self.running_mean.clone(),
             running_var: self.running_var.clone(),
+            group: None,
         }
     }
 
@@ -142,15 +176,10 @@ impl BatchNorm2d {
         (&self.weight, &self.bias, EPS)
     }
 
-    /// Mixes the statistics of a training batch of `count` values per channel into the running
-    /// ones (the variance unbiased first, as PyTorch does).
-    pub(super) fn record_batch(
-        &self,
-        stats: &BatchStats,
-        count: f64,
-        device: &candle_core::Device,
-    ) -> Result<()> {
-        let c = stats.mean.len();
+    /// Mixes the statistics of a training batch into the running ones (the variance unbiased
+    /// first, by its count of values per channel, as PyTorch does).
+    pub(super) fn record_batch(&self, stats: &BatchStats, device: &candle_core::Device) -> Result<()> {
+        let (c, count) = (stats.mean.len(), stats.count);
         let mean = Tensor::from_vec(stats.mean.clone(), c, device)?;
         let var = (Tensor::from_vec(stats.var.clone(), c, device)? * (count / (count - 1.0)))?;
         self.update_running(&mean, &var)

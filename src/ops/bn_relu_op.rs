@@ -3,17 +3,23 @@
 //!
 //! y = max(0, γ·x̂ + β), x̂ = (x − μ)/√(σ² + ε), μ and σ² the batch mean and biased variance;
 //! with g = dy·[y > 0]: dβ = Σg, dγ = Σg·x̂, dx = γ/√(σ² + ε) · (g − mean(g) − x̂·mean(g·x̂)).
+//!
+//! With a [`BatchNormGroup`] the batch is the union of the processes' parts: μ, σ², mean(g) and
+//! mean(g·x̂) are taken over all of it (`batch_norm_group`).
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::batch_norm_group::{global_moments, BatchNormGroup};
 use super::cpu::{float_kernel, unwritten_vec, Float};
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct BatchStats {
+    /// Values per channel they were taken over: N·H·W, summed over the processes of a group.
+    pub count: f64,
     /// μ per channel.
     pub mean: Vec<f64>,
     /// Biased σ² per channel.
@@ -21,9 +27,11 @@ pub struct BatchStats {
 }
 
 /// The fused op; `stats` is filled by the forward pass for the caller and the backward pass.
+/// With a `group`, the statistics are those of the group's whole batch.
 pub struct BnReluTrain {
     pub eps: f64,
     pub stats: Arc<Mutex<BatchStats>>,
+    pub group: Option<Arc<dyn BatchNormGroup>>,
 }
 
 /// Independent partial sums per loop: the loops over them vectorise, and a sum does not depend
@@ -218,8 +226,8 @@ impl BnReluTrain {
         n: usize,
         c: usize,
         hw: usize,
-    ) -> Vec<T> {
-        let count = (n * hw) as f64;
+    ) -> Result<Vec<T>> {
+        let local = (n * hw) as f64;
         // Moments about a value of each channel (its first in image 0), in one pass.
         let pivot: Vec<f64> = (0..c)
             .map(|ch| x.get(ch * hw).map_or(0.0, |v| v.to_f64()))
@@ -227,10 +235,21 @@ impl BnReluTrain {
         let table = plane_table((x, x, x), c, hw, |ch, p, _, _| moments(p, pivot[ch]));
         let (s1, s2): (Vec<f64>, Vec<f64>) = table.iter().map(|[a, b]| (*a, *b)).unzip();
         let (s1, s2) = (channel_totals(&s1, c), channel_totals(&s2, c));
-        let mean: Vec<f64> = (0..c).map(|ch| pivot[ch] + s1[ch] / count).collect();
-        let var: Vec<f64> = (0..c)
-            .map(|ch| (s2[ch] / count - (s1[ch] / count).powi(2)).max(0.0))
-            .collect();
+        let mean: Vec<f64> = (0..c).map(|ch| pivot[ch] + s1[ch] / local).collect();
+        let (count, mean, var) = match &self.group {
+            None => {
+                let var = (0..c)
+                    .map(|ch| (s2[ch] / local - (s1[ch] / local).powi(2)).max(0.0))
+                    .collect();
+                (local, mean, var)
+            }
+            Some(group) => {
+                let m2: Vec<f64> = (0..c)
+                    .map(|ch| (s2[ch] - s1[ch] * s1[ch] / local).max(0.0))
+                    .collect();
+                global_moments(group.as_ref(), local, &mean, &m2)?
+            }
+        };
         let scale: Vec<f64> = (0..c)
             .map(|ch| gamma[ch].to_f64() / (var[ch] + self.eps).sqrt())
             .collect();
@@ -238,8 +257,8 @@ impl BnReluTrain {
             .map(|ch| beta[ch].to_f64() - mean[ch] * scale[ch])
             .collect();
         let y = BnReluEval { scale, shift }.planes(x, n, c * hw, c, hw);
-        *self.stats.lock().expect("stats lock") = BatchStats { mean, var };
-        y
+        *self.stats.lock().expect("stats lock") = BatchStats { count, mean, var };
+        Ok(y)
     }
 }
 
@@ -265,7 +284,7 @@ impl CustomOp3 for BnReluTrain {
             n,
             c,
             h * w
-        ));
+        )?);
         Ok((out, l1.shape().clone()))
     }
 
@@ -277,13 +296,16 @@ impl CustomOp3 for BnReluTrain {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgamma, dbeta) = backward(x, gamma, y, dy, self.eps, self.stats.clone())?;
+        let (dx, dgamma, dbeta) =
+            backward(x, gamma, y, dy, self.eps, self.stats.clone(), self.group.clone())?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
 /// The gradients (dx, dγ, dβ) of the fused op for input `x`, its output `y` and the output's
-/// gradient `dy`, given the batch statistics its forward pass recorded in `stats`.
+/// gradient `dy`, given the batch statistics its forward pass recorded in `stats`. With a
+/// `group` (the forward's), dx is the gradient through the group's whole batch; dγ and dβ are
+/// this process's part.
 pub(super) fn backward(
     x: &Tensor,
     gamma: &Tensor,
@@ -291,12 +313,14 @@ pub(super) fn backward(
     dy: &Tensor,
     eps: f64,
     stats: Arc<Mutex<BatchStats>>,
+    group: Option<Arc<dyn BatchNormGroup>>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     let op = BnReluBackward {
         eps,
         stats,
         gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+        group,
     };
     // One packed result: dx (N·C·H·W), then dγ (C), then dβ (C).
     let packed = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
@@ -311,12 +335,13 @@ struct BnReluBackward {
     eps: f64,
     stats: Arc<Mutex<BatchStats>>,
     gamma: Vec<f64>,
+    group: Option<Arc<dyn BatchNormGroup>>,
 }
 
 impl BnReluBackward {
-    fn backward<T: Float>(&self, x: &[T], y: &[T], dy: &[T], n: usize, c: usize, hw: usize) -> Vec<T> {
+    fn backward<T: Float>(&self, x: &[T], y: &[T], dy: &[T], c: usize, hw: usize) -> Result<Vec<T>> {
         let stats = self.stats.lock().expect("stats lock").clone();
-        let count = (n * hw) as f64;
+        let count = stats.count;
         let inv_std: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         let table = plane_table((x, y, dy), c, hw, |ch, x, y, dy| {
             let (g, gx) = grad_sums(x, y, dy, stats.mean[ch]);
@@ -329,12 +354,22 @@ impl BnReluBackward {
             .zip(&inv_std)
             .map(|(s, i)| s * i)
             .collect();
+        // dx takes the sums over the group's whole batch; dγ and dβ stay this process's.
+        let (batch_g, batch_gx) = match &self.group {
+            None => (sum_g.clone(), sum_gx.clone()),
+            Some(group) => {
+                let mut sums = [sum_g.as_slice(), sum_gx.as_slice()].concat();
+                group.all_reduce_sum(&mut sums)?;
+                let gx = sums.split_off(c);
+                (sums, gx)
+            }
+        };
         // dx = a·(g − mean_g − x̂·mean_gx) with x̂ = (x − μ)·s, as a·g + r·(x − μ) + q per
         // channel, in T's precision (x − μ first, which loses nothing when x is near μ).
         let coefficients: Vec<[T; 4]> = (0..c)
             .map(|ch| {
                 let (a, s) = (self.gamma[ch] * inv_std[ch], inv_std[ch]);
-                let (r, q) = (-a * s * sum_gx[ch] / count, -a * sum_g[ch] / count);
+                let (r, q) = (-a * s * batch_gx[ch] / count, -a * batch_g[ch] / count);
                 [a, r, q, stats.mean[ch]].map(T::from_f64)
             })
             .collect();
@@ -374,7 +409,7 @@ impl BnReluBackward {
             .iter_mut()
             .zip(&sum_g)
             .for_each(|(t, v)| *t = T::from_f64(*v));
-        out
+        Ok(out)
     }
 }
 
@@ -397,10 +432,9 @@ impl CustomOp3 for BnReluBackward {
             x,
             y,
             d,
-            n,
             c,
             h * w
-        ));
+        )?);
         Ok((out, Shape::from(n * c * h * w + 2 * c)))
     }
 }

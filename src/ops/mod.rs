@@ -10,6 +10,7 @@
 //! inference kernels apply.
 
 mod batch_norm;
+mod batch_norm_group;
 mod bn_relu_op;
 mod channel_ops;
 mod conv;
@@ -24,6 +25,7 @@ mod relu;
 mod shared_features;
 
 pub use batch_norm::BatchNorm2d;
+pub use batch_norm_group::BatchNormGroup;
 pub use conv::{conv2d, norm_relu_conv, Conv2d};
 pub use feature_store::FeatureStore;
 pub use mode::{cpu_kernels, fused_inference, Mode};

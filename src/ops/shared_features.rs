@@ -155,6 +155,7 @@ impl SharedFeatures {
             norm: BnReluTrain {
                 eps,
                 stats: stats.clone(),
+                group: norm.group(),
             },
         };
         let y = self.token.apply_op3(
@@ -163,8 +164,8 @@ impl SharedFeatures {
             op,
         )?;
         let features = self.block.features();
-        let count = values_per_channel(&features)?;
-        norm.record_batch(&stats.lock().expect("stats lock"), count, features.device())?;
+        values_per_channel(&features)?;
+        norm.record_batch(&stats.lock().expect("stats lock"), features.device())?;
         conv.add_bias(y)
     }
 
@@ -259,7 +260,7 @@ impl FirstUnit {
         }
         let z = self
             .norm
-            .forward(&x, &gamma_beta[..c], &gamma_beta[c..], n, c, hw);
+            .forward(&x, &gamma_beta[..c], &gamma_beta[c..], n, c, hw)?;
         drop(x);
         let conv = ConvOp(self.window);
         let dims = conv.dims(&Layout::contiguous((n, c, h, wd)), w)?;
@@ -306,13 +307,17 @@ impl CustomOp3 for FirstUnit {
         // Recompute the normalised input from the block's output, which holds it unchanged.
         let x = self.block.features().narrow(1, 0, self.channels)?.contiguous()?;
         let (gamma, beta) = (gamma_beta.get(0)?, gamma_beta.get(1)?);
+        // With a group, the recomputation takes the group's statistics again, as every process
+        // recomputes the same layers in the same order.
         let norm = BnReluTrain {
             eps: self.norm.eps,
             stats: Arc::new(Mutex::new(BatchStats::default())),
+            group: self.norm.group.clone(),
         };
         let z = x.apply_op3_no_bwd(&gamma, &beta, &norm)?;
         let (dz, dw) = conv_op::backward(&z, weight, dy, self.window)?;
-        let (dx, dgamma, dbeta) = bn_relu_op::backward(&x, &gamma, &z, &dz, norm.eps, norm.stats)?;
+        let (dx, dgamma, dbeta) =
+            bn_relu_op::backward(&x, &gamma, &z, &dz, norm.eps, norm.stats, norm.group)?;
         self.block.add_grad(&dx)?;
         Ok((
             Some(token.zeros_like()?),

@@ -46,6 +46,11 @@ pub struct TrainConfig {
     /// storing them ([`DenseNet::with_memory_efficient`]): less memory, same numbers.
     #[serde(default)]
     pub memory_efficient: bool,
+    /// Data-parallel runs: every batch norm takes the statistics of the whole batch across
+    /// the ranks ([`DenseNet::with_sync_batch_norm`]), as PyTorch's `SyncBatchNorm`, instead of
+    /// each rank's part. Nothing changes with one process. CPU only.
+    #[serde(default)]
+    pub sync_batch_norm: bool,
     /// Threads that decode and augment the training images; 0, one per core.
     #[serde(default)]
     pub workers: usize,
@@ -65,6 +70,7 @@ impl TrainConfig {
             warmup_epochs: 0,
             seed: 0,
             memory_efficient: false,
+            sync_batch_norm: false,
             workers: 0,
             skip_bad_images: false,
             spec,
@@ -263,12 +269,15 @@ impl Trainer {
     /// ranks start from rank 0's weights; each takes its [`Shard`] of every batch
     /// (`recipe.batch_size` stays the whole batch), and the gradients of the batch's mean loss
     /// are averaged across ranks before each step, so that the ranks' weights stay identical;
-    /// batch norm uses each rank's own batch statistics, and rank 0's running statistics for
-    /// evaluation (sharded, its sums added across ranks) and checkpoints. Rank 0 alone writes
+    /// batch norm uses each rank's own batch statistics (with `config.sync_batch_norm`, those
+    /// of the whole batch: [`Collective::batch_norm_group`]), and rank 0's running statistics
+    /// for evaluation (sharded, its sums added across ranks) and checkpoints. Rank 0 alone writes
     /// to `out`. A run resumes with any number of ranks (noted when it changes).
     ///
     /// # Errors
-    /// As [`Trainer::new`], and [`Error::Distributed`] when a collective operation fails.
+    /// As [`Trainer::new`], and [`Error::Distributed`] when a collective operation fails;
+    /// [`Error::Training`] for `sync_batch_norm` with several ranks on a device other than the
+    /// CPU.
     pub fn with_collective(
         config: &TrainConfig,
         out: &Path,
@@ -304,6 +313,13 @@ impl Trainer {
                  batch of at least {}",
                 config.recipe.batch_size,
                 world * 2usize.div_ceil(side * side)
+            )));
+        }
+        if world > 1 && config.sync_batch_norm && !device.is_cpu() {
+            return Err(Error::Training(format!(
+                "synchronised batch norm (--sync-bn) trains on the CPU only for now, not on {:?}: \
+                 leave it out for per-process batch norm",
+                device.location()
             )));
         }
         if root {
@@ -348,7 +364,13 @@ impl Trainer {
                     .collect();
                 write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
             }
-            if progress.world_size != collective.world_size() {
+            if progress.world_size != collective.world_size() && config.sync_batch_norm {
+                observer.note(&format!(
+                    "the run trained with {} process(es) until now and goes on with {}",
+                    progress.world_size,
+                    collective.world_size(),
+                ));
+            } else if progress.world_size != collective.world_size() {
                 observer.note(&format!(
                     "the run trained with {} process(es) until now and goes on with {}: batch norm's \
                      statistics now come from parts of {} image(s) per batch instead of {}",
@@ -401,7 +423,11 @@ impl Trainer {
             spec,
             candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
         )?
-        .with_memory_efficient(config.memory_efficient);
+        .with_memory_efficient(config.memory_efficient)
+        .with_sync_batch_norm(match config.sync_batch_norm {
+            true => collective.batch_norm_group(),
+            false => None,
+        });
         let schedule = Schedule {
             kind: r.schedule,
             base_lr: r.lr,
