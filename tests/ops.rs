@@ -35,6 +35,10 @@ fn conv2d_matches_candle_forward_and_backward() {
         (2, 5, 2, 17, 16, 3, 1, 1),
         (3, 7, 2, 6, 7, 3, 1, 0),
         (2, 6, 4, 9, 8, 5, 1, 1),
+        // ... both gradients from one unfolding of dy: one image (a GEMM on both threads, its
+        // width padded), and five wide images, three groups on one thread and two on the other.
+        (1, 6, 3, 7, 5, 3, 1, 1),
+        (5, 5, 2, 17, 16, 3, 1, 1),
         // Maps at least 16 wide: im2col copies runs instead of gathering through a table
         // (strided sizes that candle's reference backward accepts).
         (2, 3, 4, 17, 18, 3, 1, 1),

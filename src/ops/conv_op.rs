@@ -8,14 +8,15 @@
 //! cols[n] is the image itself for a 1×1 conv, else its `im2col` columns. A stride-1 k×k conv
 //! with fewer output than input channels (a dense layer's 3×3) avoids unfolding x, the larger
 //! side: its forward pass multiplies x by each tap's weights and sums the shifted products,
-//! and its weight gradient unfolds dy instead. Images with few
+//! and its weight gradient unfolds dy instead, once for both gradients (the input gradient
+//! reads the same columns of dy). Images with few
 //! output pixels are put side by side, several to a GEMM, so that each GEMM has at least
 //! [`MIN_COLUMNS`] columns. Groups are spread over threads; too few groups let each GEMM use
 //! them instead.
 
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -441,6 +442,14 @@ impl ConvOp {
     /// dx (N, Cin, H, W) = dy (N, Cout, H', W') ∗ W' with the `adjoint` window, where
     /// W'[ci, co, a, b] = W[co, ci, k−1−a, k−1−b].
     fn input_grad_as_conv<T: Float>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
+        let flipped = self.flipped_transposed(weight, d);
+        let of_dy = self.adjoint_dims(d);
+        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
+    }
+
+    /// W' (Cin, Cout, k, k) with W'[ci, co, a, b] = W[co, ci, k−1−a, k−1−b]: the weight of
+    /// the adjoint convolution.
+    fn flipped_transposed<T: Float>(&self, weight: &[T], d: &Dims) -> Vec<T> {
         let k2 = self.0.kernel * self.0.kernel;
         let row = d.cout * k2;
         // SAFETY: each (input, output) channel pair's k·k taps are written below.
@@ -451,8 +460,7 @@ impl ConvOp {
                 dst.iter_mut().zip(taps.iter().rev()).for_each(|(o, w)| *o = *w);
             }
         }
-        let of_dy = self.adjoint_dims(d);
-        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
+        flipped
     }
 
     /// The dims of the adjoint convolution, of dy (N, Cout, H', W') into (N, Cin, H, W).
@@ -469,9 +477,6 @@ impl ConvOp {
     }
 
     fn weight_grad<T: Float>(&self, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
-        if let Some(adjoint) = self.by_taps(d) {
-            return self.weight_grad_by_taps(adjoint, x, dy, d);
-        }
         // dW += dy (Cout × count·L) · colsᵀ (count·L × K) for each group of images.
         let (x, dy) = (
             Images::contiguous(x, d.cin * d.h * d.w),
@@ -486,26 +491,72 @@ impl ConvOp {
         })
     }
 
-    /// dW from R (Cout·k·k × Cin) = Σₙ unfold(dy[n]) (Cout·k·k × H·W) · x[n]ᵀ (H·W × Cin),
-    /// dy unfolded under the adjoint window: R's row co·k·k + t is tap k·k − 1 − t of dW.
-    /// Unfolds Cout channels where the plain weight gradient unfolds Cin.
-    fn weight_grad_by_taps<T: Float>(&self, adjoint: Window, x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    /// dx and dW of a conv whose forward pass goes by taps ([`ConvOp::by_taps`]), packed: dx
+    /// (N·Cin·H·W), then dW (Cout·Cin·k·k). Both GEMMs read dy unfolded under the adjoint
+    /// window, so each group of images unfolds it once for both:
+    ///
+    /// - dx, as [`ConvOp::input_grad`]: the adjoint convolution, W' (Cin × Cout·k·k) times the
+    ///   columns of dy;
+    /// - dW from R (Cout·k·k × Cin) = Σ over groups of the columns of dy times xᵀ: R's row
+    ///   co·k·k + t is tap k·k − 1 − t of dW. Unfolds Cout channels where the plain weight
+    ///   gradient unfolds Cin.
+    fn grads_by_taps<T: Float>(&self, adjoint: Window, x: &[T], weight: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let (k2, hw) = (d.kk / d.cin, d.h * d.w);
-        let of_dy = self.adjoint_dims(d);
+        let (of_dy, flipped) = (self.adjoint_dims(d), self.flipped_transposed(weight, d));
         let (x, dy) = (
             Images::contiguous(x, d.cin * hw),
             Images::contiguous(dy, d.cout * d.l),
         );
-        let rows = d.cout * k2;
-        let r = sum_over_groups(d.n, &plan(d.n, hw), rows * d.cin, |first, count, acc, par| {
-            let width = count * hw;
-            let cols = ConvOp(adjoint).columns(&dy, &of_dy, (first, count), width);
-            let xs = side_by_side(&x, d.cin, hw, (first, count), width);
-            matmul(acc, &cols, &xs, (rows, count * hw, d.cin), false, true, true, par);
-        });
-        // SAFETY: for each output channel, tap t's row fills filter positions k2−1−t,
-        // k2−1−t + k2, ...: every position of its Cin·k·k once.
-        let mut dw = unsafe { unwritten_vec(d.cout * d.kk) };
+        let (plan, plane, rows) = (plan(d.n, hw), d.cin * hw, d.cout * k2);
+        // The groups in spans, one per thread when they run in parallel (as `sum_over_groups`):
+        // a span writes its images' dx and sums its part of R.
+        let groups = d.n.div_ceil(plan.per_gemm);
+        let spans = if plan.parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let per_span = groups.div_ceil(spans).max(1) * plan.per_gemm * plane;
+        let span = |(s, dx): (usize, &mut [T])| -> Vec<T> {
+            let mut r = vec![T::zero(); rows * d.cin];
+            for (g, out) in dx.chunks_mut(plan.per_gemm * plane).enumerate() {
+                let (first, count) = (s * per_span / plane + g * plan.per_gemm, out.len() / plane);
+                let width = aligned_width(count * hw, &plan);
+                let cols = ConvOp(adjoint).columns(&dy, &of_dy, (first, count), width);
+                let dims = (d.cin, of_dy.kk, hw);
+                matmul_into_images(out, &flipped, &cols, dims, false, count, width, plan.par);
+                let xs = side_by_side(&x, d.cin, hw, (first, count), width);
+                matmul(
+                    &mut r,
+                    &cols,
+                    &xs,
+                    (rows, width, d.cin),
+                    false,
+                    true,
+                    true,
+                    plan.par,
+                );
+            }
+            r
+        };
+        // SAFETY: dx (the first N·Cin·H·W) is overwritten group by group by
+        // `matmul_into_images`, and dW after it filter position by filter position below.
+        let mut out = unsafe { unwritten_vec(d.n * plane + d.cout * d.kk) };
+        let (dx, dw) = out.split_at_mut(d.n * plane);
+        let r = if plan.parallel {
+            let zero = || vec![T::zero(); rows * d.cin];
+            dx.par_chunks_mut(per_span)
+                .enumerate()
+                .map(span)
+                .reduce(zero, |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                })
+        } else {
+            span((0, dx))
+        };
+        // For each output channel, tap t's row fills filter positions k2−1−t, k2−1−t + k2, ...:
+        // every position of its Cin·k·k once.
         for (filters, taps) in dw.chunks_exact_mut(d.kk).zip(r.chunks_exact(d.kk)) {
             // One output channel's k·k rows of R, each scattered into its filters, flipped.
             for (tap, row) in taps.chunks_exact(d.cin).enumerate() {
@@ -517,7 +568,7 @@ impl ConvOp {
                     .for_each(|(o, v)| *o = *v);
             }
         }
-        dw
+        out
     }
 }
 
@@ -589,6 +640,15 @@ impl CustomOp2 for ConvOp {
 /// gradient `dy`.
 pub(super) fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, window: Window) -> Result<(Tensor, Tensor)> {
     let dy = dy.contiguous()?;
+    let (cout, cin) = (w.dim(0)?, w.dim(1)?);
+    if ConvOp(window).adjoint().is_some() && cout < cin {
+        // The forward pass went by taps: one op unfolds dy once for both gradients.
+        let packed = x.apply_op3_no_bwd(w, &dy, &ConvGradsByTaps(window))?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.dims())?;
+        let dw = packed.narrow(0, numel, w.elem_count())?.reshape(w.dims())?;
+        return Ok((dx, dw));
+    }
     let dx = dy.apply_op2_no_bwd(
         w,
         &ConvInputGrad {
@@ -692,6 +752,38 @@ impl CustomOp2 for ConvInputGrad {
         let d = op.dims(&x_layout, l2)?;
         let out = float_kernel!(self.name(), [dy: s1, l1; w: s2, l2], op.input_grad(dy, w, &d));
         Ok((out, Shape::from(self.x_dims.as_slice())))
+    }
+}
+
+/// (x, W, dy) → dx and dW packed, for a conv whose forward pass goes by taps.
+struct ConvGradsByTaps(Window);
+
+impl CustomOp3 for ConvGradsByTaps {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-grads-by-taps"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = ConvOp(self.0);
+        let d = op.dims(l1, l2)?;
+        let Some(adjoint) = op.by_taps(&d) else {
+            candle_core::bail!("{}: the conv does not go by taps", self.name());
+        };
+        if l3.shape().elem_count() != d.n * d.cout * d.l {
+            candle_core::bail!("{}: dy {:?} does not fit the conv", self.name(), l3.dims());
+        }
+        let out = float_kernel!(self.name(), [x: s1, l1; w: s2, l2; dy: s3, l3], op.grads_by_taps(
+            adjoint, x, w, dy, &d
+        ));
+        Ok((out, Shape::from(d.n * d.cin * d.h * d.w + d.cout * d.kk)))
     }
 }
 
