@@ -201,6 +201,66 @@ fn train_with_sync_bn_on_two_ranks_follows_the_one_process_run() {
     assert!(per_rank > 1e-2, "{per_rank:e}");
 }
 
+/// `args` with `--batch-size` set to `batch`.
+fn with_batch<'a>(mut args: Vec<&'a str>, batch: &'a str) -> Vec<&'a str> {
+    let at = args.iter().position(|a| *a == "--batch-size").unwrap();
+    args[at + 1] = batch;
+    args
+}
+
+#[test]
+fn with_sync_bn_each_rank_needs_an_image_and_the_whole_batch_two_values() {
+    // The book's net at 32×32 ends on 1×1 maps: per-rank batch norm needs two images per rank,
+    // synchronised batch norm one per rank and two in the batch. 129 images in batches of 2:
+    // the last holds one.
+    let data = slice_of_fashion_mnist("dp-sync-small", 129, 64);
+    let d = data.to_str().unwrap();
+    let out = data.join("run");
+    let per_rank = data.join("per-rank");
+    let mut args = with_batch(train_args(d, out.to_str().unwrap(), "1"), "2");
+    args.push("--sync-bn");
+    let err = succeeded(&zoo_on_two_ranks(&args));
+    assert!(
+        err.contains(
+            "batch 65 holds 1 image(s), too few for batch norm on the last block's 1×1 maps: left out"
+        ),
+        "{err}"
+    );
+    assert_eq!(metrics(&out).len(), 1);
+    // On three ranks, 131 images in batches of 3: the last two are enough for batch norm, but
+    // leave a rank none.
+    let three = slice_of_fashion_mnist("dp-sync-three", 131, 64);
+    let run = three.join("run");
+    let mut on_three = with_batch(
+        train_args(three.to_str().unwrap(), run.to_str().unwrap(), "1"),
+        "3",
+    );
+    on_three.push("--sync-bn");
+    let out3 = mpirun_command("3")
+        .arg(env!("CARGO_BIN_EXE_densenet-zoo"))
+        .args(&on_three)
+        .output()
+        .unwrap();
+    let err = succeeded(&out3);
+    assert!(
+        err.contains(
+            "batch 44 holds 2 image(s), none for some of the 3 processes, which each need one: left out"
+        ),
+        "{err}"
+    );
+    let refused = zoo_on_two_ranks(&with_batch(train_args(d, per_rank.to_str().unwrap(), "1"), "2"));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("use a batch of at least 4"), "{err}");
+    let refused = zoo_on_two_ranks(&with_batch(args, "1"));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("leaves some with no image per batch: use a batch of at least 2"),
+        "{err}"
+    );
+}
+
 /// Starts a 2-epoch, 2-rank run into `out`, waits until its first epoch is saved and
 /// 1.5 s more (into the second epoch), and returns it still running.
 fn two_rank_run_into_its_second_epoch(data: &str, out: &Path) -> std::process::Child {

@@ -353,13 +353,14 @@ fn train_images(
         .map_err(|m| anyhow::anyhow!("the training recipe: {m}"))?;
     let r = &config.recipe;
     say!(
-        "training {} on {} at {}×{} for {} epochs: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
+        "training {} on {} at {}×{} for {} epoch{}: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
          weight decay {}, augment {}{}, seed {}, device {:?}{}",
         config.spec.name,
         config.data.display(),
         config.image_size,
         config.image_size,
         r.epochs,
+        if r.epochs == 1 { "" } else { "s" },
         r.optimizer,
         r.lr,
         r.schedule,

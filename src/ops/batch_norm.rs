@@ -2,11 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::batch_norm_group::BatchNormGroup;
-
 use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+use super::batch_norm_group::BatchNormGroup;
 use super::bn_relu_op::{image_stride, BatchStats, BnReluEval, BnReluTrain};
 use super::mode::{cpu_kernels, fused_inference, Mode};
 
@@ -117,7 +116,10 @@ impl BatchNorm2d {
         if !(mode.is_train() && cpu_kernels(x)) {
             return super::relu(&self.forward_t(x, mode.is_train())?);
         }
-        values_per_channel(x)?;
+        if self.group.is_none() {
+            // With a group, the kernel checks the group's batch.
+            values_per_channel(x)?;
+        }
         let stats = Arc::new(Mutex::new(BatchStats::default()));
         let op: Arc<Box<dyn CustomOp3 + Send + Sync>> = Arc::new(Box::new(BnReluTrain {
             eps: EPS,

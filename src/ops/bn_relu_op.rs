@@ -247,7 +247,15 @@ impl BnReluTrain {
                 let m2: Vec<f64> = (0..c)
                     .map(|ch| (s2[ch] - s1[ch] * s1[ch] / local).max(0.0))
                     .collect();
-                global_moments(group.as_ref(), local, &mean, &m2)?
+                let moments = global_moments(group.as_ref(), local, &mean, &m2)?;
+                if moments.0 < 2.0 {
+                    candle_core::bail!(
+                        "batch norm in training needs more than one value per channel, got {} \
+                         in the whole batch of the group",
+                        moments.0
+                    );
+                }
+                moments
             }
         };
         let scale: Vec<f64> = (0..c)

@@ -12,7 +12,8 @@ const MISSING: &[&str] = &[
     "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ];
 
-/// True for a value pandas reads as missing (see [`MISSING`]), after trimming.
+/// True for a value pandas' `read_csv` reads as missing by default (`""`, `NA`, `N/A`, `NaN`,
+/// `null`, `None`, ...: its `na_values`), after trimming.
 pub fn is_missing(value: &str) -> bool {
     MISSING.contains(&value)
 }

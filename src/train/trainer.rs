@@ -178,8 +178,22 @@ impl TrainingRecord {
 
 /// Reads the configuration saved in `out`'s last checkpoint.
 pub fn saved_config(out: &Path) -> Result<TrainConfig> {
-    let ckpt = Checkpoint::read(&last_checkpoint(out), &Device::Cpu)?;
+    let ckpt = Checkpoint::read(&resumable_checkpoint(out)?, &Device::Cpu)?;
     Ok(TrainingRecord::read(&ckpt)?.config)
+}
+
+/// The checkpoint `--resume` continues from, `out/last.safetensors`, or an error that says
+/// there is none.
+fn resumable_checkpoint(out: &Path) -> Result<PathBuf> {
+    let last = last_checkpoint(out);
+    if !last.exists() {
+        return Err(Error::Training(format!(
+            "nothing to resume in {}: {} does not exist",
+            out.display(),
+            last.display()
+        )));
+    }
+    Ok(last)
 }
 
 /// What a run reports as it goes, for the caller to show (the command line draws a progress
@@ -306,7 +320,16 @@ impl Trainer {
             })?;
         let (world, side) = (collective.world_size(), last_map_side(config));
         let smallest_part = config.recipe.batch_size / world;
-        if world > 1 && smallest_part * side * side < 2 {
+        // With synchronised batch norm a rank's part needs one image, the batch two values.
+        let sync = world > 1 && config.sync_batch_norm;
+        if sync && smallest_part == 0 {
+            return Err(Error::Training(format!(
+                "--batch-size {} over {world} processes leaves some with no image per batch: use \
+                 a batch of at least {world}",
+                config.recipe.batch_size
+            )));
+        }
+        if world > 1 && !sync && smallest_part * side * side < 2 {
             return Err(Error::Training(format!(
                 "--batch-size {} over {world} processes leaves some with {smallest_part} image(s) \
                  per batch, too few for batch norm on the last block's {side}×{side} maps: use a \
@@ -335,14 +358,7 @@ impl Trainer {
         let classes = train_set.classes.clone();
 
         let (varmap, optimizer_state, progress) = if start.resume {
-            if !last_checkpoint(out).exists() {
-                return Err(Error::Training(format!(
-                    "nothing to resume in {}: {} does not exist",
-                    out.display(),
-                    last_checkpoint(out).display()
-                )));
-            }
-            let ckpt = Checkpoint::read(&last_checkpoint(out), device)?;
+            let ckpt = Checkpoint::read(&resumable_checkpoint(out)?, device)?;
             let record = TrainingRecord::read(&ckpt)?;
             check_resumed_config(&record, config, observer)?;
             let progress = record.progress;
@@ -532,6 +548,7 @@ impl Trainer {
         );
         let mut lr = self.schedule.lr(epoch as f64);
         let smallest_map = last_map_side(config);
+        let sync = world > 1 && config.sync_batch_norm;
         for batch in loader {
             let batch = batch?;
             for (path, message) in &batch.skipped {
@@ -539,8 +556,12 @@ impl Trainer {
             }
             let step_start = Instant::now();
             let n = batch.labels.len();
-            // Batch norm in training needs two values per channel.
-            let too_small = n * smallest_map * smallest_map < 2;
+            // Batch norm in training needs two values per channel: in each rank's part, or with
+            // synchronised batch norm in the whole batch, of which each rank needs an image.
+            let too_small = match sync {
+                true => n == 0,
+                false => n * smallest_map * smallest_map < 2,
+            };
             let [total, parts_too_small, stopping] = sum_over_ranks(
                 collective,
                 [
@@ -570,23 +591,32 @@ impl Trainer {
                 collective.barrier()?;
                 return Ok(None);
             }
-            if parts_too_small > 0.0 {
+            let whole_too_small = (total as usize) * smallest_map * smallest_map < 2;
+            if parts_too_small > 0.0 || (sync && whole_too_small) {
                 // A last batch of one image at 1×1 maps is left out, as DataLoader's drop_last
-                // would; with several ranks, a batch any part of which is that small.
+                // would; with several ranks, a batch any part of which is that small (with
+                // synchronised batch norm: empty).
                 if total > 0.0 {
-                    let holds = if world > 1 {
-                        format!(
+                    let holds = match (world > 1, sync) {
+                        (false, _) => "holds one image".to_string(),
+                        (true, true) if !whole_too_small => format!(
+                            "holds {total} image(s), none for some of the {world} processes, \
+                             which each need one"
+                        ),
+                        (true, true) => format!("holds {total} image(s)"),
+                        (true, false) => format!(
                             "holds {total} image(s), {} for some of the {world} processes",
                             total as usize / world
-                        )
-                    } else {
-                        "holds one image".to_string()
+                        ),
                     };
-                    observer.note(&format!(
-                        "batch {} {holds}, too few for batch norm on the last block's \
-                         {smallest_map}×{smallest_map} maps: left out",
-                        progress.batch + 1,
-                    ));
+                    let why = match sync && !whole_too_small {
+                        true => String::new(),
+                        false => format!(
+                            ", too few for batch norm on the last block's \
+                             {smallest_map}×{smallest_map} maps"
+                        ),
+                    };
+                    observer.note(&format!("batch {} {holds}{why}: left out", progress.batch + 1,));
                 }
                 progress.batch += 1;
                 continue;
