@@ -338,7 +338,7 @@ impl Trainer {
                 world * 2usize.div_ceil(side * side)
             )));
         }
-        if world > 1 && config.sync_batch_norm && !device.is_cpu() {
+        if sync && !device.is_cpu() {
             return Err(Error::Training(format!(
                 "synchronised batch norm (--sync-bn) trains on the CPU only for now, not on {:?}: \
                  leave it out for per-process batch norm",
@@ -380,20 +380,21 @@ impl Trainer {
                     .collect();
                 write_atomic(&out.join("metrics.jsonl"), lines.as_bytes())?;
             }
-            if progress.world_size != collective.world_size() && config.sync_batch_norm {
+            if progress.world_size != collective.world_size() {
+                // Per-rank batch norm's batches change size with the number of ranks.
+                let batch_norm = match config.sync_batch_norm {
+                    true => String::new(),
+                    false => format!(
+                        ": batch norm's statistics now come from parts of {} image(s) per batch \
+                         instead of {}",
+                        config.recipe.batch_size.div_ceil(collective.world_size()),
+                        config.recipe.batch_size.div_ceil(progress.world_size.max(1)),
+                    ),
+                };
                 observer.note(&format!(
-                    "the run trained with {} process(es) until now and goes on with {}",
+                    "the run trained with {} process(es) until now and goes on with {}{batch_norm}",
                     progress.world_size,
                     collective.world_size(),
-                ));
-            } else if progress.world_size != collective.world_size() {
-                observer.note(&format!(
-                    "the run trained with {} process(es) until now and goes on with {}: batch norm's \
-                     statistics now come from parts of {} image(s) per batch instead of {}",
-                    progress.world_size,
-                    collective.world_size(),
-                    config.recipe.batch_size.div_ceil(collective.world_size()),
-                    config.recipe.batch_size.div_ceil(progress.world_size.max(1)),
                 ));
             }
             observer.note(&format!(
