@@ -11,7 +11,7 @@ run ends with the rows as a Markdown table (the README's).
     python3 -m venv /opt/torchenv
     /opt/torchenv/bin/pip install torch==2.15.0 torchvision==0.29.2 onnxruntime onnx onnxscript
     cargo build --release
-    /opt/torchenv/bin/python benches/side_by_side.py                 # CPU rows (issue: CPU kernels)
+    /opt/torchenv/bin/python benches/side_by_side.py                 # CPU rows
     /opt/torchenv/bin/python benches/side_by_side.py --memory        # DenseNet-121 training memory rows
     /opt/torchenv/bin/python benches/side_by_side.py --device cuda --binary ./densenet-zoo   # GPU rows
 
@@ -27,7 +27,6 @@ import os
 import pathlib
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,8 +130,10 @@ def timed(step, sync, cfg):
         step()
         sync()
         rates.append(cfg["batch"] / (time.perf_counter() - start))
+    # The median as `densenet-zoo bench` takes it: of the times, the upper middle one for an
+    # even count (the lower middle rate), so that both sides use the same rule.
     return {
-        "examples_per_s": statistics.median(rates),
+        "examples_per_s": sorted(rates, reverse=True)[len(rates) // 2],
         "examples_per_s_min": min(rates),
         "examples_per_s_max": max(rates),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -210,13 +211,15 @@ def markdown(results, zoo):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--binary", default=str(ROOT / "target" / "release" / "densenet-zoo"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every side runs (default: cpu)")
+    p.add_argument("--binary", default=str(ROOT / "target" / "release" / "densenet-zoo"),
+                   help="the densenet-zoo binary (default: target/release/densenet-zoo; cargo build --release)")
     p.add_argument("--memory", action="store_true", help="the DenseNet-121 training memory rows instead")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved runs of each side per row; the best median is kept")
-    p.add_argument("--only", help="run only rows whose name contains this")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per measurement (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations before them (default: 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved runs of each side per row; the best median is kept (default: 2)")
+    p.add_argument("--only", help="run only the row of this name, or else the rows whose name contains it")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -225,10 +228,18 @@ def main():
         print(json.dumps(result))
         return
 
+    if args.iters < 1 or args.rounds < 1 or args.warmup < 0:
+        p.error("--iters and --rounds must be at least 1, --warmup at least 0")
+    if not pathlib.Path(args.binary).is_file():
+        p.error(f"{args.binary} does not exist: build it first (cargo build --release) or pass --binary")
     import torch
     rows = CUDA_ROWS if args.device == "cuda" else MEMORY_ROWS if args.memory else CPU_ROWS
     if args.only:
-        rows = [r for r in rows if args.only in r[0]]
+        exact = [r for r in rows if r[0] == args.only]
+        matching = exact or [r for r in rows if args.only in r[0]]
+        if not matching:
+            p.error(f"no row matches --only {args.only!r}; the rows:\n  " + "\n  ".join(r[0] for r in rows))
+        rows = matching
     gpu = args.device == "cuda"
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
