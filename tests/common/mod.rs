@@ -152,6 +152,18 @@ pub fn generated_state(spec: &VariantSpec) -> HashMap<String, Tensor> {
 /// Debian's `dataset-fashion-mnist` (`.ci/run` installs it).
 pub const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 
+/// The real Fashion-MNIST files the tests read: Debian's where installed, else the slice that
+/// ships in `tests/fixtures/fashion-mnist` (the first 4,096 training and 1,000 test images,
+/// `tests/fixtures/make_fashion_mnist_slice.py`), so that `cargo test` needs nothing but cargo.
+pub fn fashion_mnist_dir() -> PathBuf {
+    let debian = Path::new(FASHION);
+    if debian.join("train-images-idx3-ubyte.gz").is_file() {
+        debian.to_path_buf()
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion-mnist")
+    }
+}
+
 /// Writes the first `train` and `test` samples of the real data set as plain IDX files.
 pub fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf {
     // The folder name tells the IDX reader these are Fashion-MNIST, not MNIST, classes.
@@ -163,9 +175,8 @@ pub fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf 
         ("t10k-images-idx3-ubyte", test),
         ("t10k-labels-idx1-ubyte", test),
     ] {
-        let path = Path::new(FASHION).join(format!("{stem}.gz"));
-        let file = std::fs::File::open(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; install Debian's dataset-fashion-mnist", path.display()));
+        let path = fashion_mnist_dir().join(format!("{stem}.gz"));
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(file).read_to_end(&mut raw).unwrap();
         let rank = raw[3] as usize;
@@ -173,6 +184,8 @@ pub fn slice_of_fashion_mnist(name: &str, train: usize, test: usize) -> PathBuf 
             .map(|i| u32::from_be_bytes(raw[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
             .product();
         let header = 4 + 4 * rank;
+        let held = u32::from_be_bytes(raw[4..8].try_into().unwrap()) as usize;
+        assert!(n <= held, "{} holds {held} samples, {n} asked", path.display());
         let mut out = raw[..header].to_vec();
         out[4..8].copy_from_slice(&(n as u32).to_be_bytes());
         out.extend_from_slice(&raw[header..header + n * per]);
@@ -222,4 +235,38 @@ pub fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a s
         "--seed",
         "3",
     ]
+}
+
+/// A PNG whose header claims `width`×`height` pixels, with no pixel data.
+pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    let crc = |data: &[u8]| {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    };
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc(&ihdr).to_be_bytes());
+    // An empty IDAT, so that a decoder reads the header to its end and knows the size.
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IDAT");
+    png.extend_from_slice(&crc(b"IDAT").to_be_bytes());
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IEND");
+    png.extend_from_slice(&crc(b"IEND").to_be_bytes());
+    png
 }
