@@ -49,6 +49,9 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Train in the memory-efficient mode.
     pub memory_efficient: bool,
+    /// Train with everything up to this `feature_info` level frozen ([`DenseNet::with_frozen`]:
+    /// `features` for a head-only fine-tune).
+    pub freeze: Option<String>,
     /// `Data` mode: the data set folder (as `train` takes it), its augmentation and workers.
     pub data: Option<DataBench>,
 }
@@ -79,6 +82,9 @@ pub struct BenchReport {
     pub iters: usize,
     /// Whether training ran in the memory-efficient mode.
     pub memory_efficient: bool,
+    /// The last frozen level of a fine-tune, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
     /// Images per second at the median iteration.
     pub examples_per_s: f64,
     /// At the slowest iteration.
@@ -165,8 +171,10 @@ fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resu
         }
     } else {
         let model = DenseNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?
+            .with_frozen(config.freeze.as_deref())?
             .with_memory_efficient(config.memory_efficient);
-        let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4);
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, &varmap, 0.9, true, 1e-4)
+            .excluding(|name| model.is_frozen(name));
         for i in 0..config.warmup + config.iters {
             time(i, &mut || {
                 let loss = candle_nn::loss::cross_entropy(&model.forward_t(&x, true)?, &y)?;
@@ -198,6 +206,7 @@ fn report(
         size: config.size,
         iters: config.iters,
         memory_efficient: config.memory_efficient,
+        freeze: config.freeze.clone(),
         examples_per_s: per_s(median),
         examples_per_s_min: per_s(times[times.len() - 1]),
         examples_per_s_max: per_s(times[0]),

@@ -46,6 +46,26 @@ pub enum Error {
         message: String,
     },
 
+    /// An output cannot be written where it was asked for: checked before the work, so
+    /// nothing was computed in vain.
+    #[error("output {}: {message}", path.display())]
+    Output {
+        /// The file or folder to write.
+        path: PathBuf,
+        /// What is wrong with it: a missing folder, a file where a folder should be, a
+        /// read-only file system.
+        message: String,
+    },
+
+    /// A file of class names cannot be read, or does not fit the classifier.
+    #[error("class names {}: {message}", path.display())]
+    Labels {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A data set file or folder is malformed.
     #[error("data {}: {message}", path.display())]
     Data {
@@ -89,6 +109,15 @@ pub enum Error {
     /// A class activation map was asked for a class, level or method the model cannot give.
     #[error("class activation map of {variant}: {message}")]
     Cam {
+        /// The variant's name.
+        variant: String,
+        /// What was asked and what the model has.
+        message: String,
+    },
+
+    /// A level to freeze that the model does not have.
+    #[error("freezing {variant}: {message}")]
+    Freeze {
         /// The variant's name.
         variant: String,
         /// What was asked and what the model has.

@@ -1,18 +1,21 @@
-//! Decoding image files safely: the format is read from the bytes, not the name, and
-//! dimensions are checked before any pixel memory is allocated.
+//! Decoding image files safely: the format is read from the bytes, not the name, and the
+//! number of pixels is checked against PIL's limit before any pixel memory is allocated.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageReader, Limits};
 
-/// Largest width or height accepted.
-pub const MAX_SIDE: u32 = 16_384;
-/// Largest decoded allocation accepted, in bytes.
-pub const MAX_ALLOC: u64 = 1 << 30;
+/// The most pixels an image may have: PIL's own limit (`Image.MAX_IMAGE_PIXELS` × 2, above
+/// which it raises `DecompressionBombError`; it warns above 89,478,485). What PIL opens, this
+/// opens, whatever the sides: a 17000×3000 panorama, a 1×100000 strip.
+pub const MAX_PIXELS: u64 = 178_956_970;
+/// The decoders' allocation limit, in bytes: [`MAX_PIXELS`] at 16 bytes a pixel (RGBA in
+/// 32-bit floats, the widest format a decoder produces).
+const MAX_ALLOC: u64 = MAX_PIXELS * 16;
 
-/// Opens and decodes an image, refusing files that are not images and images larger than
-/// [`MAX_SIDE`] on a side; the message says which.
+/// Opens and decodes an image, refusing files that are not images and images of more than
+/// [`MAX_PIXELS`] pixels; the message says which, with the size and the limit.
 pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
     decode_image(std::fs::read(path).map_err(|e| e.to_string())?)
 }
@@ -30,15 +33,42 @@ pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
     if format == image::ImageFormat::Jpeg && !ends_with_jpeg_end_marker(&bytes) {
         return Err("cannot decode Jpeg: the file is truncated (no end-of-image marker)".into());
     }
+    let cannot = |e: image::ImageError| format!("cannot decode {format:?}: {e}");
+    let (w, h) = ImageReader::with_format(Cursor::new(&bytes), format)
+        .into_dimensions()
+        .map_err(cannot)?;
+    check_pixels(w as u64, h as u64, "").map_err(|e| format!("cannot decode {format:?}: {e}"))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
+    let mut limits = Limits::no_limits();
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| format!("cannot decode {format:?}: {e}"))
+    reader.decode().map_err(cannot)
+}
+
+/// Refuses a `w`×`h` image of more than [`MAX_PIXELS`] pixels, naming both; `what` says which
+/// image it is when it is not the file's own ("resized, ").
+pub fn check_pixels(w: u64, h: u64, what: &str) -> Result<(), String> {
+    if w * h > MAX_PIXELS {
+        return Err(format!(
+            "{what}{w}×{h} is {} pixels, more than the {} that PIL opens and so does this program",
+            grouped(w * h),
+            grouped(MAX_PIXELS)
+        ));
+    }
+    Ok(())
+}
+
+/// 178956970 → "178,956,970".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// True when a JPEG's data ends with its end-of-image marker (FF D9), padding after it aside.

@@ -1,13 +1,13 @@
 //! Inference: which model to run (a checkpoint, a hub repo, or the embedded default), image
 //! preprocessing from the checkpoint or spec, and top-k with class names.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax;
 use image::DynamicImage;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, StateDictKey};
 use crate::data::{Augment, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
@@ -30,20 +30,56 @@ pub struct Loaded {
     pub notices: Vec<String>,
 }
 
-/// Loads what `--weights` and `--variant` ask for: a checkpoint (path or `hf:`), else the
-/// variant's published checkpoint, else, with neither flag (or `--variant d2l`), the embedded
+/// How [`load_with`] reads a model, beyond where its weights are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Which state dict of a training checkpoint to read (its EMA copy, another key).
+    pub state_dict: StateDictKey,
+    /// A file of class names ([`crate::labels::read_file`]) that replaces the checkpoint's:
+    /// a torchvision fine-tune saved as `.pth` knows none. Its count must be the classifier's.
+    pub labels: Option<PathBuf>,
+}
+
+/// Loads what `weights` and `variant` ask for: a checkpoint (path or `hf:`), else the
+/// variant's published checkpoint, else, with neither (or the variant `d2l`), the embedded
 /// default. A variant without a published checkpoint is refused with a plain message.
 pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Result<Loaded> {
+    load_with(weights, variant, device, &LoadOptions::default())
+}
+
+/// [`load`], reading the state dict and naming the classes as `options` say.
+///
+/// # Errors
+/// As [`load`]; [`Error::Checkpoint`] when the state dict asked for is not in the file (or
+/// the file holds only one, as a safetensors file and the embedded default do);
+/// [`Error::Labels`] when the class names cannot be read or their count is not the
+/// classifier's.
+pub fn load_with(
+    weights: Option<&str>,
+    variant: Option<&str>,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    let key = &options.state_dict;
+    let embedded = || -> Result<Checkpoint> {
+        if *key != StateDictKey::Model {
+            return Err(Error::Checkpoint {
+                path: DEFAULT_WEIGHTS_NAME.into(),
+                message: "holds one state dict: an EMA copy or another key is chosen only in a \
+                          training checkpoint given as the weights"
+                    .into(),
+            });
+        }
+        Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)
+    };
     let mut ckpt = match (weights, variant) {
-        (Some(w), _) => Checkpoint::open(w, device)?,
-        (None, None) => Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?,
+        (Some(w), _) => Checkpoint::open_with(w, device, key)?,
+        (None, None) => embedded()?,
         (None, Some(v)) => {
             let spec = VariantSpec::resolve(v)?;
             match &spec.pretrained_cfg.hf_hub_id {
-                Some(repo) => Checkpoint::open(&format!("hf:{repo}"), device)?,
-                None if spec.name == "d2l" => {
-                    Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)?
-                }
+                Some(repo) => Checkpoint::open_with(&format!("hf:{repo}"), device, key)?,
+                None if spec.name == "d2l" => embedded()?,
                 None => {
                     return Err(Error::Checkpoint {
                         path: spec.name.clone(),
@@ -57,12 +93,13 @@ pub fn load(weights: Option<&str>, variant: Option<&str>, device: &Device) -> Re
     let adapted = ckpt.adapt(&spec, false)?;
     let mut notices = std::mem::take(&mut ckpt.notices);
     notices.extend(adapted);
-    let classes = match &ckpt.metadata {
-        Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
-        _ => crate::labels::for_classes(
-            spec.pretrained_cfg.labels.as_deref(),
+    let classes = match &options.labels {
+        Some(file) => crate::labels::fit(
+            crate::labels::read_file(file)?,
             spec.architecture.num_classes,
-        ),
+            file,
+        )?,
+        None => ckpt.class_names(&spec),
     };
     let origin = ckpt.origin.clone();
     Ok(Loaded {
@@ -95,8 +132,8 @@ pub fn preprocess_bytes(bytes: Vec<u8>, transform: &Transform) -> std::result::R
     preprocess_image(&crate::image_io::decode_image(bytes)?, transform)
 }
 
-/// Opens and decodes an image file (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM; at most 16,384
-/// pixels a side); the message says why not.
+/// Opens and decodes an image file (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM; at most
+/// 178,956,970 pixels, PIL's limit); the message says why not.
 pub fn open_image(path: &Path) -> std::result::Result<DynamicImage, String> {
     crate::image_io::open_image(path)
 }

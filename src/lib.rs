@@ -50,6 +50,7 @@ pub mod infer;
 pub mod labels;
 mod model;
 pub mod ops;
+pub mod output;
 mod plan;
 pub mod spec;
 pub mod summary;

@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
     end_quietly_when_the_reader_goes();
     densenet_zoo::allocator::keep_freed_memory();
     let args = cli::Cli::parse();
+    cli::handle_interrupts();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
-use common::Fixture;
+use common::{png_header_only, Fixture};
 use densenet_zoo::checkpoint::{state_dict, write_safetensors};
 
 fn temp(name: &str) -> PathBuf {
@@ -206,36 +206,6 @@ fn absurd_specs() {
     }
 }
 
-/// A PNG whose header claims `width`×`height` pixels, with no pixel data.
-fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    let crc = |data: &[u8]| {
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    };
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc(&ihdr).to_be_bytes());
-    png.extend_from_slice(&0u32.to_be_bytes());
-    png.extend_from_slice(b"IEND");
-    png.extend_from_slice(&crc(b"IEND").to_be_bytes());
-    png
-}
-
 #[test]
 fn hostile_images() {
     let dir = temp("images");
@@ -245,11 +215,12 @@ fn hostile_images() {
     std::fs::write(&fake, "<html>not a picture</html>").unwrap();
     let empty = dir.join("empty.jpg");
     std::fs::write(&empty, b"").unwrap();
-    // Decodable, but the shorter side resized to 28 would make the longer 280,000 pixels.
+    // Decodable, but the shorter side resized to 32 would make 6,400,000×32 pixels, more
+    // than PIL opens.
     let sliver = dir.join("sliver.png");
-    image::GrayImage::new(10_000, 1).save(&sliver).unwrap();
+    image::GrayImage::new(200_000, 1).save(&sliver).unwrap();
     for (path, expected) in [
-        (&sliver, "a 10000×1 image is too elongated"),
+        (&sliver, "a 200000×1 image is too elongated"),
         (&giant, "cannot decode Png"),
         (&fake, "not an image: its bytes match no known format"),
         (&empty, "not an image"),

@@ -436,7 +436,7 @@ fn a_resume_with_another_configuration_is_noted_or_refused() {
     assert_eq!(saved.spec.input_size(), 32);
     let resume = Start {
         resume: true,
-        weights: None,
+        ..Default::default()
     };
     let mut other = saved.clone();
     other.recipe.batch_size = 16;

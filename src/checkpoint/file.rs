@@ -2,13 +2,13 @@
 //! safetensors atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{pth, Metadata};
+use super::{foreign, pth, Metadata, StateDictKey};
 use crate::error::{Error, Result};
+use crate::output::write_atomic;
 
 fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
     Error::Checkpoint {
@@ -29,18 +29,27 @@ pub(super) struct RawCheckpoint {
 
 /// Reads a checkpoint file, its format decided by its bytes (never by its extension):
 /// PyTorch's zip container, PyTorch's legacy stream, or safetensors.
-pub(super) fn read(path: &Path, device: &Device) -> Result<RawCheckpoint> {
+pub(super) fn read(path: &Path, device: &Device, key: &StateDictKey) -> Result<RawCheckpoint> {
+    if path.is_dir() {
+        return Err(bad(path, foreign::describe_folder(path)));
+    }
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    // Keras, ONNX, TensorFlow, TorchScript, GGUF, NumPy ...: named, with what to do instead.
+    if !pth::is_legacy(&bytes) {
+        if let Some(what) = foreign::recognise(&bytes, path) {
+            return Err(bad(path, what));
+        }
+    }
     if pth::is_zip(&bytes) || pth::is_legacy(&bytes) {
         let format = if pth::is_zip(&bytes) {
             "PyTorch zip (torch.save, 1.6 and later)"
         } else {
             "PyTorch legacy (torch.save before 1.6)"
         };
-        let contents = pth::read(&bytes, device).map_err(|m| bad(path, format!("{format}: {m}")))?;
+        let contents = pth::read(&bytes, device, key).map_err(|m| bad(path, format!("{format}: {m}")))?;
         return Ok(RawCheckpoint {
             tensors: contents.tensors,
             header: None,
@@ -54,6 +63,13 @@ pub(super) fn read(path: &Path, device: &Device) -> Result<RawCheckpoint> {
                 "not a valid safetensors file ({e}), nor a PyTorch file (zip: starts with \
                  PK\\x03\\x04; legacy: a pickle of the magic number 0x1950a86a20f9469cfc6c)"
             ),
+        ));
+    }
+    if *key != StateDictKey::Model {
+        return Err(bad(
+            path,
+            "a safetensors file holds one state dict: an EMA copy or another key is chosen only in a \
+             training checkpoint saved by torch.save",
         ));
     }
     parse_safetensors(&bytes, path, device)
@@ -111,57 +127,4 @@ pub fn write_safetensors_with(
     let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), metadata)
         .map_err(|e| bad(path, e))?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, fsyncing both.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| bad(path, "not a file name"))?;
-    if path.is_dir() {
-        return Err(io(std::io::Error::other(
-            "is a folder: name a file in it; nothing was written",
-        )));
-    }
-    if !dir.is_dir() {
-        return Err(io(std::io::Error::other(format!(
-            "the folder {} does not exist; nothing was written",
-            dir.display()
-        ))));
-    }
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e: std::io::Error| {
-        let _ = std::fs::remove_file(&tmp);
-        let kept = if path.is_file() {
-            "the previous file is unchanged"
-        } else {
-            "nothing was written"
-        };
-        io(std::io::Error::new(
-            e.kind(),
-            format!("not written ({e}); {kept}"),
-        ))
-    })
-}
-
-/// True for the temporary files [`write_atomic`] makes, which a killed process leaves behind.
-pub fn is_temporary(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
 }

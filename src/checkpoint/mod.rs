@@ -19,19 +19,22 @@ mod adapt;
 mod architecture;
 mod expected;
 mod file;
+mod foreign;
 pub mod hub;
 mod metadata;
 mod names;
 mod pth;
 mod pth_guard;
 
+pub use crate::output::{is_temporary, write_atomic};
 pub use adapt::{adapt, adapt_input_conv};
 pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
 pub(crate) use expected::record_tensors;
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
-pub use file::{is_temporary, write_atomic, write_safetensors, write_safetensors_with};
+pub use file::{write_safetensors, write_safetensors_with};
 pub use metadata::{Metadata, PreprocessRecord};
 pub use names::{canonical_to_d2l, canonical_to_d2l_current, to_canonical, Canonical, NamingScheme};
+pub use pth::StateDictKey;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -65,22 +68,34 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a path or `hf:OWNER/REPO[:FILE]` (downloaded through the hub cache).
     pub fn open(source: &str, device: &Device) -> Result<Self> {
+        Self::open_with(source, device, &StateDictKey::Model)
+    }
+
+    /// [`Checkpoint::open`], reading the state dict `key` names from a training checkpoint that
+    /// holds several (timm's EMA copy, ...).
+    pub fn open_with(source: &str, device: &Device, key: &StateDictKey) -> Result<Self> {
         match hub::HubFile::parse(source)? {
             Some(file) => {
                 let path = file.fetch()?;
-                let mut ckpt = Self::read(&path, device)?;
+                let mut ckpt = Self::read_with(&path, device, key)?;
                 ckpt.origin = file.to_string();
                 Ok(ckpt)
             }
-            None => Self::read(Path::new(source), device),
+            None => Self::read_with(Path::new(source), device, key),
         }
     }
 
     /// Reads a safetensors file or a PyTorch `.pth` in either of `torch.save`'s formats (zip,
     /// or the legacy stream of files saved before PyTorch 1.6), its format decided by its bytes
-    /// and its naming scheme by its names.
+    /// and its naming scheme by its names. Other formats (Keras, ONNX, TensorFlow, TorchScript,
+    /// GGUF, NumPy, ...) are refused with their name and what to do instead.
     pub fn read(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_raw(path.display().to_string(), file::read(path, device)?)
+        Self::read_with(path, device, &StateDictKey::Model)
+    }
+
+    /// [`Checkpoint::read`], reading the state dict `key` names.
+    pub fn read_with(path: &Path, device: &Device, key: &StateDictKey) -> Result<Self> {
+        Self::from_raw(path.display().to_string(), file::read(path, device, key)?)
     }
 
     /// Parses safetensors bytes held in memory (such as the embedded default model).
@@ -163,6 +178,18 @@ impl Checkpoint {
             optimizer,
             notices,
         })
+    }
+
+    /// The class name of each of `spec`'s outputs: the names the file records when their
+    /// number fits, else the spec's built-in list, else `class0`, `class1`, ...
+    pub fn class_names(&self, spec: &VariantSpec) -> Vec<String> {
+        match &self.metadata {
+            Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
+            _ => crate::labels::for_classes(
+                spec.pretrained_cfg.labels.as_deref(),
+                spec.architecture.num_classes,
+            ),
+        }
     }
 
     /// The spec to build, in this order: `variant` when given (a name or a JSON path), else

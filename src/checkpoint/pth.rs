@@ -67,13 +67,13 @@ pub(super) struct PthContents {
 /// the top-level dict if it holds tensors, else the dict nested under one of
 /// [`NESTING_KEYS`] (or the only nested dict holding tensors). Errors are plain sentences
 /// without the file's name.
-pub(super) fn read(bytes: &[u8], device: &Device) -> Result<PthContents, String> {
+pub(super) fn read(bytes: &[u8], device: &Device, key: &StateDictKey) -> Result<PthContents, String> {
     let (root, storages) = if is_zip(bytes) {
         read_zip(bytes)?
     } else {
         read_legacy(bytes)?
     };
-    let (entries, notices) = select_state_dict(root)?;
+    let (entries, notices) = select_state_dict(root, key)?;
     let mut tensors = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let Some(tensor) = TensorRef::from_object(&value) else {
@@ -245,8 +245,26 @@ fn holds_tensors(items: &[(Object, Object)]) -> bool {
 /// A pickled dict's items under string keys.
 type Items = Vec<(String, Object)>;
 
-/// The dict of tensors to read from the saved object, and a notice when it was nested.
-fn select_state_dict(root: Object) -> Result<(Items, Vec<String>), String> {
+/// Which state dict to read from a training checkpoint that holds several (timm's
+/// `state_dict` and `state_dict_ema`, a script's `model` and `teacher`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateDictKey {
+    /// The model's own: the top level when it holds tensors, else the first of `state_dict`,
+    /// `model_state_dict`, `model`, `net`, `network`, `module`, then timm's `state_dict_ema`
+    /// and `model_ema`, else the only dict of tensors.
+    #[default]
+    Model,
+    /// The exponential moving average of the weights, as timm's
+    /// `load_checkpoint(use_ema=True)` chooses it: `state_dict_ema`, else `model_ema`; refused
+    /// when the file has neither.
+    Ema,
+    /// The dict under this key; `a.b` reads `b` inside `a`.
+    Key(String),
+}
+
+/// The dict of tensors to read from the saved object, as `key` asks, and a notice when it was
+/// nested.
+fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<String>), String> {
     let items = match root {
         Object::Dict(items) => items,
         Object::Build { .. } | Object::Reduce { .. } => {
@@ -258,45 +276,94 @@ fn select_state_dict(root: Object) -> Result<(Items, Vec<String>), String> {
         }
         other => return Err(format!("holds {}, not a state dict", kind_of(&other))),
     };
-    if holds_tensors(&items) {
-        return Ok((string_items(items), Vec::new()));
-    }
-    let nested: Vec<(String, Vec<(Object, Object)>)> = string_items(items)
-        .into_iter()
+    let items = string_items(items);
+    let nested: Vec<(String, Vec<(Object, Object)>)> = items
+        .iter()
         .filter_map(|(k, v)| match v {
-            Object::Dict(inner) if holds_tensors(&inner) => Some((k, inner)),
+            Object::Dict(inner) if holds_tensors(inner) => Some((k.clone(), inner.clone())),
             _ => None,
         })
         .collect();
     let keys: Vec<&str> = nested.iter().map(|(k, _)| k.as_str()).collect();
-    let chosen = NESTING_KEYS
-        .iter()
-        .find_map(|want| keys.iter().position(|k| k == want))
-        .or(if nested.len() == 1 { Some(0) } else { None });
+    let found = || match keys.as_slice() {
+        [] => "it holds no dict of tensors under a key".to_string(),
+        keys => format!("its dicts of tensors are under {}", keys.join(", ")),
+    };
+    let chosen = match key {
+        StateDictKey::Model if is_state_dict(&items) => return Ok((items, Vec::new())),
+        StateDictKey::Model => NESTING_KEYS
+            .iter()
+            .find_map(|want| keys.iter().position(|k| k == want))
+            .or(if nested.len() == 1 { Some(0) } else { None }),
+        StateDictKey::Ema => Some(
+            ["state_dict_ema", "model_ema"]
+                .iter()
+                .find_map(|want| keys.iter().position(|k| k == want))
+                .ok_or_else(|| {
+                    format!(
+                        "has no EMA copy of the weights (state_dict_ema or model_ema): {}",
+                        found()
+                    )
+                })?,
+        ),
+        StateDictKey::Key(path) => {
+            return match dict_at(&items, path) {
+                Some(inner) if holds_tensors(&inner) => Ok((
+                    string_items(inner),
+                    vec![format!("read the state dict under `{path}`")],
+                )),
+                Some(_) => Err(format!("`{path}` holds no tensors: {}", found())),
+                None => Err(format!("has no key `{path}`: {}", found())),
+            }
+        }
+    };
     let Some(index) = chosen else {
         return Err(if nested.is_empty() {
             "no tensors found (looked at the top level and every dict under it)".into()
         } else {
             format!(
                 "holds several dicts of tensors ({}) and none under a known key ({}): save \
-                 the model's state dict alone",
+                 the model's state dict alone, or name the key to read",
                 keys.join(", "),
                 NESTING_KEYS.join(", ")
             )
         });
     };
-    let others: Vec<&str> = keys
+    let others: Vec<String> = keys
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != index)
-        .map(|(_, k)| *k)
+        .map(|(_, k)| match *k {
+            "state_dict_ema" | "model_ema" => format!("{k}, timm's EMA of the weights, which use_ema reads"),
+            k => k.to_string(),
+        })
         .collect();
     let mut notice = format!("read the state dict under `{}`", keys[index]);
     if !others.is_empty() {
-        notice.push_str(&format!(" (also present, not read: {})", others.join(", ")));
+        notice.push_str(&format!(" (also present, not read: {})", others.join("; ")));
     }
     let (_, inner) = nested.into_iter().nth(index).expect("chosen index");
     Ok((string_items(inner), vec![notice]))
+}
+
+/// True when these items (the top level) are the state dict itself.
+fn is_state_dict(items: &Items) -> bool {
+    items.iter().any(|(_, v)| TensorRef::from_object(v).is_some())
+}
+
+/// The dict under `path` in `items`: the key as written, else its dotted parts one level each.
+fn dict_at(items: &Items, path: &str) -> Option<Vec<(Object, Object)>> {
+    let dict = |items: &Items, key: &str| {
+        items.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+            Object::Dict(inner) => Some(inner.clone()),
+            _ => None,
+        })
+    };
+    if let Some(inner) = dict(items, path) {
+        return Some(inner);
+    }
+    let (first, rest) = path.split_once('.')?;
+    dict_at(&string_items(dict(items, first)?), rest)
 }
 
 fn kind_of(obj: &Object) -> &'static str {

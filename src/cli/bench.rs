@@ -17,16 +17,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "infer")]
     mode: BenchMode,
     /// Images per iteration.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch: usize,
     /// Square input side [default: the variant's].
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     size: Option<usize>,
     /// Timed iterations.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::at_least_one, allow_negative_numbers = true)]
     iters: usize,
     /// Untimed iterations first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::zero_or_more, allow_negative_numbers = true)]
     warmup: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -34,11 +34,15 @@ pub struct Args {
     /// Train in the memory-efficient mode (BN-ReLU recomputed in the backward pass).
     #[arg(long)]
     memory_efficient: bool,
+    /// `--mode train`: freeze everything up to this level, as `train --freeze` (features: only
+    /// the classifier trains).
+    #[arg(long, value_name = "LEVEL")]
+    freeze: Option<String>,
     /// `--mode data`: the data set folder, as `train --data` takes it; its training split is read.
     #[arg(long)]
     data: Option<PathBuf>,
     /// `--mode data`: loader workers [default: one per core].
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     workers: Option<usize>,
     /// `--mode data`: the augmentation [default: the variant's recipe's].
     #[arg(long, value_enum)]
@@ -51,6 +55,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let spec = VariantSpec::resolve(&args.variant)?;
+    anyhow::ensure!(
+        args.freeze.is_none() || args.mode == BenchMode::Train,
+        "--freeze is for --mode train"
+    );
     let config = BenchConfig {
         mode: args.mode,
         batch: args.batch,
@@ -58,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         iters: args.iters,
         warmup: args.warmup,
         memory_efficient: args.memory_efficient,
+        freeze: args.freeze.clone(),
         data: match (args.mode, &args.data) {
             (BenchMode::Data, Some(dir)) => Some(DataBench {
                 dir: dir.clone(),
@@ -81,7 +90,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{} {}{} batch {} at {}: {:.2} examples/s (min {:.2}, max {:.2}), {:.1} GFLOP/s, peak RSS {:.0} MiB",
             r.variant,
             serde_json::to_value(r.mode)?.as_str().unwrap_or("?"),
-            if r.memory_efficient { " (memory-efficient)" } else { "" },
+            match (r.memory_efficient, &r.freeze) {
+                (true, _) => " (memory-efficient)".to_string(),
+                (false, Some(level)) => format!(" (frozen to {level})"),
+                (false, None) => String::new(),
+            },
             r.batch,
             r.size,
             r.examples_per_s,

@@ -15,7 +15,7 @@ const MIN_DEFAULT_SIDE: usize = 7;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CamTarget {
     /// Class index whose map to make, for every image [default: each image's top-1].
-    #[arg(long)]
+    #[arg(long, value_parser = super::zero_or_more, allow_negative_numbers = true)]
     pub cam_class: Option<usize>,
     /// Level the map is on: stem, block1 ... blockN (finer to coarser) [default: the last, the
     /// final feature map; for Grad-CAM, when that is under 7×7, the coarsest level of at least

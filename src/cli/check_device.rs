@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, num_args = 1.., default_values = ["tiny_bottleneck", "tiny_cifar", "tiny_plain", "d2l"])]
     cases: Vec<String>,
     /// Largest relative error accepted.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::positive, allow_negative_numbers = true)]
     tolerance: f64,
     /// Print every comparison as one JSON line.
     #[arg(long)]

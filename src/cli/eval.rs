@@ -7,6 +7,7 @@ use densenet_zoo::checkpoint::Checkpoint;
 use densenet_zoo::data::{self, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::eval_transform;
+use densenet_zoo::labels;
 use densenet_zoo::train::evaluate;
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     variant: Option<String>,
     /// Images per batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -29,6 +30,12 @@ pub struct Args {
     /// Leave out an image that cannot be decoded, with a note, instead of stopping.
     #[arg(long)]
     skip_bad_images: bool,
+    #[command(flatten)]
+    state_dict: super::weights::StateDictArgs,
+    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
+    /// checkpoint's]; their count must be the classifier's.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -36,17 +43,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let mut ckpt = Checkpoint::open(&args.weights, &device)?;
+    let mut ckpt = Checkpoint::open_with(&args.weights, &device, &args.state_dict.key())?;
     let spec = ckpt.spec(args.variant.as_deref())?;
     for notice in &ckpt.notices {
         say!("note: {notice}");
     }
-    let model_classes = match &ckpt.metadata {
-        Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
-        _ => densenet_zoo::labels::for_classes(
-            spec.pretrained_cfg.labels.as_deref(),
-            spec.architecture.num_classes,
-        ),
+    let model_classes = match &args.labels {
+        Some(file) => labels::fit(labels::read_file(file)?, spec.architecture.num_classes, file)?,
+        None => ckpt.class_names(&spec),
     };
     let model = ckpt.into_model(&spec, &device)?;
     let test = Arc::new(data::open(&args.data, Split::Test)?);
@@ -77,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &model,
         test,
         &eval_transform(&spec),
-        args.batch_size.max(1),
+        args.batch_size,
         &device,
         args.skip_bad_images,
         &mut |path, message| say!("note: skipped {}: {message}", path.display()),

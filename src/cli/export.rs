@@ -29,13 +29,16 @@ pub struct Args {
     /// Variant name or JSON spec [default: the input's metadata, else detected from its tensors].
     #[arg(long)]
     variant: Option<String>,
+    #[command(flatten)]
+    state_dict: super::weights::StateDictArgs,
     /// Naming scheme of the output.
     #[arg(long, value_enum, default_value = "torchvision")]
     format: Format,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut ckpt = Checkpoint::open(&args.weights, &Device::Cpu)?;
+    densenet_zoo::output::check_file(&args.out)?;
+    let mut ckpt = Checkpoint::open_with(&args.weights, &Device::Cpu, &args.state_dict.key())?;
     let spec = ckpt.spec(args.variant.as_deref())?;
     let adapted = ckpt.adapt(&spec, false)?;
     for notice in ckpt.notices.iter().chain(&adapted) {

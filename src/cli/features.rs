@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{batch, eval_transform, load, preprocess_file};
+use densenet_zoo::infer::{batch, eval_transform, load_with, preprocess_file, LoadOptions};
 use densenet_zoo::{CamClass, CamMethod, FeatureInfo};
 
 use super::cam::CamTarget;
@@ -69,8 +69,14 @@ pub struct Args {
     /// Checkpoint: a path or hf:OWNER/REPO[:FILE] [default: as for infer].
     #[arg(long)]
     weights: Option<String>,
+    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
+    /// checkpoint's]; their count must be the classifier's.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    #[command(flatten)]
+    state_dict: super::weights::StateDictArgs,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -105,8 +111,18 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    densenet_zoo::output::check_file(&args.out)?;
     let device = parse_device(&args.device)?;
-    let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
+    let options = LoadOptions {
+        state_dict: args.state_dict.key(),
+        labels: args.labels.clone(),
+    };
+    let loaded = load_with(
+        args.weights.as_deref(),
+        args.variant.as_deref(),
+        &device,
+        &options,
+    )?;
     let model = &loaded.model;
     let mut names: Vec<String> = Vec::new();
     for name in &args.layers {
@@ -146,7 +162,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let transform = eval_transform(model.spec());
     let (files, labelled) = list_images(&args.images)?;
     let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
-    for chunk in files.chunks(args.batch_size.max(1)) {
+    let bar = super::progress::images_bar(files.len(), "embedding");
+    for chunk in files.chunks(args.batch_size) {
         let images = chunk
             .iter()
             .map(|p| preprocess_file(p, &transform).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
@@ -169,7 +186,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             rows.entry(layer).or_default().push(t);
         }
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     let mut tensors = Vec::new();
     for (name, layer) in names.iter().zip(&layers) {
         if let Some(parts) = rows.get(layer) {
@@ -182,7 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let mut metadata = Metadata::for_spec(model.spec()).to_map();
+    // The names of the model's outputs (the logits' columns): the checkpoint's, or --labels.
+    let mut record = Metadata::for_spec(model.spec());
+    record.classes = loaded.classes.clone();
+    let mut metadata = record.to_map();
     if let Some(folder) = labelled {
         let labels: Vec<i64> = folder.labels.iter().map(|&l| l as i64).collect();
         tensors.push(("labels".into(), Tensor::new(labels, &candle_core::Device::Cpu)?));

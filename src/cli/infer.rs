@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{batch, eval_transform, load, open_image, preprocess_image, top_k};
+use densenet_zoo::infer::{
+    batch, eval_transform, load_with, open_image, preprocess_image, top_k, LoadOptions,
+};
 use densenet_zoo::CamMethod;
 use image::DynamicImage;
 
@@ -23,14 +25,20 @@ pub struct Args {
     /// the embedded Fashion-MNIST model].
     #[arg(long)]
     weights: Option<String>,
-    /// How many classes to show per image.
-    #[arg(long, default_value_t = 5)]
-    topk: usize,
+    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
+    /// checkpoint's]; their count must be the classifier's.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    #[command(flatten)]
+    state_dict: super::weights::StateDictArgs,
+    /// How many classes to show per image [default: 5, or all when the model has fewer].
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
+    topk: Option<usize>,
     /// One JSON object per line and image (or CSV row).
     #[arg(long)]
     json: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -57,6 +65,9 @@ fn shipped_examples() -> Vec<PathBuf> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.cam {
+        densenet_zoo::output::check_folder(dir)?;
+    }
     let device = parse_device(&args.device)?;
     // A tabular model reads every input as CSV, whatever its name; otherwise a `.csv` asks
     // for one.
@@ -81,12 +92,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let method = args.cam_method.unwrap_or_default();
-    let loaded = load(args.weights.as_deref(), args.variant.as_deref(), &device)?;
+    let options = LoadOptions {
+        state_dict: args.state_dict.key(),
+        labels: args.labels.clone(),
+    };
+    let loaded = load_with(
+        args.weights.as_deref(),
+        args.variant.as_deref(),
+        &device,
+        &options,
+    )?;
     for notice in &loaded.notices {
         say!("note: {notice}");
     }
     let model = &loaded.model;
     let spec = model.spec().clone();
+    let classes = spec.architecture.num_classes;
+    if let Some(k) = args.topk.filter(|&k| k > classes) {
+        say!(
+            "note: --topk {k}: {} has {classes} classes; all {classes} are shown",
+            loaded.origin
+        );
+    }
+    let topk = args.topk.unwrap_or(5);
     let transform = eval_transform(&spec);
     let target = match &args.cam {
         Some(_) => {
@@ -119,7 +147,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (path, error) in &arg_failures {
         report_error(path, error, args.json)?;
     }
-    for chunk in files.chunks(args.batch_size.max(1)) {
+    let bar = super::progress::images_bar(files.len(), "classifying");
+    for chunk in files.chunks(args.batch_size) {
         // The decoded image is kept only to draw its map on.
         let prepared: Vec<Prepared> = chunk
             .iter()
@@ -152,7 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let (predictions, probs) = match &logits {
             Some(l) => (
-                top_k(l, &loaded.classes, args.topk)?,
+                top_k(l, &loaded.classes, topk)?,
                 candle_nn::ops::softmax(&l.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?,
             ),
             None => (Vec::new(), Vec::new()),
@@ -160,55 +189,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut predictions = predictions.into_iter();
         // The position among the images that were read, in the logits and maps.
         let mut index = 0;
-        // One line per input, in the order given, failures in their place.
-        for (path, prepared) in chunk.iter().zip(&prepared) {
-            let image = match prepared {
-                Err(e) => {
-                    failed += 1;
-                    report_error(path, e, args.json)?;
-                    continue;
-                }
-                Ok((image, _)) => image,
-            };
-            let top = predictions.next().expect("one prediction per prepared image");
-            let cam_path = match (&mut cam, &maps, image) {
-                (Some((writer, _, level)), Some((maps, classes)), Some(image)) => {
-                    let class = classes[index];
-                    let label = loaded.classes.get(class).map_or("class", String::as_str);
-                    let shown = Shown {
-                        class,
-                        label,
-                        prob: probs[index][class],
-                    };
-                    let map = maps.get(index)?;
-                    let (h, w) = map.dims2()?;
-                    let region = transform
-                        .eval_crop_box(image.width(), image.height())
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let values = plane(&map)?;
-                    if values.iter().all(|&v| v == values[0]) {
-                        say!(
-                            "note: {}: the map is flat ({}) at {}: no position stands out for {label}",
-                            path.display(),
-                            values[0],
-                            model.feature_info()[*level].name
-                        );
+        // One line per input, in the order given, failures in their place; the bar steps
+        // aside for them.
+        bar.suspend(|| -> anyhow::Result<()> {
+            for (path, prepared) in chunk.iter().zip(&prepared) {
+                let image = match prepared {
+                    Err(e) => {
+                        failed += 1;
+                        report_error(path, e, args.json)?;
+                        continue;
                     }
-                    written += 1;
-                    Some(writer.write(path, image, region, (&values, (h, w)), shown)?)
+                    Ok((image, _)) => image,
+                };
+                let top = predictions.next().expect("one prediction per prepared image");
+                let cam_path = match (&mut cam, &maps, image) {
+                    (Some((writer, _, level)), Some((maps, classes)), Some(image)) => {
+                        let class = classes[index];
+                        let label = loaded.classes.get(class).map_or("class", String::as_str);
+                        let shown = Shown {
+                            class,
+                            label,
+                            prob: probs[index][class],
+                        };
+                        let map = maps.get(index)?;
+                        let (h, w) = map.dims2()?;
+                        let region = transform
+                            .eval_crop_box(image.width(), image.height())
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                        let values = plane(&map)?;
+                        if values.iter().all(|&v| v == values[0]) {
+                            say!(
+                                "note: {}: the map is flat ({}) at {}: no position stands out for {label}",
+                                path.display(),
+                                values[0],
+                                model.feature_info()[*level].name
+                            );
+                        }
+                        written += 1;
+                        Some(writer.write(path, image, region, (&values, (h, w)), shown)?)
+                    }
+                    _ => None,
+                };
+                index += 1;
+                if args.json {
+                    out!("{}", json_line(path, &top, cam_path.as_deref()))?;
+                } else {
+                    let shown: Vec<String> =
+                        top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
+                    let map = cam_path.map_or(String::new(), |p| format!("; map {}", p.display()));
+                    out!("{}: {}{map}", path.display(), shown.join(", "))?;
                 }
-                _ => None,
-            };
-            index += 1;
-            if args.json {
-                out!("{}", json_line(path, &top, cam_path.as_deref()))?;
-            } else {
-                let shown: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.label, p.prob)).collect();
-                let map = cam_path.map_or(String::new(), |p| format!("; map {}", p.display()));
-                out!("{}: {}{map}", path.display(), shown.join(", "))?;
             }
-        }
+            Ok(())
+        })?;
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     if let Some((writer, _, _)) = cam.as_ref().filter(|(w, _, _)| w.replaced > 0) {
         say!(
             "note: {} map{} replaced files of the same name left in the folder by an earlier run",

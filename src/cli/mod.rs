@@ -29,6 +29,34 @@ pub fn quiet() {
     QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Set by Ctrl-C, SIGTERM or SIGHUP while a command that stops cleanly runs (`train`: it saves
+/// its state after the current batch; mpirun passes Ctrl-C to its ranks as SIGTERM, and Slurm
+/// sends it at a job's time limit).
+static STOP: AtomicBool = AtomicBool::new(false);
+/// True once a command has said it stops cleanly on [`STOP`].
+static STOPS_CLEANLY: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C, SIGTERM and SIGHUP: a command that stops cleanly ([`stop_flag`]) is asked to, once;
+/// any other command (and a second signal) ends at once, with status 130, after removing the
+/// temporary file of any write under way, so that an interrupt leaves no hidden
+/// `.NAME.tmp-PID` behind and every earlier output intact.
+pub fn handle_interrupts() {
+    let _ = ctrlc::set_handler(|| {
+        if STOPS_CLEANLY.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        densenet_zoo::output::remove_unfinished_writes();
+        std::process::exit(130);
+    });
+}
+
+/// The flag an interrupt sets from now on instead of ending the process: for a command that
+/// checks it and stops cleanly (a second interrupt still ends it at once).
+pub fn stop_flag() -> &'static AtomicBool {
+    STOPS_CLEANLY.store(true, Ordering::SeqCst);
+    &STOP
+}
+
 mod bench;
 mod cam;
 mod check_device;
@@ -37,9 +65,13 @@ mod export;
 mod features;
 mod images;
 mod infer;
+mod progress;
 mod summary;
 mod tabular;
 mod train;
+mod weights;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -71,6 +103,44 @@ enum Command {
     Eval(eval::Args),
     /// Check a device (a GPU) against the CPU and PyTorch on the committed fixtures.
     CheckDevice(check_device::Args),
+}
+
+/// clap's parser for counts that must be at least 1 (`--topk`, `--batch-size`, `--epochs`):
+/// "invalid value '0' for '--topk <TOPK>': must be at least 1".
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if (1..=usize::MAX as i128).contains(&n) => Ok(n as usize),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
+/// clap's parser for counts that may be 0 (`--warmup-epochs`; `--workers`, where 0 means
+/// one per core): refuses negatives by name, not as a digit error.
+pub fn zero_or_more(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if (0..=usize::MAX as i128).contains(&n) => Ok(n as usize),
+        Ok(_) => Err("must be 0 or more".into()),
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
+/// clap's parser for real numbers: NaN and infinities refused (the ranges are the library's
+/// to check, with the field's name).
+pub fn finite(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("must be a finite number, found {v}")),
+        Err(_) => Err("not a number".into()),
+    }
+}
+
+/// clap's parser for a positive real number (`--tolerance`).
+pub fn positive(text: &str) -> Result<f64, String> {
+    match finite(text)? {
+        v if v > 0.0 => Ok(v),
+        v => Err(format!("must be more than 0, found {v}")),
+    }
 }
 
 /// Writes `args` and a newline to `to`, flushed.

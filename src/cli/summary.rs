@@ -8,7 +8,7 @@ pub struct Args {
     #[arg(long, default_value = "d2l")]
     variant: String,
     /// Square input side in pixels [default: the variant's].
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     input_size: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -73,7 +73,7 @@ fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -44,9 +44,8 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
     recipe
         .validate()
         .map_err(|m| anyhow::anyhow!("the training recipe: {m}"))?;
-    if out.exists() && !out.is_dir() {
-        anyhow::bail!("--out {} is a file: name a folder", out.display());
-    }
+    // Held for the run, before the data is read.
+    let _lock = densenet_zoo::train::RunLock::acquire(&out)?;
     if out.join("last.safetensors").exists() {
         anyhow::bail!(
             "--out {} holds an image run (last.safetensors): name another folder for a tabular run",
@@ -140,7 +139,6 @@ pub fn train(request: TrainRequest) -> anyhow::Result<()> {
         }
         report["k"] = serde_json::json!(cv.folds.len());
     }
-    std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
     tabular::save(
         &out.join(MODEL_FILE),
         &spec,

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use densenet_zoo::data::{self, Augment, Split, DEFAULT_DATA};
 use densenet_zoo::device::parse_device;
@@ -25,34 +24,34 @@ pub struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Epochs [default: the variant's recipe].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Images per step [default: the recipe's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch_size: Option<usize>,
     /// Peak learning rate [default: the recipe's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// SGD momentum [default: the recipe's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite, allow_negative_numbers = true)]
     momentum: Option<f64>,
     /// Nesterov momentum: `--nesterov` or `--nesterov false` [default: the recipe's].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     nesterov: Option<bool>,
     /// Weight decay on parameters, never on batch-norm statistics [default: the recipe's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Learning-rate schedule: constant, step (÷10 at the recipe's milestones) or cosine.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
     /// Epochs of linear warmup [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::zero_or_more, allow_negative_numbers = true)]
     warmup_epochs: Option<usize>,
     /// Update rule: sgd or adamw [default: the recipe's].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
     /// Square input side images are resized to [default: the variant's input size].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     image_size: Option<usize>,
     /// Training augmentation: none; crop-flip (CIFAR: pad 4, random crop, flip; `--augment`
     /// alone); imagenet (torchvision's RandomResizedCrop and flip); fb (imagenet plus
@@ -60,7 +59,7 @@ pub struct Args {
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "crop-flip")]
     augment: Option<Augment>,
     /// Label smoothing ε, as torch's CrossEntropyLoss(label_smoothing=ε) [default: the recipe's, 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::finite, allow_negative_numbers = true)]
     label_smoothing: Option<f64>,
     /// How transitions downsample: avg (2×2 average, every published DenseNet) or max (2×2
     /// max after the 1×1 conv; the book's exercise 1); recorded in the checkpoint [default: the
@@ -68,7 +67,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     transition_pool: Option<TransitionPool>,
     /// Threads that decode and augment images; 0 or no flag: one per core.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::zero_or_more, allow_negative_numbers = true)]
     workers: Option<usize>,
     /// Skip an image that cannot be decoded, with a note, instead of stopping the run.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -95,12 +94,23 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Classifier outputs; must equal the number of classes in the data [default: the data's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     num_classes: Option<usize>,
     /// Start from these weights (path or hf:OWNER/REPO[:FILE]) to fine-tune; with
     /// --num-classes, a classifier of another size is skipped and initialised fresh.
     #[arg(long)]
     weights: Option<String>,
+    #[command(flatten)]
+    state_dict: super::weights::StateDictArgs,
+    /// Keep everything up to and including LEVEL exactly as --weights has it (weights and
+    /// batch-norm statistics) and train the rest: stem, block1 ... blockN, or features (the
+    /// whole backbone: only the classifier trains).
+    #[arg(long, value_name = "LEVEL")]
+    freeze: Option<String>,
+    /// Class names for the data's classes, one per line in their order (or JSON), recorded in
+    /// the checkpoints instead of the data's own (folder names such as WordNet ids).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// Tabular variants (dense-mlp, plain-mlp, linear-regression): the CSV column to predict,
     /// fitted as its logarithm.
     #[arg(long, value_name = "COLUMN")]
@@ -153,6 +163,12 @@ fn tabular_request(spec: MlpSpec, args: &Args) -> anyhow::Result<super::tabular:
         ("--sync-bn", args.sync_batch_norm.is_some()),
         ("--num-classes", args.num_classes.is_some()),
         ("--weights", args.weights.is_some()),
+        (
+            "--use-ema/--weights-key",
+            args.state_dict.use_ema || args.state_dict.weights_key.is_some(),
+        ),
+        ("--freeze", args.freeze.is_some()),
+        ("--labels", args.labels.is_some()),
     ];
     let given: Vec<&str> = image_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     anyhow::ensure!(
@@ -305,6 +321,12 @@ fn train_images(
     collective: Rc<dyn Collective>,
 ) -> anyhow::Result<()> {
     refuse_tabular_input(&args)?;
+    // Rank 0 writes --out: held from here, before any input is read (resuming, a folder that
+    // exists: a missing one has nothing to resume, and is not made).
+    let _lock = match collective.rank() == 0 && (!args.resume || args.out.is_dir()) {
+        true => Some(train::RunLock::acquire(&args.out)?),
+        false => None,
+    };
     let config = if args.resume {
         let mut config = saved_config(&args.out)?;
         if let Some(v) = &args.variant {
@@ -347,6 +369,10 @@ fn train_images(
         fit_classes_to_data(&mut config, args.num_classes)?;
         config
     };
+    let mut config = config;
+    if let Some(file) = &args.labels {
+        config.class_names = Some(densenet_zoo::labels::read_file(file)?);
+    }
     config
         .recipe
         .validate()
@@ -415,8 +441,9 @@ fn train_images(
     let start = train::Start {
         resume: args.resume,
         weights: args.weights.clone(),
+        state_dict: args.state_dict.key(),
     };
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let stop = super::stop_flag();
     let mut shown = Shown::default();
     // Rank 0 alone shows the run; the others only the images their shards left out.
     let mut skips = RankSkips(collective.rank());
@@ -426,7 +453,7 @@ fn train_images(
         &mut skips
     };
     let outcome = train::Trainer::with_collective(&config, &args.out, &start, &device, collective, observer)?
-        .run(&STOP, observer)?;
+        .run(stop, observer)?;
     if let Some(e) = shown.write_error {
         return Err(e);
     }
@@ -439,10 +466,6 @@ fn train_images(
     }
     Ok(())
 }
-
-/// Set by Ctrl-C, SIGTERM or SIGHUP (mpirun passes Ctrl-C to its ranks as SIGTERM; Slurm sends
-/// it at a job's time limit): the run saves its state after the current batch and stops.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 /// What a rank other than 0 shows of a data-parallel run: the files its shards left out
 /// (`--skip-bad-images`), which no other rank sees; rank 0 shows the rest.
@@ -615,6 +638,9 @@ fn override_with(config: &mut TrainConfig, args: &Args) {
     );
     set!(config.recipe, augment, label_smoothing);
     override_recipe(&mut config.recipe, args);
+    if let Some(level) = &args.freeze {
+        config.freeze = Some(level.clone());
+    }
     config.spec.set_input_size(config.image_size);
     // Recorded absolute, so that --resume works from another folder.
     if let Ok(data) = std::path::absolute(&config.data) {

@@ -64,7 +64,7 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
 pub fn parse_batch(bytes: &[u8], label_bytes: usize, path: &Path) -> Result<(Vec<u32>, Vec<u8>)> {
     let record = label_bytes + PIXELS;
     let num_classes = if label_bytes == 1 { 10 } else { 100 };
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(data_error(
             path,
             format!(

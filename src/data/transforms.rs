@@ -144,8 +144,8 @@ impl Transform {
     /// `round((side − size) / 2)`, ties to even. A color image for a 1-channel model is first
     /// converted to luma as PIL does. An image already of the target size is not resampled.
     ///
-    /// Refuses an empty image, and one so elongated that the resized longer side would pass
-    /// 16,384 pixels (the decoder's limit).
+    /// Refuses an empty image, and one so elongated that the resized image would have more
+    /// pixels than PIL opens (178,956,970).
     pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>, String> {
         let (w, h) = image.dimensions();
         let fit = self.fit(w, h)?;
@@ -181,12 +181,15 @@ impl Transform {
             return Err(format!("the image is empty ({w}×{h})"));
         }
         let long_new = (target * long / short).max(target);
-        if long_new > crate::image_io::MAX_SIDE as u64 {
-            return Err(format!(
-                "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make the \
-                 longer {long_new} pixels, more than the limit of {}",
-                crate::image_io::MAX_SIDE
-            ));
+        crate::image_io::check_pixels(
+            long_new,
+            target,
+            &format!(
+                "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make it "
+            ),
+        )?;
+        if long_new > u32::MAX as u64 {
+            return Err(format!("a {w}×{h} image is too elongated to resize"));
         }
         let long_new = long_new as u32;
         let (nw, nh) = if w <= h {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
+use super::freeze::FrozenPrefix;
 use super::{DenseBlock, Stem, Transition};
 use crate::error::{Error, Result};
 use crate::ops::{self, BatchNorm2d, BatchNormGroup, Mode};
@@ -79,6 +80,8 @@ pub struct DenseNet {
     feature_info: Vec<FeatureInfo>,
     /// Evaluation runs in [`Mode::Inference`] (else [`Mode::Eval`]).
     inference: bool,
+    /// The first levels, kept as loaded ([`DenseNet::with_frozen`]).
+    frozen: Option<FrozenPrefix>,
 }
 
 impl DenseNet {
@@ -154,6 +157,7 @@ impl DenseNet {
             classifier: Some(classifier),
             feature_info,
             inference: false,
+            frozen: None,
         })
     }
 
@@ -189,7 +193,58 @@ impl DenseNet {
                 .map(|c| Linear::new(c.weight().detach(), c.bias().map(Tensor::detach))),
             feature_info: self.feature_info.clone(),
             inference: true,
+            frozen: None,
         }
+    }
+
+    /// Freezes everything up to and including the [`DenseNet::feature_info`] level `level`
+    /// (`stem`, `block1` ... `blockN`, or `features` for the whole backbone, the last level),
+    /// for fine-tuning, as timm's `freeze` with `FrozenBatchNorm2d`: those weights get no
+    /// gradient (so an optimiser leaves them, weight decay included) and their batch norms
+    /// use the running statistics in training too, never updating them; the backward pass
+    /// stops where they end, which saves its time and memory. `None` unfreezes. Only what
+    /// the forward pass trains changes: [`DenseNet::for_inference`] is as before.
+    ///
+    /// # Errors
+    /// [`Error::Freeze`] for a level the model does not have.
+    pub fn with_frozen(mut self, level: Option<&str>) -> Result<Self> {
+        self.frozen = match level {
+            None => None,
+            Some(name) => {
+                let last = self.feature_info.len() - 1;
+                let index = match name {
+                    "features" => last,
+                    _ => self
+                        .feature_info
+                        .iter()
+                        .position(|l| l.name == name)
+                        .ok_or_else(|| {
+                            let names: Vec<&str> =
+                                self.feature_info.iter().map(|l| l.name.as_str()).collect();
+                            Error::Freeze {
+                                variant: self.spec.name.clone(),
+                                message: format!(
+                                    "no level `{name}`: the levels are {}, and features (the whole backbone)",
+                                    names.join(", ")
+                                ),
+                            }
+                        })?,
+                };
+                Some(FrozenPrefix::new(index, &self.stem, &self.stages, &self.norm5))
+            }
+        };
+        Ok(self)
+    }
+
+    /// The last frozen [`DenseNet::feature_info`] level, if any ([`DenseNet::with_frozen`]).
+    pub fn frozen_level(&self) -> Option<usize> {
+        self.frozen.as_ref().map(|f| f.level)
+    }
+
+    /// True for a tensor that [`DenseNet::with_frozen`] keeps as loaded, by its checkpoint
+    /// name (`features.denseblock1.denselayer1.conv1.weight`, ...).
+    pub fn is_frozen(&self, name: &str) -> bool {
+        self.frozen.as_ref().is_some_and(|f| f.holds(name))
     }
 
     /// The mode `forward_t(x, false)` runs in: [`Mode::Inference`] after
@@ -252,10 +307,17 @@ impl DenseNet {
     /// The final feature map (N, F, H/32, W/32 for ImageNet nets), taken **after** `norm5` and
     /// its ReLU, as timm's `forward_features` returns it (torchvision's `.features` stops
     /// before that ReLU).
+    /// With frozen levels ([`DenseNet::with_frozen`]), those run on their running statistics
+    /// in training too.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mode = self.mode(train);
-        let mut x = self.stem.forward(&self.checked_input(x)?, mode)?;
-        for stage in &self.stages {
+        let x = self.checked_input(x)?;
+        let (mut x, first) = match &self.frozen {
+            Some(frozen) if frozen.ends_with_norm5() => return frozen.forward(&x),
+            Some(frozen) => (frozen.forward(&x)?, frozen.stages()),
+            None => (self.stem.forward(&x, mode)?, 0),
+        };
+        for stage in &self.stages[first..] {
             x = stage.forward(&x, mode)?;
         }
         Ok(self.norm5.forward_relu(&x, mode)?)

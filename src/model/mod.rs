@@ -5,6 +5,7 @@ mod block;
 mod cam;
 mod dense_mlp;
 mod densenet;
+mod freeze;
 mod layer;
 mod norm_relu_conv;
 mod stem;

@@ -7,6 +7,7 @@ mod loss;
 mod metrics;
 mod optim;
 mod plot;
+mod run_lock;
 mod schedule;
 mod trainer;
 
@@ -16,5 +17,6 @@ pub use loss::cross_entropy;
 pub use metrics::EpochMetrics;
 pub use optim::{Optimizer, OptimizerKind};
 pub use plot::curves_svg;
-pub use schedule::{Schedule, ScheduleKind};
+pub use run_lock::{RunLock, LOCK_FILE};
+pub use schedule::{Milestone, Schedule, ScheduleKind};
 pub use trainer::{last_checkpoint, saved_config, train, Observer, Outcome, Start, TrainConfig, Trainer};

@@ -64,6 +64,16 @@ impl Optimizer {
         }
     }
 
+    /// The optimiser without the parameters `frozen` names, and without their state: they
+    /// are never updated, weight decay included (fine-tuning with frozen levels).
+    pub fn excluding(mut self, frozen: impl Fn(&str) -> bool) -> Self {
+        self.params.retain(|(name, _)| !frozen(name));
+        let kept: std::collections::HashSet<String> = self.params.iter().map(|(n, _)| n.clone()).collect();
+        self.state
+            .retain(|key, _| key.split_once('.').is_some_and(|(_, name)| kept.contains(name)));
+        self
+    }
+
     /// Updates every parameter that has a gradient, with learning rate `lr`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.steps += 1;

@@ -1,6 +1,7 @@
 //! The training loop: epochs of SGD over a data set, a metrics line and two checkpoints per
 //! epoch, exact resume, and a clean stop on Ctrl-C or a non-finite loss.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +16,12 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    cross_entropy, curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, Schedule,
+    cross_entropy, curves_svg, evaluate, seeded_varmap, top_k_hits, EpochMetrics, Optimizer, RunLock,
+    Schedule,
 };
 use crate::checkpoint::{
     is_buffer, is_temporary, state_dict, varmap_tensors, write_atomic, write_safetensors, Checkpoint,
-    Metadata,
+    Metadata, StateDictKey,
 };
 use crate::data::{self, Dataset, Loader, LoaderOptions, Shard, Split, Transform};
 use crate::distributed::{average_gradients, broadcast_tensors, Buffer, Collective, SingleProcess};
@@ -57,6 +59,15 @@ pub struct TrainConfig {
     /// Leave out an image that cannot be decoded, with a note, instead of stopping the run.
     #[serde(default)]
     pub skip_bad_images: bool,
+    /// Keep everything up to and including this `feature_info` level exactly as loaded
+    /// (`stem`, `block1` ... `blockN`, or `features` for the whole backbone), and train the
+    /// rest ([`DenseNet::with_frozen`]); needs starting weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
+    /// The names of the data's classes, in the data's order, recorded in the checkpoints
+    /// instead of the data's own (an ImageFolder's folder names, WordNet ids say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 impl TrainConfig {
@@ -73,6 +84,8 @@ impl TrainConfig {
             sync_batch_norm: false,
             workers: 0,
             skip_bad_images: false,
+            freeze: None,
+            class_names: None,
             spec,
         }
     }
@@ -86,6 +99,9 @@ pub struct Start {
     /// A checkpoint to fine-tune from (path or `hf:`), adapted to the spec (new classifier,
     /// input channels); `None` with `resume` false: new weights from the seed.
     pub weights: Option<String>,
+    /// Which state dict of `weights` to read, when it is a training checkpoint that holds
+    /// several (timm's EMA copy, ...).
+    pub state_dict: StateDictKey,
 }
 
 /// How a run ended.
@@ -257,6 +273,10 @@ pub struct Trainer {
     parameters: Vec<Var>,
     /// The batch-norm running statistics, sorted by name: rank 0's are evaluated and saved.
     buffers: Vec<Var>,
+    /// The `num_batches_tracked` of the frozen batch norms, as loaded: saved unchanged.
+    frozen_counts: HashMap<String, Tensor>,
+    /// Rank 0's hold on `out` (`None` on the other ranks, and when the caller holds it).
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -345,18 +365,47 @@ impl Trainer {
                 device.location()
             )));
         }
+        if config.freeze.is_some() && !start.resume && start.weights.is_none() {
+            return Err(Error::Training(format!(
+                "freeze {}: freezing keeps loaded weights as they are, and this run starts from new \
+                 ones: give it weights to start from",
+                config.freeze.as_deref().unwrap_or_default()
+            )));
+        }
+        if config.warmup_epochs >= config.recipe.epochs {
+            return Err(Error::Training(format!(
+                "warmup_epochs {} leaves no epoch of the {} at the full learning rate: warm up for \
+                 fewer epochs than the run has",
+                config.warmup_epochs, config.recipe.epochs
+            )));
+        }
+        // Rank 0 alone writes `out`, and holds it for the run's whole life.
+        let lock = match root {
+            true => RunLock::acquire_unless_held(out)?,
+            false => None,
+        };
         if root {
-            std::fs::create_dir_all(out).map_err(|source| Error::Io {
-                path: out.to_path_buf(),
-                source,
-            })?;
             remove_temporary_files(out);
         }
         let train_set = Arc::new(data::open(&config.data, Split::Train)?);
         let test_set = Arc::new(data::open(&config.data, Split::Test)?);
         check_classes(&train_set, spec, &config.data)?;
-        let classes = train_set.classes.clone();
+        let classes = match &config.class_names {
+            Some(names) if names.len() != train_set.classes.len() => {
+                return Err(Error::Training(format!(
+                    "class_names lists {} names, but {} has {} classes ({})",
+                    names.len(),
+                    config.data.display(),
+                    train_set.classes.len(),
+                    train_set.classes.join(", ")
+                )))
+            }
+            Some(names) => names.clone(),
+            None => train_set.classes.clone(),
+        };
 
+        // Every batch norm's `num_batches_tracked` as loaded: the frozen ones keep theirs.
+        let mut loaded_counts = HashMap::new();
         let (varmap, optimizer_state, progress) = if start.resume {
             let ckpt = Checkpoint::read(&resumable_checkpoint(out)?, device)?;
             let record = TrainingRecord::read(&ckpt)?;
@@ -364,6 +413,7 @@ impl Trainer {
             let progress = record.progress;
             let state = ckpt.optimizer.clone();
             let varmap = VarMap::new();
+            loaded_counts = batch_counts(&ckpt);
             ckpt.into_varmap(spec, &varmap, device)?;
             let at_batch = if progress.batch > 0 {
                 format!(", batch {}", progress.batch)
@@ -406,7 +456,8 @@ impl Trainer {
         } else {
             let varmap = match &start.weights {
                 Some(weights) => {
-                    let mut ckpt = Checkpoint::open(weights, device)?;
+                    let mut ckpt = Checkpoint::open_with(weights, device, &start.state_dict)?;
+                    loaded_counts = batch_counts(&ckpt);
                     for notice in ckpt.adapt(spec, true)? {
                         observer.note(&notice);
                     }
@@ -427,7 +478,18 @@ impl Trainer {
             }
             (varmap, Default::default(), Progress::default())
         };
-        let (parameters, buffers) = sorted_variables(&varmap);
+        let model = DenseNet::new(
+            spec,
+            candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
+        )?
+        .with_frozen(config.freeze.as_deref())?
+        .with_memory_efficient(config.memory_efficient)
+        .with_sync_batch_norm(match config.sync_batch_norm {
+            true => collective.batch_norm_group(),
+            false => None,
+        });
+        let (parameters, buffers) = sorted_variables(&varmap, &|name| model.is_frozen(name));
+        let frozen_counts = frozen_batch_counts(spec, &model, loaded_counts)?;
         // Every rank trains rank 0's model, whatever each read or drew.
         broadcast_tensors(&*collective, &parameters, 0)?;
         broadcast_tensors(&*collective, &buffers, 0)?;
@@ -436,15 +498,7 @@ impl Trainer {
         let r = &config.recipe;
         let mut optimizer = Optimizer::new(r.optimizer, &varmap, r.momentum, r.nesterov, r.weight_decay);
         optimizer.load_state(&optimizer_state, progress.steps);
-        let model = DenseNet::new(
-            spec,
-            candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device),
-        )?
-        .with_memory_efficient(config.memory_efficient)
-        .with_sync_batch_norm(match config.sync_batch_norm {
-            true => collective.batch_norm_group(),
-            false => None,
-        });
+        let optimizer = optimizer.excluding(|name| model.is_frozen(name));
         let schedule = Schedule {
             kind: r.schedule,
             base_lr: r.lr,
@@ -452,6 +506,9 @@ impl Trainer {
             warmup_epochs: config.warmup_epochs,
             milestones: r.milestones.clone(),
         };
+        for note in schedule.notes() {
+            observer.note(&note);
+        }
         Ok(Self {
             config: config.clone(),
             out: out.to_path_buf(),
@@ -469,6 +526,8 @@ impl Trainer {
             collective,
             parameters,
             buffers,
+            frozen_counts,
+            _lock: lock,
         })
     }
 
@@ -584,6 +643,7 @@ impl Trainer {
                         &self.varmap,
                         progress,
                         Some(&self.optimizer),
+                        &self.frozen_counts,
                     )?;
                 }
                 observer.stopped(&last_checkpoint(out), epoch + 1, progress.batch);
@@ -717,6 +777,7 @@ impl Trainer {
                     &self.varmap,
                     progress,
                     None,
+                    &self.frozen_counts,
                 )?;
             }
             save_model(
@@ -726,6 +787,7 @@ impl Trainer {
                 &self.varmap,
                 progress,
                 Some(&self.optimizer),
+                &self.frozen_counts,
             )?;
             write_atomic(&out.join("curves.svg"), curves_svg(&progress.metrics).as_bytes())?;
         }
@@ -752,11 +814,14 @@ fn sum_over_ranks<const N: usize>(collective: &dyn Collective, mut values: [f64;
     Ok(values)
 }
 
-/// The variables of `varmap` sorted by name, as every rank orders them: the trainable ones and
-/// the batch-norm buffers.
-fn sorted_variables(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
+/// The variables of `varmap` sorted by name, as every rank orders them: the trainable ones
+/// (not `frozen`) and the batch-norm buffers.
+fn sorted_variables(varmap: &VarMap, frozen: &dyn Fn(&str) -> bool) -> (Vec<Var>, Vec<Var>) {
     let data = varmap.data().lock().expect("varmap lock");
-    let mut named: Vec<(&String, &Var)> = data.iter().collect();
+    let mut named: Vec<(&String, &Var)> = data
+        .iter()
+        .filter(|(name, _)| is_buffer(name) || !frozen(name))
+        .collect();
     named.sort_by_key(|(name, _)| *name);
     let (buffers, parameters): (Vec<_>, Vec<_>) = named.into_iter().partition(|(name, _)| is_buffer(name));
     let vars = |list: Vec<(&String, &Var)>| list.into_iter().map(|(_, v)| v.clone()).collect();
@@ -917,6 +982,39 @@ fn check_classes(dataset: &Dataset, spec: &VariantSpec, dir: &Path) -> Result<()
     Ok(())
 }
 
+/// The `num_batches_tracked` tensors a checkpoint holds, by canonical name.
+fn batch_counts(ckpt: &Checkpoint) -> HashMap<String, Tensor> {
+    ckpt.tensors
+        .iter()
+        .filter(|(name, _)| name.ends_with("num_batches_tracked"))
+        .map(|(name, t)| (name.clone(), t.clone()))
+        .collect()
+}
+
+/// The `num_batches_tracked` of each of `model`'s frozen batch norms, as `loaded` has it (0
+/// where the file had none, as torchvision's oldest files): frozen, they count no batch.
+fn frozen_batch_counts(
+    spec: &VariantSpec,
+    model: &DenseNet,
+    loaded: HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    let mut counts = HashMap::new();
+    for t in crate::checkpoint::expected_tensors(spec)? {
+        let Some(norm) = t.name.strip_suffix("running_var") else {
+            continue;
+        };
+        let name = format!("{norm}num_batches_tracked");
+        if model.is_frozen(&name) {
+            let count = match loaded.get(&name) {
+                Some(c) => c.to_device(&Device::Cpu)?,
+                None => Tensor::new(0i64, &Device::Cpu)?,
+            };
+            counts.insert(name, count);
+        }
+    }
+    Ok(counts)
+}
+
 /// Writes the model (and the optimiser's state, for `last`) with metadata that makes the file
 /// usable alone: spec, classes, preprocessing, and the training facts.
 fn save_model(
@@ -926,12 +1024,16 @@ fn save_model(
     varmap: &VarMap,
     p: &Progress,
     optimizer: Option<&Optimizer>,
+    frozen_counts: &HashMap<String, Tensor>,
 ) -> Result<()> {
     let spec = &config.spec;
     let mut tensors = state_dict(spec, &varmap_tensors(varmap))?;
     for (name, t) in tensors.iter_mut() {
         if name.ends_with("num_batches_tracked") {
-            *t = Tensor::new(p.steps as i64, &Device::Cpu)?;
+            *t = match frozen_counts.get(name) {
+                Some(kept) => kept.clone(),
+                None => Tensor::new(p.steps as i64, &Device::Cpu)?,
+            };
         }
     }
     if let Some(o) = optimizer {
