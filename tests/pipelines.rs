@@ -462,18 +462,23 @@ fn numbers_out_of_range_are_refused_by_flag() {
         refused_flag(args, want);
     }
     // In range for the flag, but not for the run: the library's check names the field.
+    let data = slice_of_fashion_mnist("warmup", 64, 16);
+    let out = data.join("run");
     refused_flag(
         &[
             "train",
+            "--data",
+            data.to_str().unwrap(),
             "--epochs",
             "2",
             "--warmup-epochs",
             "2",
             "--out",
-            "/tmp/zoo-warmup-refused",
+            out.to_str().unwrap(),
         ],
         "warmup_epochs 2 leaves no epoch of the 2 at the full learning rate",
     );
+    std::fs::remove_dir_all(&data).unwrap();
     // More classes than the model has: all are shown, and said.
     let out = zoo(&[
         "infer",

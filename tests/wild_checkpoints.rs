@@ -544,8 +544,9 @@ fn the_format_comes_from_the_bytes_not_the_extension() {
         identity,
     );
 
+    // Bytes of no format at all (a web page is named as one: tests/pipelines.rs).
     let junk = dir.join("junk.pth");
-    std::fs::write(&junk, b"<html>404 not found</html>").unwrap();
+    std::fs::write(&junk, b"\x13\x37 404 not found, nor anything else").unwrap();
     let err = Checkpoint::read(&junk, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("junk.pth: not a valid safetensors file"), "{err}");
     assert!(err.contains("nor a PyTorch file (zip"), "{err}");
