@@ -37,7 +37,9 @@ pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
     let (w, h) = ImageReader::with_format(Cursor::new(&bytes), format)
         .into_dimensions()
         .map_err(cannot)?;
-    check_pixels(w as u64, h as u64, "").map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    if let Some(why) = too_many_pixels(w as u64, h as u64) {
+        return Err(format!("cannot decode {format:?}: {w}×{h} is {why}"));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::no_limits();
     limits.max_alloc = Some(MAX_ALLOC);
@@ -45,17 +47,16 @@ pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
     reader.decode().map_err(cannot)
 }
 
-/// Refuses a `w`×`h` image of more than [`MAX_PIXELS`] pixels, naming both; `what` says which
-/// image it is when it is not the file's own ("resized, ").
-pub fn check_pixels(w: u64, h: u64, what: &str) -> Result<(), String> {
-    if w * h > MAX_PIXELS {
-        return Err(format!(
-            "{what}{w}×{h} is {} pixels, more than the {} that PIL opens and so does this program",
+/// For a `w`×`h` image of more than [`MAX_PIXELS`] pixels, why it is refused: "179,560,000
+/// pixels, more than the 178,956,970 that PIL opens, and so does this program".
+pub fn too_many_pixels(w: u64, h: u64) -> Option<String> {
+    (w * h > MAX_PIXELS).then(|| {
+        format!(
+            "{} pixels, more than the {} that PIL opens, and so does this program",
             grouped(w * h),
             grouped(MAX_PIXELS)
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// 178956970 → "178,956,970".

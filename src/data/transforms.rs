@@ -181,22 +181,19 @@ impl Transform {
             return Err(format!("the image is empty ({w}×{h})"));
         }
         let long_new = (target * long / short).max(target);
-        crate::image_io::check_pixels(
-            long_new,
-            target,
-            &format!(
-                "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make it "
-            ),
-        )?;
-        if long_new > u32::MAX as u64 {
-            return Err(format!("a {w}×{h} image is too elongated to resize"));
-        }
-        let long_new = long_new as u32;
         let (nw, nh) = if w <= h {
-            (target as u32, long_new)
+            (target, long_new)
         } else {
-            (long_new, target as u32)
+            (long_new, target)
         };
+        if let Some(why) = crate::image_io::too_many_pixels(nw, nh) {
+            return Err(format!(
+                "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make \
+                 it {nw}×{nh}, {why}"
+            ));
+        }
+        // Within PIL's limit, both sides fit in a u32.
+        let (nw, nh) = (nw as u32, nh as u32);
         let offset = |side: u32| ((side - self.size as u32) as f64 / 2.0).round_ties_even() as u32;
         Ok(Fit {
             resized: (nw, nh),
