@@ -12,8 +12,9 @@ pub const LOCK_FILE: &str = ".densenet-zoo.lock";
 /// An exclusive advisory lock on a run folder, held until it is dropped: a kernel file lock
 /// (`flock` on Linux, `LockFileEx` on Windows), which the operating system releases when the
 /// process ends in any way, `kill -9` included, so nothing stale is ever left to clear by hand.
-/// The lock file records the holder (process id, host, command line, start time) for the
-/// message that refuses a second process.
+/// The lock file, `.densenet-zoo.lock` in the folder, records the holder (process id, host,
+/// command line, start time) for the message that refuses a second process; it is removed
+/// when the lock is dropped.
 ///
 /// ```no_run
 /// use densenet_zoo::train::RunLock;
@@ -31,7 +32,11 @@ pub struct RunLock {
 }
 
 impl Drop for RunLock {
+    /// Removes the lock file, then (as the file is closed) releases the lock: a run that ends
+    /// cleanly leaves its folder as it found it. A killed one leaves the file, unlocked, and
+    /// the next run takes it.
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
         let mut held = held();
         if let Some(i) = held.iter().position(|f| *f == self.folder) {
             held.swap_remove(i);
@@ -59,27 +64,32 @@ impl RunLock {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut record = String::new();
-                let _ = file.read_to_string(&mut record);
-                return Err(Error::Training(format!(
-                    "{} is in use by another run ({}): one process at a time writes a run folder; \
-                     wait for it to end, or choose another folder",
-                    dir.display(),
-                    describe_holder(&record)
-                )));
+        let mut file = loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            match file.try_lock() {
+                // A holder that ended cleanly removed the file it locked, perhaps after this
+                // process opened it: locked, it must still be the file at `path`.
+                Ok(()) if is_file_at(&file, &path) => break file,
+                Ok(()) => continue,
+                Err(TryLockError::WouldBlock) => {
+                    let mut record = String::new();
+                    let _ = file.read_to_string(&mut record);
+                    return Err(Error::Training(format!(
+                        "{} is in use by another run ({}): one process at a time writes a run \
+                         folder; wait for it to end, or choose another folder",
+                        dir.display(),
+                        describe_holder(&record)
+                    )));
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
-        }
+        };
         let holder = serde_json::json!({
             "pid": std::process::id(),
             "host": host_name(),
@@ -115,6 +125,24 @@ impl RunLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// True when `file` is the file at `path` now (same device and inode), not one removed from
+/// there since it was opened.
+fn is_file_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(open), Ok(now)) => open.dev() == now.dev() && open.ino() == now.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
     }
 }
 
@@ -177,6 +205,10 @@ mod tests {
         assert!(err.contains(&format!("process {}", std::process::id())), "{err}");
         assert!(RunLock::acquire_unless_held(&dir).unwrap().is_none());
         drop(first);
+        assert!(
+            !dir.join(LOCK_FILE).exists(),
+            "a clean release removes the lock file"
+        );
         let again = RunLock::acquire(&dir).unwrap();
         assert!(again.path().ends_with(LOCK_FILE));
         drop(again);
