@@ -155,7 +155,7 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(&str, String)]) -> Resu
     let mut writer = encoder.write_header().map_err(png_error)?;
     writer.write_image_data(image.as_raw()).map_err(png_error)?;
     writer.finish().map_err(png_error)?;
-    crate::checkpoint::write_atomic(path, &bytes)
+    crate::output::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

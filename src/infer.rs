@@ -8,10 +8,11 @@ use candle_nn::ops::softmax;
 use image::DynamicImage;
 
 use crate::checkpoint::{Checkpoint, StateDictKey};
-use crate::data::{Augment, Transform};
+pub use crate::data::eval_transform;
+use crate::data::Transform;
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
-use crate::spec::VariantSpec;
+use crate::registry::Variant;
 
 /// The embedded default: the book's net trained on Fashion-MNIST at 32×32 by this crate.
 pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../weights/d2l-fashion-mnist.safetensors");
@@ -73,10 +74,16 @@ pub fn load_with(
         Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)
     };
     let mut ckpt = match (weights, variant) {
-        (Some(w), _) => Checkpoint::open_with(w, device, key)?,
+        (Some(w), v) => {
+            if let Some(v) = v {
+                // A tabular net is refused as such before the file is read.
+                Variant::resolve_image(v)?;
+            }
+            Checkpoint::open_with(w, device, key)?
+        }
         (None, None) => embedded()?,
         (None, Some(v)) => {
-            let spec = VariantSpec::resolve(v)?;
+            let spec = Variant::resolve_image(v)?;
             match &spec.pretrained_cfg.hf_hub_id {
                 Some(repo) => Checkpoint::open_with(&format!("hf:{repo}"), device, key)?,
                 None if spec.name == "d2l" => embedded()?,
@@ -108,18 +115,6 @@ pub fn load_with(
         origin,
         notices,
     })
-}
-
-/// The inference preprocessing of `spec`: torchvision's resize, centre crop and normalisation.
-pub fn eval_transform(spec: &VariantSpec) -> Transform {
-    Transform {
-        size: spec.pretrained_cfg.preprocess.crop,
-        resize: spec.pretrained_cfg.preprocess.resize,
-        channels: spec.architecture.in_channels,
-        mean: spec.pretrained_cfg.preprocess.mean.clone(),
-        std: spec.pretrained_cfg.preprocess.std.clone(),
-        augment: Augment::None,
-    }
 }
 
 /// Reads and preprocesses one image file into (C, S, S) floats; the message says why not.

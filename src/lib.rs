@@ -30,7 +30,7 @@
 //! - [`infer`], [`labels`]: preprocessing, prediction and class names.
 //! - [`DenseNet::class_activation_maps`] (Grad-CAM and CAM) and [`heat_map`]: what the net
 //!   looked at, and the overlays that show it.
-//! - [`tabular`] and [`DenseMlp`]: CSV files, the book's preprocessing, dense connectivity for
+//! - [`tabular`] and its [`DenseMlp`]: CSV files, the book's preprocessing, dense connectivity for
 //!   fully connected layers, k-fold log-RMSE (the house-price task).
 //! - [`bench`](mod@bench), [`summary`], [`device`], [`device_check`], [`allocator`]: what the command
 //!   line's `bench`, `summary`, `--device` and `check-device` run on, and the allocator setting
@@ -52,6 +52,7 @@ mod model;
 pub mod ops;
 pub mod output;
 mod plan;
+mod registry;
 pub mod spec;
 pub mod summary;
 pub mod tabular;
@@ -59,11 +60,13 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{
-    CamClass, CamMethod, ClassActivationMaps, DenseBlock, DenseLayer, DenseMlp, DenseNet, FeatureInfo, Stage,
-    Stem, Transition,
+    CamClass, CamMethod, ClassActivationMaps, DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stage, Stem,
+    Transition,
 };
 pub use plan::{StagePlan, TransitionPlan};
+pub use registry::Variant;
 pub use spec::VariantSpec;
+pub use tabular::DenseMlp;
 
 /// The README's examples, run as doc tests (`cargo test --doc`).
 #[cfg(doctest)]

@@ -103,6 +103,29 @@ pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> R
     })
 }
 
+/// The kind of model in the file at `path`, from its safetensors header alone (the tensors are
+/// not read); `None` for a file that is not safetensors, or cannot be read.
+pub fn kind_of_file(path: &Path) -> Option<super::ModelKind> {
+    let read = || -> std::io::Result<Option<HashMap<String, String>>> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut size = [0u8; 8];
+        file.read_exact(&mut size)?;
+        // safetensors' own limit on a header.
+        let size = u64::from_le_bytes(size).min(100_000_000);
+        let mut header = Vec::new();
+        file.take(size).read_to_end(&mut header)?;
+        let header: serde_json::Value = serde_json::from_slice(&header).map_err(std::io::Error::other)?;
+        let metadata = header.get("__metadata__").cloned().unwrap_or_default();
+        Ok(serde_json::from_value(metadata).ok())
+    };
+    match read() {
+        Ok(Some(metadata)) => Some(super::ModelKind::of(&metadata)),
+        Ok(None) => Some(super::ModelKind::Image),
+        Err(_) => None,
+    }
+}
+
 /// Writes tensors and metadata as safetensors, atomically: a temporary file in the same folder,
 /// flushed to disk, then renamed over `path`. A failure leaves any previous file intact.
 pub fn write_safetensors(

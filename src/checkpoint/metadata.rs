@@ -12,6 +12,41 @@ const CLASSES: &str = "densenet_zoo.classes";
 const PREPROCESS: &str = "densenet_zoo.preprocess";
 const VERSION: &str = "densenet_zoo.version";
 const TRAINING: &str = "densenet_zoo.training";
+/// Which kind of model a file holds: `image` or `tabular`.
+const KIND: &str = "densenet_zoo.kind";
+/// The spec of a tabular net; before [`KIND`] was written, its presence marked such a file.
+pub const TABULAR_SPEC: &str = "densenet_zoo.tabular_spec";
+
+/// The kind of model a checkpoint written by this crate holds, as its metadata says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A DenseNet for images (and any file this crate did not write).
+    Image,
+    /// A net for tabular data, with its preprocessing.
+    Tabular,
+}
+
+impl ModelKind {
+    /// The kind `metadata` (a safetensors `__metadata__`) records; files written before the
+    /// kind was recorded are told apart by the tabular spec, which only tabular files hold.
+    pub fn of(metadata: &HashMap<String, String>) -> Self {
+        match metadata.get(KIND).map(String::as_str) {
+            Some("tabular") => Self::Tabular,
+            Some(_) => Self::Image,
+            None if metadata.contains_key(TABULAR_SPEC) => Self::Tabular,
+            None => Self::Image,
+        }
+    }
+
+    /// Records the kind in `metadata`.
+    pub fn record(self, metadata: &mut HashMap<String, String>) {
+        let name = match self {
+            Self::Image => "image",
+            Self::Tabular => "tabular",
+        };
+        metadata.insert(KIND.to_string(), name.to_string());
+    }
+}
 
 /// The preprocessing recorded for other tools: resize, crop, mean, std and channels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +114,7 @@ impl Metadata {
         if let Some(training) = &self.training {
             map.insert(TRAINING.to_string(), training.to_string());
         }
+        ModelKind::Image.record(&mut map);
         map
     }
 
@@ -117,4 +153,33 @@ impl Metadata {
 
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("metadata values serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_read_from_the_key_and_from_files_written_before_it() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(ModelKind::of(&map(&[(KIND, "tabular")])), ModelKind::Tabular);
+        assert_eq!(
+            ModelKind::of(&map(&[(KIND, "image"), (SPEC, "{}")])),
+            ModelKind::Image
+        );
+        // Before the kind was written: a tabular spec marks a tabular file; anything else,
+        // our image checkpoints, timm's files with no metadata, is an image model.
+        assert_eq!(ModelKind::of(&map(&[(TABULAR_SPEC, "{}")])), ModelKind::Tabular);
+        assert_eq!(ModelKind::of(&map(&[(SPEC, "{}")])), ModelKind::Image);
+        assert_eq!(ModelKind::of(&map(&[])), ModelKind::Image);
+        let mut written = Metadata::for_spec(&VariantSpec::resolve("d2l").unwrap()).to_map();
+        assert_eq!(ModelKind::of(&written), ModelKind::Image);
+        ModelKind::Tabular.record(&mut written);
+        assert_eq!(ModelKind::of(&written), ModelKind::Tabular);
+    }
 }

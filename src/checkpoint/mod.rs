@@ -31,8 +31,8 @@ pub use adapt::{adapt, adapt_input_conv};
 pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
 pub(crate) use expected::record_tensors;
 pub use expected::{expected_tensors, expected_tensors_with_init, is_buffer, TensorSpec};
-pub use file::{write_safetensors, write_safetensors_with};
-pub use metadata::{Metadata, PreprocessRecord};
+pub use file::{kind_of_file, write_safetensors, write_safetensors_with};
+pub use metadata::{Metadata, ModelKind, PreprocessRecord, TABULAR_SPEC};
 pub use names::{canonical_to_d2l, canonical_to_d2l_current, to_canonical, Canonical, NamingScheme};
 pub use pth::StateDictKey;
 
@@ -107,7 +107,7 @@ impl Checkpoint {
     }
 
     fn from_raw(origin: String, raw: file::RawCheckpoint) -> Result<Self> {
-        if raw.header.as_ref().is_some_and(crate::tabular::is_tabular) {
+        if raw.header.as_ref().map(ModelKind::of) == Some(ModelKind::Tabular) {
             return Err(Error::Checkpoint {
                 path: origin,
                 message: "a tabular model, for rows of CSV files, not images: `densenet-zoo infer \

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use densenet_zoo::bench::{bench, BenchConfig, BenchMode, DataBench};
 use densenet_zoo::data::Augment;
 use densenet_zoo::device::parse_device;
-use densenet_zoo::VariantSpec;
+use densenet_zoo::Variant;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let spec = VariantSpec::resolve(&args.variant)?;
+    let spec = Variant::resolve_image(&args.variant)?;
     anyhow::ensure!(
         args.freeze.is_none() || args.mode == BenchMode::Train,
         "--freeze is for --mode train"

@@ -43,6 +43,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
+    // A tabular net is refused as such before the file is read.
+    if let Some(v) = &args.variant {
+        densenet_zoo::Variant::resolve_image(v)?;
+    }
     let mut ckpt = Checkpoint::open_with(&args.weights, &device, &args.state_dict.key())?;
     let spec = ckpt.spec(args.variant.as_deref())?;
     for notice in &ckpt.notices {

@@ -38,6 +38,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     densenet_zoo::output::check_file(&args.out)?;
+    // A tabular net is refused as such before the file is read.
+    if let Some(v) = &args.variant {
+        densenet_zoo::Variant::resolve_image(v)?;
+    }
     let mut ckpt = Checkpoint::open_with(&args.weights, &Device::Cpu, &args.state_dict.key())?;
     let spec = ckpt.spec(args.variant.as_deref())?;
     let adapted = ckpt.adapt(&spec, false)?;

@@ -1,6 +1,6 @@
 //! `densenet-zoo summary`: shapes, parameters and multiply-adds per stage.
 
-use densenet_zoo::{summary::summarize, VariantSpec};
+use densenet_zoo::{summary::summarize, Variant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let spec = VariantSpec::resolve(&args.variant)?;
+    let spec = Variant::resolve_image(&args.variant)?;
     let summary = summarize(&spec, args.input_size.unwrap_or(spec.input_size()))?;
     if args.json {
         out!("{}", serde_json::to_string(&summary)?)?;

@@ -11,7 +11,7 @@ use densenet_zoo::tabular::{ColumnOptions, MlpSpec};
 use densenet_zoo::train::{
     self, saved_config, EpochMetrics, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig,
 };
-use densenet_zoo::VariantSpec;
+use densenet_zoo::Variant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
@@ -219,7 +219,7 @@ fn refuse_tabular_input(args: &Args) -> anyhow::Result<()> {
     let given: Vec<&str> = tabular_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     let variant = args.variant.as_deref().unwrap_or("d2l");
     // A misspelt name or a broken spec file says so before anything else.
-    VariantSpec::resolve(variant)?;
+    Variant::resolve_image(variant)?;
     anyhow::ensure!(
         given.is_empty(),
         "{} {} for tabular variants (dense-mlp, plain-mlp, linear-regression), not {variant}",
@@ -331,7 +331,7 @@ fn train_images(
         let mut config = saved_config(&args.out)?;
         if let Some(v) = &args.variant {
             anyhow::ensure!(
-                VariantSpec::resolve(v)?.name == config.spec.name,
+                Variant::resolve_image(v)?.name == config.spec.name,
                 "--resume: {} was trained as {}, not {v}",
                 args.out.display(),
                 config.spec.name
@@ -351,7 +351,7 @@ fn train_images(
         override_with(&mut config, &args);
         config
     } else {
-        let mut spec = VariantSpec::resolve(args.variant.as_deref().unwrap_or("d2l"))?;
+        let mut spec = Variant::resolve_image(args.variant.as_deref().unwrap_or("d2l"))?;
         if let Some(pool) = args.transition_pool {
             let own = spec.architecture.transition_pool;
             if pool != own && !own.is_avg() {

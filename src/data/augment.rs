@@ -1,64 +1,11 @@
-//! The training augmentations, as `--augment` names them, and the random draws they make.
+//! The training augmentations ([`Augment`], from the spec's vocabulary) and the random draws
+//! they make.
+
+pub use crate::spec::Augment;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use serde::{Deserialize, Serialize};
-
-/// The augmentation of training samples (`--augment`); evaluation never augments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Augment {
-    /// None: the evaluation transform (resize, centre crop).
-    #[cfg_attr(feature = "cli", value(alias = "false"))]
-    None,
-    /// The CIFAR recipe (Huang et al. 2017, 4.1, after He et al. 2016): the image as evaluated,
-    /// padded with 4 zero pixels, a random crop back to its size, and a horizontal flip with
-    /// probability ½.
-    #[cfg_attr(feature = "cli", value(alias = "true"))]
-    CropFlip,
-    /// torchvision's ImageNet reference recipe: `RandomResizedCrop(size, scale=(0.08, 1),
-    /// ratio=(3/4, 4/3))`, bilinear, then `RandomHorizontalFlip()`.
-    Imagenet,
-    /// The paper's code, fb.resnet.torch: the ImageNet recipe, plus colour jitter (brightness,
-    /// contrast and saturation factors in [0.6, 1.4], in random order) and AlexNet's PCA
-    /// lighting noise (σ 0.1, ImageNet's eigenvalues) before normalisation.
-    Fb,
-}
-
-/// Older files wrote `"augment": true` (the crop and flip) or `false`; both still read.
-impl<'de> Deserialize<'de> for Augment {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Written {
-            Flag(bool),
-            Name(String),
-        }
-        match Written::deserialize(deserializer)? {
-            Written::Flag(true) => Ok(Augment::CropFlip),
-            Written::Flag(false) => Ok(Augment::None),
-            Written::Name(name) => match name.as_str() {
-                "none" => Ok(Augment::None),
-                "crop-flip" => Ok(Augment::CropFlip),
-                "imagenet" => Ok(Augment::Imagenet),
-                "fb" => Ok(Augment::Fb),
-                other => Err(serde::de::Error::custom(format!(
-                    "unknown augmentation `{other}`: expected none, crop-flip, imagenet or fb"
-                ))),
-            },
-        }
-    }
-}
-
-impl Augment {
-    /// True when the sample is cropped at a random place and scale from the whole image,
-    /// rather than from the evaluation transform's output.
-    pub fn resizes_crops(self) -> bool {
-        matches!(self, Augment::Imagenet | Augment::Fb)
-    }
-}
 
 /// The generator of one sample's random draws: a function of the run's seed, the epoch and the
 /// sample's position in the epoch's order, and of nothing else (not the batch, not the

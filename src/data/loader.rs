@@ -7,7 +7,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::augment::sample_rng;
-use super::{data_error, Dataset, Samples, Transform};
+use super::{data_error, shard, Dataset, Samples, Shard, Transform};
 use crate::error::{Error, Result};
 
 /// A sample, or the file it came from and why it could not be used.
@@ -42,28 +42,6 @@ pub struct LoaderOptions {
     /// The part of each batch this loader makes (data-parallel training); the default, whole
     /// batches.
     pub shard: Shard,
-}
-
-/// Rank `rank` of `world_size` processes: a loader makes rows
-/// [`crate::distributed::shard`]`(len, rank, world_size)` of each batch of `len` samples, so
-/// that the ranks' batches together are the one process's batch, each sample drawn as there
-/// (its random draws come from its position in the epoch). A rank's batch may be empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// This process's rank, below `world_size`.
-    pub rank: usize,
-    /// Number of processes.
-    pub world_size: usize,
-}
-
-impl Default for Shard {
-    /// One process: whole batches.
-    fn default() -> Self {
-        Self {
-            rank: 0,
-            world_size: 1,
-        }
-    }
 }
 
 impl Default for LoaderOptions {
@@ -161,7 +139,7 @@ impl Loader {
         let (mut jobs, mut batch_ends) = (Vec::new(), Vec::new());
         let first = (options.first_batch * batch_size).min(order.len());
         for start in (first..order.len()).step_by(batch_size) {
-            let rows = crate::distributed::shard(batch_size.min(order.len() - start), rank, world_size);
+            let rows = shard(batch_size.min(order.len() - start), rank, world_size);
             jobs.extend((start + rows.start..start + rows.end).map(|position| Job {
                 index: order[position],
                 position,

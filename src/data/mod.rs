@@ -14,13 +14,15 @@ mod dataset;
 mod folder;
 pub mod idx;
 mod loader;
+mod shard;
 mod transforms;
 
 pub use augment::Augment;
 pub use dataset::{Dataset, Samples, Split};
 pub use folder::{has_image_extension, image_folder, images_under, is_image_folder, IMAGE_EXTENSIONS};
-pub use loader::{Batch, Loader, LoaderOptions, Shard};
-pub use transforms::{resized_crop, Transform};
+pub use loader::{Batch, Loader, LoaderOptions};
+pub use shard::{shard, Shard};
+pub use transforms::{eval_transform, resized_crop, Transform};
 
 use std::path::Path;
 

@@ -4,6 +4,7 @@ use image::{imageops, imageops::FilterType, DynamicImage, GenericImageView};
 use rand::Rng;
 
 use super::augment::{random_resized_crop_box, Augment, ColorNoise, CropBox};
+use crate::spec::VariantSpec;
 
 /// Padding of the CIFAR recipe's random crop, in pixels.
 const CROP_FLIP_PAD: usize = 4;
@@ -325,5 +326,17 @@ fn convert_channels(pixels: &[u8], from: usize, to: usize, plane: usize) -> std:
                 .collect(),
         ),
         _ => std::borrow::Cow::Borrowed(pixels),
+    }
+}
+
+/// The inference preprocessing of `spec`: torchvision's resize, centre crop and normalisation.
+pub fn eval_transform(spec: &VariantSpec) -> Transform {
+    Transform {
+        size: spec.pretrained_cfg.preprocess.crop,
+        resize: spec.pretrained_cfg.preprocess.resize,
+        channels: spec.architecture.in_channels,
+        mean: spec.pretrained_cfg.preprocess.mean.clone(),
+        std: spec.pretrained_cfg.preprocess.std.clone(),
+        augment: Augment::None,
     }
 }

@@ -8,7 +8,6 @@
 //! divided by the world size; batch norm uses each rank's own batch statistics, or with
 //! [`Collective::batch_norm_group`] those of the whole batch (PyTorch's `SyncBatchNorm`).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
@@ -108,12 +107,7 @@ pub fn local_world_size() -> Option<usize> {
     .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
-/// The rows of a global batch of `len` examples that `rank` of `world_size` takes: contiguous
-/// parts whose sizes differ by at most one, in rank order, so that the ranks' shards together
-/// are the batch, without overlap.
-pub fn shard(len: usize, rank: usize, world_size: usize) -> Range<usize> {
-    rank * len / world_size..(rank + 1) * len / world_size
-}
+pub use crate::data::shard;
 
 /// Flat buffers of `tensors` (in order), one per dtype, and their element counts.
 fn flatten(tensors: &[Tensor]) -> Result<(Vec<f32>, Vec<f64>)> {
@@ -210,6 +204,7 @@ pub fn any_rank(collective: &dyn Collective, flag: bool) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Range;
 
     #[test]
     fn shards_partition_a_batch_in_rank_order() {

@@ -3,7 +3,6 @@
 
 mod block;
 mod cam;
-mod dense_mlp;
 mod densenet;
 mod freeze;
 mod layer;
@@ -13,7 +12,6 @@ mod transition;
 
 pub use block::DenseBlock;
 pub use cam::{CamClass, CamMethod, ClassActivationMaps};
-pub use dense_mlp::DenseMlp;
 pub use densenet::{DenseNet, FeatureInfo, Stage};
 pub use layer::DenseLayer;
 pub use norm_relu_conv::NormReluConv;

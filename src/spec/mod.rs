@@ -15,11 +15,13 @@ mod architecture;
 mod file;
 mod pretrained_cfg;
 mod recipe;
+mod vocabulary;
 
 pub(crate) use architecture::check_sizes;
 pub use architecture::{Architecture, LayerKind, StemKind, TransitionPool};
 pub use pretrained_cfg::{Preprocess, PretrainedCfg, Reference};
 pub use recipe::Recipe;
+pub use vocabulary::{Augment, OptimizerKind, ScheduleKind};
 
 /// The variants that ship with the crate, as `(file name, JSON text)`.
 const BUILTIN: &[(&str, &str)] = &[
@@ -106,8 +108,9 @@ impl VariantSpec {
             .collect()
     }
 
-    /// Resolves `--variant`: a built-in name or alias (`121`, `densenet121`, `d2l`, `bc-100-12`),
-    /// or else a path to a JSON spec file.
+    /// Resolves a variant: a built-in name or alias (`121`, `densenet121`, `d2l`, `bc-100-12`),
+    /// or else a path to a JSON spec file. Image variants only: [`crate::Variant::resolve`]
+    /// knows the tabular nets too, and names them when an image variant is asked for.
     pub fn resolve(name_or_path: &str) -> Result<Self> {
         let wanted = name_or_path.to_ascii_lowercase();
         let builtin = Self::builtin();
@@ -117,37 +120,13 @@ impl VariantSpec {
         {
             return Ok(spec.clone());
         }
-        let tabular = match crate::tabular::MlpSpec::find_builtin(name_or_path) {
-            Some(spec) => Some(format!("{} (embedded)", spec.name)),
-            None => crate::tabular::MlpSpec::resolve(name_or_path)
-                .ok()
-                .flatten()
-                .map(|_| name_or_path.to_string()),
-        };
-        if let Some(origin) = tabular {
-            return Err(Error::Spec {
-                origin,
-                message: "a net for tabular data, not images: `train --variant NAME --data FILE.csv \
-                          --target COLUMN` trains it and `infer FILE.csv --weights MODEL` predicts \
-                          with it; other commands take image variants"
-                    .into(),
-            });
-        }
         let path = Path::new(name_or_path);
         if path.exists() {
             return Self::from_file(path);
         }
         Err(Error::UnknownVariant {
             name: name_or_path.to_string(),
-            known: builtin
-                .iter()
-                .map(|s| s.name.clone())
-                .chain(
-                    crate::tabular::MlpSpec::builtin()
-                        .into_iter()
-                        .map(|s| format!("{} (tabular)", s.name)),
-                )
-                .collect(),
+            known: builtin.iter().map(|s| s.name.clone()).collect(),
         })
     }
 

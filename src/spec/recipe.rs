@@ -19,14 +19,14 @@ pub struct Recipe {
     /// L2 weight decay on every parameter (never on batch-norm running statistics).
     pub weight_decay: f64,
     /// Learning-rate schedule.
-    pub schedule: crate::train::ScheduleKind,
+    pub schedule: super::ScheduleKind,
     /// Fractions of the run at which the step schedule divides the rate by 10.
     pub milestones: Vec<f64>,
     /// Update rule.
-    pub optimizer: crate::train::OptimizerKind,
+    pub optimizer: super::OptimizerKind,
     /// The augmentation of training samples (`true` and `false` in older files read as
     /// `crop-flip` and `none`).
-    pub augment: crate::data::Augment,
+    pub augment: super::Augment,
     /// ε of label smoothing, as `torch.nn.CrossEntropyLoss(label_smoothing=ε)`: the target is
     /// 1 − ε on the class and ε/K spread over all K classes. Written only when not 0.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -88,10 +88,10 @@ impl Default for Recipe {
             momentum: 0.9,
             nesterov: true,
             weight_decay: 1e-4,
-            schedule: crate::train::ScheduleKind::Step,
+            schedule: super::ScheduleKind::Step,
             milestones: vec![0.5, 0.75],
-            optimizer: crate::train::OptimizerKind::Sgd,
-            augment: crate::data::Augment::CropFlip,
+            optimizer: super::OptimizerKind::Sgd,
+            augment: super::Augment::CropFlip,
             label_smoothing: 0.0,
             source: "Huang et al. 2017, 3.4".into(),
         }

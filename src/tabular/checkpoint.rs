@@ -10,12 +10,10 @@ use candle_nn::VarBuilder;
 
 use super::preprocess::Preprocessor;
 use super::spec::MlpSpec;
-use crate::checkpoint::{varmap_tensors, write_safetensors_with};
+use super::DenseMlp;
+use crate::checkpoint::{kind_of_file, varmap_tensors, write_safetensors_with, ModelKind, TABULAR_SPEC};
 use crate::error::{Error, Result};
-use crate::model::DenseMlp;
 
-/// The metadata key of the spec; its presence marks a tabular checkpoint.
-pub const SPEC_KEY: &str = "densenet_zoo.tabular_spec";
 const PREPROCESS_KEY: &str = "densenet_zoo.tabular_preprocess";
 const VERSION_KEY: &str = "densenet_zoo.version";
 const TRAINING_KEY: &str = "densenet_zoo.training";
@@ -34,26 +32,13 @@ pub struct TabularModel {
 
 /// True when the safetensors `__metadata__` is a tabular checkpoint's.
 pub fn is_tabular(metadata: &HashMap<String, String>) -> bool {
-    metadata.contains_key(SPEC_KEY)
+    ModelKind::of(metadata) == ModelKind::Tabular
 }
 
 /// True when `path` is a safetensors file whose metadata is a tabular checkpoint's; reads only
 /// the header. False for anything else (an image model, a `.pth`, no such file).
 pub fn is_tabular_file(path: &Path) -> bool {
-    let read = || -> std::io::Result<bool> {
-        let mut file = std::fs::File::open(path)?;
-        let mut size = [0u8; 8];
-        std::io::Read::read_exact(&mut file, &mut size)?;
-        let size = u64::from_le_bytes(size);
-        if size > 100_000_000 {
-            return Ok(false);
-        }
-        let mut header = vec![0u8; size as usize];
-        std::io::Read::read_exact(&mut file, &mut header)?;
-        let header: serde_json::Value = serde_json::from_slice(&header).map_err(std::io::Error::other)?;
-        Ok(header.get("__metadata__").and_then(|m| m.get(SPEC_KEY)).is_some())
-    };
-    read().unwrap_or(false)
+    kind_of_file(path) == Some(ModelKind::Tabular)
 }
 
 /// Writes `tensors` of a net of `spec` with its `preprocessor` and `training` facts to `path`,
@@ -68,8 +53,8 @@ pub fn save(
     let mut tensors: Vec<(String, Tensor)> = varmap_tensors(varmap).into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let json = |v: serde_json::Result<String>| v.expect("specs and preprocessors serialise");
-    let metadata = HashMap::from([
-        (SPEC_KEY.to_string(), json(serde_json::to_string(spec))),
+    let mut metadata = HashMap::from([
+        (TABULAR_SPEC.to_string(), json(serde_json::to_string(spec))),
         (
             PREPROCESS_KEY.to_string(),
             json(serde_json::to_string(preprocessor)),
@@ -77,6 +62,7 @@ pub fn save(
         (VERSION_KEY.to_string(), env!("CARGO_PKG_VERSION").to_string()),
         (TRAINING_KEY.to_string(), training.to_string()),
     ]);
+    ModelKind::Tabular.record(&mut metadata);
     write_safetensors_with(path, &tensors, Some(metadata))
 }
 
@@ -99,7 +85,7 @@ impl TabularModel {
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         let metadata = header.metadata().clone().unwrap_or_default();
-        let Some(spec_json) = metadata.get(SPEC_KEY) else {
+        let Some(spec_json) = metadata.get(TABULAR_SPEC) else {
             return Err(bad(
                 "not a tabular model (no tabular spec in its metadata): a CSV is predicted by a \
                  checkpoint of `train --variant dense-mlp --data FILE.csv`"

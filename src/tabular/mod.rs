@@ -3,16 +3,18 @@
 //!
 //! A CSV file ([`CsvTable`]) → its columns' roles and kinds ([`Schema`]) → the book's
 //! preprocessing fitted on a training split ([`Preprocessor`]) → a net built from an
-//! [`MlpSpec`] ([`crate::DenseMlp`]) trained on the log target ([`fit`]) and scored by k-fold
+//! [`MlpSpec`] ([`DenseMlp`]) trained on the log target ([`fit`]) and scored by k-fold
 //! log-RMSE ([`cross_validate`]) → a checkpoint with its preprocessing ([`TabularModel`]).
 
 mod checkpoint;
+mod dense_mlp;
 mod fit;
 mod preprocess;
 mod spec;
 mod table;
 
 pub use checkpoint::{is_tabular, is_tabular_file, save, TabularModel};
+pub use dense_mlp::DenseMlp;
 pub use fit::{
     cross_validate, fit, fold_rows, log_rmse, predict_log, CrossValidation, FitOptions, FittedModel,
     FoldResult,

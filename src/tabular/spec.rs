@@ -190,3 +190,15 @@ impl MlpSpec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_runs_of_every_tabular_recipe_train_their_first_epoch_at_the_full_rate() {
+        for spec in MlpSpec::builtin() {
+            crate::train::assert_short_runs_start_at_the_full_rate(&spec.name, &spec.recipe);
+        }
+    }
+}

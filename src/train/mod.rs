@@ -18,5 +18,7 @@ pub use metrics::EpochMetrics;
 pub use optim::{Optimizer, OptimizerKind};
 pub use plot::curves_svg;
 pub use run_lock::{RunLock, LOCK_FILE};
+#[cfg(test)]
+pub(crate) use schedule::assert_short_runs_start_at_the_full_rate;
 pub use schedule::{Milestone, Schedule, ScheduleKind};
 pub use trainer::{last_checkpoint, saved_config, train, Observer, Outcome, Start, TrainConfig, Trainer};

@@ -10,16 +10,7 @@ use candle_nn::VarMap;
 use crate::checkpoint::is_buffer;
 use crate::error::Result;
 
-/// Which update rule.
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// SGD: momentum, optional Nesterov, L2 weight decay, as `torch.optim.SGD`.
-    Sgd,
-    /// AdamW: decoupled weight decay, as `torch.optim.AdamW` (β = 0.9, 0.999, ε = 1e-8).
-    Adamw,
-}
+pub use crate::spec::OptimizerKind;
 
 /// An optimiser over a model's parameters (never its batch-norm running statistics).
 pub struct Optimizer {

@@ -875,7 +875,7 @@ fn train_transform(config: &TrainConfig) -> Transform {
 fn eval_transform(config: &TrainConfig) -> Transform {
     let mut spec = config.spec.clone();
     spec.set_input_size(config.image_size);
-    crate::infer::eval_transform(&spec)
+    crate::data::eval_transform(&spec)
 }
 
 /// Trains as `config` says to the end of the recipe ([`Trainer`]), or until `stop` is set

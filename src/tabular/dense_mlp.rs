@@ -13,10 +13,10 @@
 use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use super::{Connectivity, MlpSpec};
 use crate::checkpoint::{is_buffer, record_tensors, TensorSpec};
 use crate::error::{Error, Result};
 use crate::ops::{BatchNorm2d, Mode};
-use crate::tabular::{Connectivity, MlpSpec};
 use crate::train::init::varmap_from;
 
 /// linear → batch norm → ReLU: every hidden layer of these nets.
