@@ -66,6 +66,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A setting that cannot be used, named as the library names it (`batch_size`,
+    /// `num_classes`, `freeze`), with its value and why. The library's messages name settings
+    /// so, in backticks, and a command line maps them to its flags.
+    #[error("`{field}`{} {message}", if value.is_empty() { String::new() } else { format!(" {value}") })]
+    Setting {
+        /// The field, as in [`crate::train::TrainConfig`] and its recipe.
+        field: String,
+        /// Its value, as given; empty for a switch.
+        value: String,
+        /// Why it cannot be used, and what would do.
+        message: String,
+    },
+
     /// A data set file or folder is malformed.
     #[error("data {}: {message}", path.display())]
     Data {

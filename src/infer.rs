@@ -90,7 +90,7 @@ pub fn load_with(
                 None => {
                     return Err(Error::Checkpoint {
                         path: spec.name.clone(),
-                        message: "has no published pretrained weights: pass --weights".into(),
+                        message: "has no published pretrained weights: pass `weights`".into(),
                     })
                 }
             }

@@ -23,11 +23,12 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The error and its causes, each once: a cause whose text the message already holds (the
-/// library's errors quote their source) is not repeated.
+/// library's errors quote their source) is not repeated; the settings they name are named by
+/// their flags.
 fn message_of(error: &anyhow::Error) -> String {
-    let mut message = error.to_string();
+    let mut message = cli::with_flags(&error.to_string());
     for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
+        let cause = cli::with_flags(&cause.to_string());
         if !message.contains(&cause) {
             message.push_str(": ");
             message.push_str(&cause);

@@ -8,6 +8,7 @@ use crate::tabular::MlpSpec;
 
 /// A variant of either kind.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // resolved once per command: no collection of these
 pub enum Variant {
     /// A DenseNet for images.
     Image(VariantSpec),

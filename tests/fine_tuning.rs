@@ -195,7 +195,8 @@ fn freezing_is_refused_without_weights_and_for_a_level_the_net_lacks() {
     ];
     let run = zoo(&[&base[..], &["--freeze", "block1"]].concat());
     assert!(
-        stderr(&run).contains("freezing keeps loaded weights as they are, and this run starts from new ones"),
+        stderr(&run)
+            .contains("--freeze block1 keeps what was loaded as it is, and this run starts from new weights"),
         "{}",
         stderr(&run)
     );

@@ -461,7 +461,8 @@ fn numbers_out_of_range_are_refused_by_flag() {
     ] {
         refused_flag(args, want);
     }
-    // In range for the flag, but not for the run: the library's check names the field.
+    // In range for the flag, but not for the run: the library's check names the field, and
+    // the command line its flag.
     let data = slice_of_fashion_mnist("warmup", 64, 16);
     let out = data.join("run");
     refused_flag(
@@ -476,7 +477,7 @@ fn numbers_out_of_range_are_refused_by_flag() {
             "--out",
             out.to_str().unwrap(),
         ],
-        "warmup_epochs 2 leaves no epoch of the 2 at the full learning rate",
+        "--warmup-epochs 2 leaves no epoch of the 2 at the full learning rate",
     );
     std::fs::remove_dir_all(&data).unwrap();
     // More classes than the model has: all are shown, and said.

@@ -110,8 +110,8 @@ impl Checkpoint {
         if raw.header.as_ref().map(ModelKind::of) == Some(ModelKind::Tabular) {
             return Err(Error::Checkpoint {
                 path: origin,
-                message: "a tabular model, for rows of CSV files, not images: `densenet-zoo infer \
-                          FILE.csv --weights THIS` predicts with it"
+                message: "a tabular model, for rows of CSV files, not images: it predicts the rows \
+                          of CSV files"
                     .into(),
             });
         }

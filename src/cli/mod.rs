@@ -10,12 +10,14 @@ macro_rules! out {
     };
 }
 
-/// Prints one line to standard error: notes and progress, unless [`quiet`] was called. A
-/// failed write is ignored: there is nowhere left to report it.
+/// Prints one line to standard error: notes and progress, unless [`quiet`] was called; the
+/// settings the library's notes name are named by their flags ([`with_flags`]). A failed
+/// write is ignored: there is nowhere left to report it.
 macro_rules! say {
     ($($arg:tt)*) => {{
         if !$crate::cli::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = $crate::cli::write_line(&mut std::io::stderr().lock(), format_args!($($arg)*));
+            let line = $crate::cli::with_flags(&format!($($arg)*));
+            let _ = $crate::cli::write_line(&mut std::io::stderr().lock(), format_args!("{line}"));
         }
     }};
 }
@@ -141,6 +143,33 @@ pub fn positive(text: &str) -> Result<f64, String> {
         v if v > 0.0 => Ok(v),
         v => Err(format!("must be more than 0, found {v}")),
     }
+}
+
+/// The library's settings, as its messages name them (in backticks), and their flags.
+const FLAGS: &[(&str, &str)] = &[
+    ("batch_size", "--batch-size"),
+    ("categorical", "--categorical"),
+    ("class_names", "--labels"),
+    ("epochs", "--epochs"),
+    ("freeze", "--freeze"),
+    ("id_column", "--id-column"),
+    ("image_size", "--image-size"),
+    ("lr", "--lr"),
+    ("num_classes", "--num-classes"),
+    ("sync_batch_norm", "--sync-bn"),
+    ("transition_pool", "--transition-pool"),
+    ("warmup_epochs", "--warmup-epochs"),
+    ("weights", "--weights"),
+];
+
+/// A message of the library as the command line says it: each setting it names in backticks
+/// (`batch_size`) becomes its flag (--batch-size).
+pub fn with_flags(text: &str) -> String {
+    let mut out = text.to_string();
+    for (field, flag) in FLAGS {
+        out = out.replace(&format!("`{field}`"), flag);
+    }
+    out
 }
 
 /// Writes `args` and a newline to `to`, flushed.

@@ -18,8 +18,10 @@ pub use crate::ops::BatchNormGroup;
 
 #[cfg(feature = "mpi")]
 mod mpi_backend;
+mod replicas;
 #[cfg(feature = "mpi")]
 pub use mpi_backend::Mpi;
+pub(crate) use replicas::{check_same_weights, sorted_variables, sum_over_ranks};
 
 /// Values to reduce or broadcast in place: the dtypes a model's tensors have.
 #[derive(Debug)]

@@ -87,8 +87,8 @@ impl TabularModel {
         let metadata = header.metadata().clone().unwrap_or_default();
         let Some(spec_json) = metadata.get(TABULAR_SPEC) else {
             return Err(bad(
-                "not a tabular model (no tabular spec in its metadata): a CSV is predicted by a \
-                 checkpoint of `train --variant dense-mlp --data FILE.csv`"
+                "not a tabular model (no tabular spec in its metadata): a CSV file is predicted by \
+                 a tabular net (dense-mlp, plain-mlp, linear-regression) trained on such a file"
                     .into(),
             ));
         };

@@ -43,10 +43,10 @@ pub enum ColumnKind {
 pub struct ColumnOptions {
     /// The column to predict (`--target`).
     pub target: String,
-    /// The identifier column (`--id-column`); when `None`, a column called `id` (any case) is
+    /// The identifier column; when `None`, a column called `id` (any case) is
     /// taken as one, with a note.
     pub id_column: Option<String>,
-    /// Columns to one-hot encode even though they hold numbers (`--categorical`).
+    /// Columns to one-hot encode even though they hold numbers.
     pub categorical: Vec<String>,
 }
 
@@ -56,7 +56,7 @@ impl Schema {
     /// the options say so. Notes what was decided that a user might not expect.
     ///
     /// # Errors
-    /// [`Error::Csv`]: a target, identifier or `--categorical` column the header lacks; a
+    /// [`Error::Csv`]: a target, identifier or categorical column the header lacks; a
     /// column of mostly numbers with a value that is not one (its line and value, and how to
     /// say the column is categorical).
     pub fn infer(table: &CsvTable, options: &ColumnOptions) -> Result<(Self, Vec<String>)> {
@@ -64,13 +64,13 @@ impl Schema {
         table.require_column(&options.target, "target")?;
         let id_column = match &options.id_column {
             Some(id) => {
-                table.require_column(id, "--id-column")?;
+                table.require_column(id, "`id_column`")?;
                 if *id == options.target {
                     return Err(Error::Csv {
                         path: table.path.clone(),
                         line: Some(1),
                         column: Some(id.clone()),
-                        message: "--id-column names the target column: name the rows' identifier".into(),
+                        message: "`id_column` names the target column: name the rows' identifier".into(),
                     });
                 }
                 Some(id.clone())
@@ -87,7 +87,7 @@ impl Schema {
                         line: Some(1),
                         column: None,
                         message: format!(
-                            "columns {} could each be the rows' identifier: pass --id-column",
+                            "columns {} could each be the rows' identifier: name one with `id_column`",
                             found
                                 .iter()
                                 .map(|c| format!("`{c}`"))
@@ -100,7 +100,7 @@ impl Schema {
                 if let Some(id) = &found {
                     notes.push(format!(
                         "column `{id}` is taken as the rows' identifier, not a feature \
-                         (--id-column names another)"
+                         (`id_column` names another)"
                     ));
                 }
                 found
@@ -119,13 +119,13 @@ impl Schema {
             }
         }
         for c in &options.categorical {
-            table.require_column(c, "--categorical")?;
+            table.require_column(c, "`categorical`")?;
             if *c == options.target || Some(c) == id_column.as_ref() {
                 return Err(Error::Csv {
                     path: table.path.clone(),
                     line: Some(1),
                     column: Some(c.clone()),
-                    message: "--categorical names the target or identifier column, not a feature".into(),
+                    message: "`categorical` names the target or identifier column, not a feature".into(),
                 });
             }
         }
@@ -220,7 +220,7 @@ impl Schema {
                 message: format!(
                     "the encoded rows would have {width} inputs, more than the limit of \
                      {MAX_INPUTS}; this column alone has {} categories (an identifier or free \
-                     text? name it with --id-column, or leave it out of the file)",
+                     text? name it with `id_column`, or leave it out of the file)",
                     widest.width() - 1
                 ),
             });
