@@ -6,8 +6,8 @@ use candle_core::{CustomOp3, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use super::batch_norm_group::BatchNormGroup;
-use super::bn_relu_op::{image_stride, BatchStats, BnReluEval, BnReluTrain};
-use super::mode::{cpu_kernels, fused_inference, Mode};
+use super::cpu::{image_stride, BatchStats, BnReluEval, BnReluTrain};
+use super::mode::{KernelPath, Mode};
 
 /// PyTorch's defaults: ε = 1e-5, running statistics updated with momentum 0.1.
 const EPS: f64 = 1e-5;
@@ -106,15 +106,14 @@ impl BatchNorm2d {
     }
 
     /// max(0, batch norm of `x`): what every DenseNet does with a batch norm, (N, C, H, W) →
-    /// (N, C, H, W). On the CPU kernels ([`cpu_kernels`]), one fused op: in training with an
+    /// (N, C, H, W). On the CPU kernels ([`KernelPath`]), one fused op: in training with an
     /// analytical backward, in [`Mode::Inference`] a single pass with no backward; otherwise
     /// [`BatchNorm2d::forward_t`] then ReLU. Same values either way.
     pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        if fused_inference(x, mode) {
-            return self.eval_relu(x);
-        }
-        if !(mode.is_train() && cpu_kernels(x)) {
-            return super::relu(&self.forward_t(x, mode.is_train())?);
+        match KernelPath::of(x, mode) {
+            KernelPath::CpuFused => return self.eval_relu(x),
+            KernelPath::Cpu if mode.is_train() => {}
+            _ => return super::relu(&self.forward_t(x, mode.is_train())?),
         }
         if self.group.is_none() {
             // With a group, the kernel checks the group's batch.

@@ -3,10 +3,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::bn_relu_op::image_stride;
-use super::conv_op::{ConvOp, NormReluConvOp};
-use super::im2col::Window;
-use super::mode::{cpu_kernels, fused_inference, Mode};
+use super::cpu::{image_stride, BiasAdd, ConvOp, NormReluConvOp, Window};
+use super::mode::{KernelPath, Mode};
 use super::BatchNorm2d;
 
 /// A k×k convolution with stride, zero padding and an optional bias.
@@ -91,7 +89,7 @@ impl Conv2d {
     /// `y` (N, out, H', W') plus the bias, if there is one.
     pub(super) fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(b) if cpu_kernels(&y) => y.apply_op2(&b.contiguous()?, super::channel_ops::BiasAdd),
+            Some(b) if KernelPath::of(&y, Mode::Eval).is_cpu() => y.apply_op2(&b.contiguous()?, BiasAdd),
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
@@ -106,12 +104,12 @@ impl Module for Conv2d {
 
 /// conv(max(0, norm(x))), the pre-activation unit: (N, Cin, H, W) → (N, Cout, H', W').
 ///
-/// In [`Mode::Inference`] on the CPU kernels ([`fused_inference`]), one op that applies the
+/// On the fused inference kernels ([`KernelPath::CpuFused`]), one op that applies the
 /// eval-mode norm and ReLU as the convolution reads `x`, with no normalised copy of `x` in
 /// between, reading a channel range of a wider tensor where it lies; otherwise
 /// [`BatchNorm2d::forward_relu`] then the convolution. Same values either way.
 pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, mode: Mode) -> Result<Tensor> {
-    if !fused_inference(x, mode) {
+    if KernelPath::of(x, mode) != KernelPath::CpuFused {
         return conv.forward(&norm.forward_relu(x, mode)?);
     }
     let op = NormReluConvOp {
@@ -129,10 +127,10 @@ pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, mode: Mode)
 
 /// (N, Cin, H, W) ∗ (Cout, Cin, k, k) → (N, Cout, H', W'), without bias.
 ///
-/// On the CPU (f32, f64), our GEMM-per-image kernel with its own backward (`conv_op`);
+/// On the CPU (f32, f64), our GEMM-per-image kernel with its own backward (`cpu::conv`);
 /// elsewhere, candle's `conv2d`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !cpu_kernels(x) {
+    if !KernelPath::of(x, Mode::Eval).is_cpu() {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
     let window = Window {

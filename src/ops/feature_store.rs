@@ -2,9 +2,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::feature_buffer::FeatureBuffer;
-use super::mode::{cpu_kernels, Mode};
-use super::shared_features::SharedFeatures;
+use super::cpu::{FeatureBuffer, SharedFeatures};
+use super::mode::{KernelPath, Mode};
 use super::{norm_relu_conv, BatchNorm2d, Conv2d};
 
 /// A dense block's feature maps, from the block input (N, C0, H, W) to the block output
@@ -50,7 +49,7 @@ impl FeatureStore {
         }
         let storage = match mode {
             Mode::Inference => Storage::Buffer(FeatureBuffer::new(x, total_channels)?),
-            Mode::Train if memory_efficient && cpu_kernels(x) => {
+            Mode::Train if memory_efficient && KernelPath::of(x, mode).is_cpu() => {
                 Storage::Shared(SharedFeatures::new(x, total_channels)?)
             }
             _ => Storage::Concat {

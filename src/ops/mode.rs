@@ -1,4 +1,4 @@
-//! Which mode a forward pass runs in, and whether the fused CPU kernels apply to it.
+//! Which mode a forward pass runs in, and which kernels it runs on ([`KernelPath`]).
 
 use candle_core::{DType, Tensor};
 
@@ -39,14 +39,45 @@ impl Mode {
     }
 }
 
-/// True when our CPU kernels run for `x`: it lies on the CPU in f32 or f64. Elsewhere the ops
-/// compose candle's.
-pub fn cpu_kernels(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+/// Which kernels an op runs: the one decision of the kernel path, from the pass's input (its
+/// device and dtype) and mode. Every op of a forward pass asks it of the tensor it gets, and
+/// since all of them have the input's device and dtype, the whole pass takes one path. The
+/// speed work adds its choices here (instruction set, blocked layout), not at the ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// candle's generic ops, on any device and dtype, with the gradients candle records.
+    Generic,
+    /// Our CPU kernels (f32, f64) with their own backward: training and evaluation.
+    Cpu,
+    /// Our fused CPU inference kernels: batch norm and ReLU applied as the convolution reads,
+    /// dense blocks in one buffer; no graph, whatever their inputs are.
+    CpuFused,
 }
 
-/// True when the fused inference kernels run for `x` in `mode`: inference mode, on the CPU
-/// kernels ([`cpu_kernels`]). They record no graph, whatever their inputs are.
+impl KernelPath {
+    /// The path of an op on `x` in `mode`.
+    pub fn of(x: &Tensor, mode: Mode) -> Self {
+        let ours = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+        match (ours, mode) {
+            (false, _) => Self::Generic,
+            (true, Mode::Inference) => Self::CpuFused,
+            (true, _) => Self::Cpu,
+        }
+    }
+
+    /// True on our CPU kernels, fused or not.
+    pub fn is_cpu(self) -> bool {
+        self != Self::Generic
+    }
+}
+
+/// True when our CPU kernels run for `x`: it lies on the CPU in f32 or f64. Elsewhere the ops
+/// compose candle's ([`KernelPath`]).
+pub fn cpu_kernels(x: &Tensor) -> bool {
+    KernelPath::of(x, Mode::Eval).is_cpu()
+}
+
+/// True when the fused inference kernels run for `x` in `mode` ([`KernelPath::CpuFused`]).
 pub fn fused_inference(x: &Tensor, mode: Mode) -> bool {
-    mode == Mode::Inference && cpu_kernels(x)
+    KernelPath::of(x, mode) == KernelPath::CpuFused
 }

@@ -30,12 +30,13 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::batch_norm::values_per_channel;
-use super::bn_relu_op::{self, BatchStats, BnReluTrain};
-use super::conv_op::{self, ConvOp, Images};
-use super::cpu::{float_kernel, Float};
+use super::bn_relu::{self, BatchStats, BnReluTrain};
+use super::conv::{ConvOp, Images};
+use super::conv_backward;
 use super::im2col::Window;
-use super::{BatchNorm2d, Conv2d};
+use super::{float_kernel, Float};
+use crate::ops::batch_norm::values_per_channel;
+use crate::ops::{BatchNorm2d, Conv2d};
 
 /// What the ops of one block share.
 struct Block {
@@ -318,9 +319,8 @@ impl CustomOp3 for FirstUnit {
             group: self.norm.group.clone(),
         };
         let z = x.apply_op3_no_bwd(&gamma, &beta, &norm)?;
-        let (dz, dw) = conv_op::backward(&z, weight, dy, self.window)?;
-        let (dx, dgamma, dbeta) =
-            bn_relu_op::backward(&x, &gamma, &z, &dz, norm.eps, norm.stats, norm.group)?;
+        let (dz, dw) = conv_backward::backward(&z, weight, dy, self.window)?;
+        let (dx, dgamma, dbeta) = bn_relu::backward(&x, &gamma, &z, &dz, norm.eps, norm.stats, norm.group)?;
         self.block.add_grad(&dx)?;
         Ok((
             Some(token.zeros_like()?),

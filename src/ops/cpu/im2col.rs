@@ -5,7 +5,7 @@
 //! the weight (Cout, C·k·k) times the columns. `fold` is its adjoint: it adds columns back
 //! into an image, summing overlapping taps, which gives the input gradient.
 
-use super::cpu::Float;
+use super::Float;
 
 /// The geometry of a k×k convolution with stride and zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

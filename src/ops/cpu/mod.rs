@@ -1,10 +1,31 @@
-//! What every CPU kernel here shares: contiguous input slices, and running a generic kernel
-//! on f32 or f64 storage.
+//! Our CPU kernels, f32 and f64, each with its own backward where training needs one: the
+//! convolution by GEMMs (forward, backward), batch norm + ReLU, per-channel ops, the max
+//! pool, `im2col`, and the dense block's buffers (memory-efficient training, inference).
+//! The public ops in [`crate::ops`] call them on [`KernelPath::Cpu`](super::KernelPath) and
+//! `CpuFused`. Here too is what every kernel shares: contiguous input slices, and running a
+//! generic kernel on f32 or f64 storage.
+
+mod bn_relu;
+mod channel_ops;
+mod conv;
+mod conv_backward;
+mod feature_buffer;
+mod im2col;
+mod pool;
+mod shared_features;
+
+pub(super) use bn_relu::{image_stride, BatchStats, BnReluEval, BnReluTrain};
+pub(super) use channel_ops::{AvgPool2x2, BiasAdd};
+pub(super) use conv::{ConvOp, NormReluConvOp};
+pub(super) use feature_buffer::FeatureBuffer;
+pub(super) use im2col::Window;
+pub(super) use pool::MaxPool2d;
+pub(super) use shared_features::SharedFeatures;
 
 use candle_core::{Layout, Result, WithDType};
 
 /// The contiguous elements of a storage `data` under `layout`; `op` names the kernel in errors.
-pub(super) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: inputs must be contiguous"),

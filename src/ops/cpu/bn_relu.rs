@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm_group::{global_moments, BatchNormGroup};
-use super::cpu::{float_kernel, unwritten_vec, Float};
+use super::{float_kernel, unwritten_vec, Float};
+use crate::ops::batch_norm_group::{global_moments, BatchNormGroup};
 
 /// Per-channel batch statistics of one forward pass.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,7 @@ fn grad_sums<T: Float>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) {
 /// Eval-mode batch norm and ReLU in one pass, for inference: y = max(0, x·scale + shift) per
 /// channel, with scale = γ/√(running σ² + ε) and shift = β − running μ·scale. No backward.
 /// The training op applies its batch statistics through it too, and the convolution through
-/// it reads its input already normalised (`conv_op::Images`).
+/// it reads its input already normalised (`conv_backward::Images`).
 pub struct BnReluEval {
     pub scale: Vec<f64>,
     pub shift: Vec<f64>,
@@ -104,7 +104,7 @@ impl BnReluEval {
     /// `dst` = max(0, `src`·scale + shift) for values of channel `ch`, in T's precision as
     /// torch computes it. Like torch's ReLU, NaN passes through (`max` would turn it into 0).
     #[inline]
-    pub(super) fn apply<T: Float>(&self, ch: usize, src: &[T], dst: &mut [T]) {
+    pub(crate) fn apply<T: Float>(&self, ch: usize, src: &[T], dst: &mut [T]) {
         let (a, b) = (T::from_f64(self.scale[ch]), T::from_f64(self.shift[ch]));
         for (o, v) in dst.iter_mut().zip(src) {
             let z = *v * a + b;
@@ -159,7 +159,7 @@ impl CustomOp1 for BnReluEval {
 }
 
 /// The distance between images of a 4-D layout whose every image is contiguous, if it is one.
-pub(super) fn image_stride(layout: &Layout) -> Option<usize> {
+pub(crate) fn image_stride(layout: &Layout) -> Option<usize> {
     let (dims, stride) = (layout.dims(), layout.stride());
     if dims.len() != 4 {
         return None;
@@ -218,7 +218,7 @@ fn channel_totals(table: &[f64], c: usize) -> Vec<f64> {
 
 impl BnReluTrain {
     /// y = max(0, γ·x̂ + β) for `x` (n, c, hw), recording the batch statistics in `stats`.
-    pub(super) fn forward<T: Float>(
+    pub(crate) fn forward<T: Float>(
         &self,
         x: &[T],
         gamma: &[T],
@@ -314,7 +314,7 @@ impl CustomOp3 for BnReluTrain {
 /// gradient `dy`, given the batch statistics its forward pass recorded in `stats`. With a
 /// `group` (the forward's), dx is the gradient through the group's whole batch; dγ and dβ are
 /// this process's part.
-pub(super) fn backward(
+pub(crate) fn backward(
     x: &Tensor,
     gamma: &Tensor,
     y: &Tensor,

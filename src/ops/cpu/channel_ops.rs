@@ -4,10 +4,10 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{float_kernel, unwritten_vec, Float};
+use super::{float_kernel, unwritten_vec, Float};
 
 /// y (N, C, H, W) + b (C) broadcast over N, H, W; the bias gradient is a per-channel sum.
-pub(super) struct BiasAdd;
+pub(crate) struct BiasAdd;
 
 /// Per-channel sums of (N, C, H, W) → (C).
 struct ChannelSum;
@@ -79,7 +79,7 @@ impl CustomOp1 for ChannelSum {
 }
 
 /// 2×2/2 average pooling, floor mode: (N, C, H, W) → (N, C, H/2, W/2).
-pub(super) struct AvgPool2x2;
+pub(crate) struct AvgPool2x2;
 
 /// Its adjoint: each output gradient spread as a quarter over its window.
 struct AvgPool2x2Backward {
