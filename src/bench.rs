@@ -120,7 +120,15 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
         report.examples_per_s = (config.batch * times.len()) as f64 / times.iter().sum::<f64>();
         return Ok(report);
     }
-    let macs = summarize(spec, config.size)?.macs as f64;
+    let mut sized = spec.clone();
+    sized.set_input_size(config.size);
+    sized.validate().map_err(|message| Error::Spec {
+        origin: spec.name.clone(),
+        message,
+    })?;
+    let summary = summarize(spec, config.size)?;
+    check_memory(spec, config, &summary)?;
+    let macs = summary.macs as f64;
     let times = time_model(spec, config, device)?;
     Ok(report(spec, config, device, times, macs))
 }
@@ -248,6 +256,47 @@ fn time_loader(spec: &VariantSpec, config: &BenchConfig, data: &DataBench) -> Re
 }
 
 /// The process's peak resident set in MiB (Linux `VmHWM`), or 0 where unknown.
+/// Refuses a benchmark whose input and stage outputs alone, a lower bound of what it holds,
+/// pass the machine's memory: an allocation that large would abort the process.
+fn check_memory(spec: &VariantSpec, config: &BenchConfig, summary: &crate::summary::Summary) -> Result<()> {
+    let Some(total) = memory_bytes() else {
+        return Ok(());
+    };
+    let per_image: u128 = (spec.architecture.in_channels * config.size * config.size) as u128
+        + summary
+            .stages
+            .iter()
+            .map(|s| s.output_shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum::<u128>();
+    let needed = per_image * config.batch as u128 * 4;
+    if needed > total as u128 {
+        let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+        return Err(Error::Setting {
+            field: "batch".into(),
+            value: format!("{} at {}×{}", config.batch, config.size, config.size),
+            message: format!(
+                "needs at least {:.1} GiB for its input and stage outputs alone, more than this \
+                 machine's {:.1} GiB: use a smaller batch or size",
+                gib(needed),
+                gib(total as u128)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The machine's memory in bytes (Linux `MemTotal`), `None` where unknown.
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    kb.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
 pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -48,11 +48,11 @@ pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
 }
 
 /// For a `w`×`h` image of more than [`MAX_PIXELS`] pixels, why it is refused: "179,560,000
-/// pixels, more than the 178,956,970 that PIL opens, and so does this program".
+/// pixels, more than the 178,956,970 that PIL opens (its DecompressionBombError limit)".
 pub fn too_many_pixels(w: u64, h: u64) -> Option<String> {
     (w * h > MAX_PIXELS).then(|| {
         format!(
-            "{} pixels, more than the {} that PIL opens, and so does this program",
+            "{} pixels, more than the {} that PIL opens (its DecompressionBombError limit)",
             grouped(w * h),
             grouped(MAX_PIXELS)
         )

@@ -101,11 +101,28 @@ pub fn load_with(
     let mut notices = std::mem::take(&mut ckpt.notices);
     notices.extend(adapted);
     let classes = match &options.labels {
-        Some(file) => crate::labels::fit(
-            crate::labels::read_file(file)?,
-            spec.architecture.num_classes,
-            file,
-        )?,
+        Some(file) => {
+            let names = crate::labels::fit(
+                crate::labels::read_file(file)?,
+                spec.architecture.num_classes,
+                file,
+            )?;
+            if let Some(own) = ckpt
+                .metadata
+                .as_ref()
+                .map(|m| &m.classes)
+                .filter(|c| **c != names)
+            {
+                let shown: Vec<&str> = own.iter().take(4).map(String::as_str).collect();
+                notices.push(format!(
+                    "the class names of {} replace the checkpoint's own ({}{})",
+                    file.display(),
+                    shown.join(", "),
+                    if own.len() > 4 { ", ..." } else { "" }
+                ));
+            }
+            names
+        }
         None => ckpt.class_names(&spec),
     };
     let origin = ckpt.origin.clone();
@@ -169,9 +186,18 @@ pub struct Prediction {
 
 /// The `k` most probable classes of each row of `logits` (N, classes), most probable first.
 pub fn top_k(logits: &Tensor, classes: &[String], k: usize) -> Result<Vec<Vec<Prediction>>> {
-    let probs = softmax(&logits.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?;
-    Ok(probs
-        .into_iter()
+    Ok(top_k_of(&probabilities(logits)?, classes, k))
+}
+
+/// The softmax of each row of `logits` (N, classes), as rows of f32.
+pub fn probabilities(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(softmax(&logits.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?)
+}
+
+/// [`top_k`] of probabilities already computed ([`probabilities`]).
+pub fn top_k_of(probs: &[Vec<f32>], classes: &[String], k: usize) -> Vec<Vec<Prediction>> {
+    probs
+        .iter()
         .map(|row| {
             let mut order: Vec<usize> = (0..row.len()).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
@@ -185,5 +211,5 @@ pub fn top_k(logits: &Tensor, classes: &[String], k: usize) -> Result<Vec<Vec<Pr
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }

@@ -37,6 +37,10 @@ pub fn check_file(path: &Path) -> Result<()> {
     let Some(name) = path.file_name() else {
         return Err(refused(path, "names no file; nothing was written"));
     };
+    if is_special(path) {
+        // A device or a pipe (`/dev/null`, `/dev/stdout`) is written as it is.
+        return Ok(());
+    }
     if path.is_dir() {
         return Err(refused(
             path,
@@ -180,6 +184,21 @@ pub fn remove_unfinished_writes() {
 /// when the write itself fails.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     check_file(path)?;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if is_special(path) {
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+        return file.write_all(bytes).map_err(io);
+    }
+    // A symbolic link stays a link: the file it points to is replaced.
+    let target = match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => link_target(path),
+        _ => path.to_path_buf(),
+    };
+    let path = target.as_path();
+    check_file(path)?;
     let dir = folder_of(path);
     let name = path
         .file_name()
@@ -187,10 +206,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let prefix = format!(".{}.tmp-", name.to_string_lossy());
     remove_stale_temporary_files(&dir, &prefix);
     let tmp = dir.join(format!("{prefix}{}", std::process::id()));
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     match unfinished().as_mut() {
         Some(files) => files.push(tmp.clone()),
         None => {
@@ -226,6 +241,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             format!("not written ({e}); {kept}"),
         ))
     })
+}
+
+/// True for a path that exists and is neither a regular file nor a folder (following links):
+/// a device such as `/dev/null`, a pipe, a socket, which are written in place, never replaced.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// The file a symbolic link points to, resolved against the link's folder (whether it exists
+/// or not), following a chain of links.
+fn link_target(link: &Path) -> PathBuf {
+    if let Ok(target) = std::fs::canonicalize(link) {
+        return target;
+    }
+    let mut path = link.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(next) => path = folder_of(&path).join(next),
+            Err(_) => break,
+        }
+    }
+    path
 }
 
 /// True for the temporary files [`write_atomic`] makes, which a killed process leaves behind.
@@ -298,6 +335,33 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn devices_are_written_in_place_and_links_stay_links() {
+        // A pipe (as a device, `/dev/null`): written to, never replaced by a regular file.
+        let dir = temp("links");
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomic(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(!std::fs::metadata(&fifo).unwrap().is_file());
+        let real = dir.join("real.safetensors");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.join("link.safetensors");
+        std::os::unix::fs::symlink("real.safetensors", &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

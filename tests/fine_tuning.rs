@@ -363,6 +363,28 @@ fn class_names_from_a_file_name_a_foreign_checkpoints_outputs() {
     assert!(out.status.success(), "{}", stderr(&out));
     let meta = Checkpoint::read(&feats, &Device::Cpu).unwrap().metadata.unwrap();
     assert_eq!(meta.classes, want);
+    // Over an ImageFolder, its class names (of `labels`) go beside the outputs' names.
+    let out = zoo(&[
+        "features",
+        dir.join("val").to_str().unwrap(),
+        "--weights",
+        w,
+        "--labels",
+        n,
+        "--layer",
+        "logits",
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&feats).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header = header.metadata().clone().unwrap();
+    assert_eq!(header["densenet_zoo.label_names"], r#"["cat","dog","fox"]"#);
+    assert_eq!(
+        header["densenet_zoo.classes"],
+        r#"["tabby cat","retriever","red fox"]"#
+    );
     // train records the names it is given in its checkpoints, for infer to show.
     let run = dir.join("run");
     let out = zoo(&[
@@ -466,6 +488,44 @@ fn the_ema_copy_or_any_key_of_a_training_checkpoint_is_read_when_asked() {
             "{err}"
         );
     }
+    // Found without a key when it is the only dict of tensors, however deep; a key that is
+    // not a dict of tensors says what it is, and what the file holds.
+    let deep = fine.join("deep_ema.pth");
+    let (run, out) = export(&deep, &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("read the state dict under `model.ema.module`"),
+        "{}",
+        stderr(&run)
+    );
+    assert_eq!(
+        tensors(&out)["features.conv0.weight"],
+        ema["features.conv0.weight"]
+    );
+    for (key, want) in [
+        (
+            "model.ema",
+            "`model.ema` is a dict without tensors: its dicts of tensors are under model.ema.module",
+        ),
+        ("epoch", "`epoch` holds a number, not a state dict"),
+    ] {
+        let (run, _) = export(&deep, &["--weights-key", key]);
+        assert!(stderr(&run).contains(want), "{key}: {}", stderr(&run));
+    }
+    // Without --weights there is nothing for them to choose from.
+    let run = zoo(&[
+        "train",
+        "--use-ema",
+        "--epochs",
+        "1",
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&run).contains("--use-ema and --weights-key choose what --weights reads: pass --weights"),
+        "{}",
+        stderr(&run)
+    );
     // The flags conflict; infer takes them too.
     let (run, _) = export(&timm, &["--use-ema", "--weights-key", "x"]);
     assert!(stderr(&run).contains("cannot be used with"), "{}", stderr(&run));

@@ -560,3 +560,119 @@ fn infer_and_features_show_a_progress_bar_on_a_terminal_and_nothing_elsewhere() 
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_diverged_model_is_refused_not_scored_nor_saved() {
+    // One batch an epoch at an absurd rate: the step leaves the weights overflowing before
+    // any loss is NaN; the test split's outputs are then not finite, and nothing is saved.
+    let data = slice_of_fashion_mnist("diverge", 64, 32);
+    let d = data.to_str().unwrap();
+    let out = data.join("run");
+    let o = out.to_str().unwrap();
+    let mut args = train_args(d, o, "1");
+    args.extend(["--lr", "1e38"]);
+    let run = zoo(&args);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(
+        err.contains("the model's outputs are not finite (NaN or infinite) for")
+            && err.contains("no checkpoint was written"),
+        "{err}"
+    );
+    assert!(!out.join("best.safetensors").exists() && !out.join("last.safetensors").exists());
+    // A checkpoint whose outputs overflow: infer refuses each image; eval counts misses.
+    let mut ckpt = densenet_zoo::checkpoint::Checkpoint::read(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/d2l-fashion-mnist.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    // Finite weights (loading refuses others) whose products overflow to infinity.
+    let w = ckpt.tensors["classifier.weight"].ones_like().unwrap();
+    ckpt.tensors
+        .insert("classifier.weight".into(), (w * 3e38).unwrap());
+    let spec = ckpt.spec(None).unwrap();
+    let tensors = densenet_zoo::checkpoint::state_dict(&spec, &ckpt.tensors).unwrap();
+    let broken = data.join("overflow.safetensors");
+    let metadata = ckpt.metadata.clone().unwrap();
+    densenet_zoo::checkpoint::write_safetensors(&broken, &tensors, Some(&metadata)).unwrap();
+    let b = broken.to_str().unwrap();
+    let run = zoo(&[
+        "infer",
+        "weights/examples/t10k-00000-ankle-boot.png",
+        "--weights",
+        b,
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("the model's outputs for it are not finite"),
+        "{}",
+        stderr(&run)
+    );
+    let run = zoo(&["eval", "--weights", b, "--data", d, "--json"]);
+    assert!(stderr(&run).contains("they count as misses"), "{}", stderr(&run));
+    let line: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(line["top1"], 0.0);
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn an_interrupted_run_lets_its_folder_go_and_a_refused_one_leaves_none() {
+    let data = slice_of_fashion_mnist("interrupt-lock", 4096, 64);
+    let out = data.join("run");
+    let o = out.to_str().unwrap();
+    let mut child = spawn(&train_args(data.to_str().unwrap(), o, "3"));
+    while !out.join("metrics.jsonl").exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two interrupts at once, as `timeout` and `mpirun` send them: still a clean stop.
+    interrupt(&child);
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(out.join("last.safetensors").exists());
+    assert!(
+        !out.join(".densenet-zoo.lock").exists(),
+        "the lock file outlived the run"
+    );
+    // A run refused before its first write leaves no folder behind.
+    let never = data.join("never/made");
+    let run = zoo(&[
+        "train",
+        "--data",
+        "/nonexistent/data",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(!data.join("never").exists());
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn benchmarks_that_cannot_fit_are_refused_before_allocating() {
+    let out = zoo(&[
+        "bench",
+        "--variant",
+        "d2l",
+        "--batch",
+        "100000000",
+        "--iters",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--batch 100000000 at 96×96 needs at least") && err.contains("GiB"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
+    let out = zoo(&["bench", "--variant", "d2l", "--size", "100000", "--iters", "1"]);
+    assert!(stderr(&out).contains("more than the limit"), "{}", stderr(&out));
+    refused_flag(
+        &["infer", "x", "--topk", "99999999999999999999"],
+        "must be at most",
+    );
+}

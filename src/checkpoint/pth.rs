@@ -262,11 +262,14 @@ pub enum StateDictKey {
     Key(String),
 }
 
+/// How deep dicts of tensors are looked for under the top level (`model.ema.module` is 3).
+const MAX_DEPTH: usize = 4;
+
 /// The dict of tensors to read from the saved object, as `key` asks, and a notice when it was
 /// nested.
 fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<String>), String> {
     let items = match root {
-        Object::Dict(items) => items,
+        Object::Dict(items) => string_items(items),
         Object::Build { .. } | Object::Reduce { .. } => {
             return Err(
                 "holds a pickled Python object (a whole model?), not a state dict: save \
@@ -276,29 +279,24 @@ fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<Str
         }
         other => return Err(format!("holds {}, not a state dict", kind_of(&other))),
     };
-    let items = string_items(items);
-    let nested: Vec<(String, Vec<(Object, Object)>)> = items
-        .iter()
-        .filter_map(|(k, v)| match v {
-            Object::Dict(inner) if holds_tensors(inner) => Some((k.clone(), inner.clone())),
-            _ => None,
-        })
-        .collect();
-    let keys: Vec<&str> = nested.iter().map(|(k, _)| k.as_str()).collect();
-    let found = || match keys.as_slice() {
+    // Every dict of tensors under the top level, by dotted path, outermost first.
+    let mut nested: Vec<(String, Vec<(Object, Object)>)> = Vec::new();
+    collect_tensor_dicts(&items, "", MAX_DEPTH, &mut nested);
+    let paths: Vec<&str> = nested.iter().map(|(k, _)| k.as_str()).collect();
+    let found = || match paths.as_slice() {
         [] => "it holds no dict of tensors under a key".to_string(),
-        keys => format!("its dicts of tensors are under {}", keys.join(", ")),
+        paths => format!("its dicts of tensors are under {}", paths.join(", ")),
     };
     let chosen = match key {
         StateDictKey::Model if is_state_dict(&items) => return Ok((items, Vec::new())),
         StateDictKey::Model => NESTING_KEYS
             .iter()
-            .find_map(|want| keys.iter().position(|k| k == want))
+            .find_map(|want| paths.iter().position(|k| k == want))
             .or(if nested.len() == 1 { Some(0) } else { None }),
         StateDictKey::Ema => Some(
             ["state_dict_ema", "model_ema"]
                 .iter()
-                .find_map(|want| keys.iter().position(|k| k == want))
+                .find_map(|want| paths.iter().position(|k| k == want))
                 .ok_or_else(|| {
                     format!(
                         "has no EMA copy of the weights (state_dict_ema or model_ema): {}",
@@ -307,29 +305,34 @@ fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<Str
                 })?,
         ),
         StateDictKey::Key(path) => {
-            return match dict_at(&items, path) {
-                Some(inner) if holds_tensors(&inner) => Ok((
+            return match value_at(&items, path) {
+                Some(Object::Dict(inner)) if holds_tensors(&inner) => Ok((
                     string_items(inner),
                     vec![format!("read the state dict under `{path}`")],
                 )),
-                Some(_) => Err(format!("`{path}` holds no tensors: {}", found())),
+                Some(Object::Dict(_)) => Err(format!("`{path}` is a dict without tensors: {}", found())),
+                Some(other) => Err(format!(
+                    "`{path}` holds {}, not a state dict: {}",
+                    kind_of(&other),
+                    found()
+                )),
                 None => Err(format!("has no key `{path}`: {}", found())),
             }
         }
     };
     let Some(index) = chosen else {
         return Err(if nested.is_empty() {
-            "no tensors found (looked at the top level and every dict under it)".into()
+            format!("no tensors found (looked at the top level and the dicts under it, {MAX_DEPTH} deep)")
         } else {
             format!(
-                "holds several dicts of tensors ({}) and none under a known key ({}): save \
-                 the model's state dict alone, or name the key to read",
-                keys.join(", "),
+                "holds several dicts of tensors ({}) and none under a known key ({}): save the \
+                 model's state dict alone, or name the key to read",
+                paths.join(", "),
                 NESTING_KEYS.join(", ")
             )
         });
     };
-    let others: Vec<String> = keys
+    let others: Vec<String> = paths
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != index)
@@ -338,7 +341,7 @@ fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<Str
             k => k.to_string(),
         })
         .collect();
-    let mut notice = format!("read the state dict under `{}`", keys[index]);
+    let mut notice = format!("read the state dict under `{}`", paths[index]);
     if !others.is_empty() {
         notice.push_str(&format!(" (also present, not read: {})", others.join("; ")));
     }
@@ -346,24 +349,46 @@ fn select_state_dict(root: Object, key: &StateDictKey) -> Result<(Items, Vec<Str
     Ok((string_items(inner), vec![notice]))
 }
 
+/// Every dict of tensors among `items`' values and the dicts under them, down to `depth`
+/// levels, by dotted path from the top (`model.ema.module`).
+fn collect_tensor_dicts(
+    items: &Items,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, Vec<(Object, Object)>)>,
+) {
+    if depth == 0 {
+        return;
+    }
+    for (k, v) in items {
+        if let Object::Dict(inner) = v {
+            let path = match prefix {
+                "" => k.clone(),
+                p => format!("{p}.{k}"),
+            };
+            if holds_tensors(inner) {
+                out.push((path.clone(), inner.clone()));
+            }
+            collect_tensor_dicts(&string_items(inner.clone()), &path, depth - 1, out);
+        }
+    }
+}
+
 /// True when these items (the top level) are the state dict itself.
 fn is_state_dict(items: &Items) -> bool {
     items.iter().any(|(_, v)| TensorRef::from_object(v).is_some())
 }
 
-/// The dict under `path` in `items`: the key as written, else its dotted parts one level each.
-fn dict_at(items: &Items, path: &str) -> Option<Vec<(Object, Object)>> {
-    let dict = |items: &Items, key: &str| {
-        items.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
-            Object::Dict(inner) => Some(inner.clone()),
-            _ => None,
-        })
-    };
-    if let Some(inner) = dict(items, path) {
-        return Some(inner);
+/// The value under `path` in `items`: the key as written, else its dotted parts one level each.
+fn value_at(items: &Items, path: &str) -> Option<Object> {
+    if let Some((_, v)) = items.iter().find(|(k, _)| k == path) {
+        return Some(v.clone());
     }
     let (first, rest) = path.split_once('.')?;
-    dict_at(&string_items(dict(items, first)?), rest)
+    match items.iter().find(|(k, _)| k == first).map(|(_, v)| v)? {
+        Object::Dict(inner) => value_at(&string_items(inner.clone()), rest),
+        _ => None,
+    }
 }
 
 fn kind_of(obj: &Object) -> &'static str {

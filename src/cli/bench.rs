@@ -41,8 +41,8 @@ pub struct Args {
     /// `--mode data`: the data set folder, as `train --data` takes it; its training split is read.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// `--mode data`: loader workers [default: one per core].
-    #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
+    /// `--mode data`: loader workers; 0 or no flag: one per core.
+    #[arg(long, value_parser = super::zero_or_more, allow_negative_numbers = true)]
     workers: Option<usize>,
     /// `--mode data`: the augmentation [default: the variant's recipe's].
     #[arg(long, value_enum)]
@@ -71,9 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (BenchMode::Data, Some(dir)) => Some(DataBench {
                 dir: dir.clone(),
                 augment: args.augment.unwrap_or(spec.recipe.augment),
-                workers: args
-                    .workers
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                workers: match args.workers {
+                    Some(n) if n > 0 => n,
+                    _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                },
             }),
             (BenchMode::Data, None) => anyhow::bail!("--mode data needs --data DIR"),
             _ if args.data.is_some() || args.workers.is_some() || args.augment.is_some() => {

@@ -135,8 +135,9 @@ pub struct Shown<'a> {
 }
 
 impl OverlayWriter {
-    /// Creates `dir` if needed. Refuses a path that is a file, and a folder inside one of the
-    /// input folders `inputs` (its maps would be read as images by the next run).
+    /// Refuses a path that is a file, and a folder inside one of the input folders `inputs`
+    /// (its maps would be read as images by the next run); the folder is made with the first
+    /// map, so a run that draws none leaves none.
     pub fn new(
         dir: &Path,
         (inputs, files): (&[PathBuf], &[PathBuf]),
@@ -159,7 +160,6 @@ impl OverlayWriter {
                 );
             }
         }
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--cam {}: {e}", dir.display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             method,
@@ -202,6 +202,10 @@ impl OverlayWriter {
         self.taken.insert(resolved(&path));
         if path.exists() {
             self.replaced += 1;
+        }
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| anyhow::anyhow!("--cam {}: {e}", self.dir.display()))?;
         }
         let fail = |e: String| anyhow::anyhow!("{}: {e}", input.display());
         let overlay = heat_map::overlay(image, region, map.0, map.1).map_err(fail)?;

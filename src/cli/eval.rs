@@ -91,6 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut |path, message| say!("note: skipped {}: {message}", path.display()),
         Default::default(),
     )?;
+    if result.non_finite > 0 {
+        say!(
+            "note: the model's outputs are not finite (NaN or infinite) for {} of the {} images: \
+             they count as misses, and make the loss NaN; the model has diverged",
+            result.non_finite,
+            result.samples
+        );
+    }
     if args.json {
         out!(
             "{}",

@@ -91,7 +91,8 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
         if data::is_image_folder(dir) {
             let folder = data::image_folder(dir)?;
             say!(
-                "note: {} read as an ImageFolder: {} images of {} classes (written as `labels`)",
+                "note: {} read as an ImageFolder: {} images of {} classes (written as `labels`, their \
+                 names as densenet_zoo.label_names)",
                 dir.display(),
                 folder.len(),
                 folder.classes.len()
@@ -208,8 +209,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(folder) = labelled {
         let labels: Vec<i64> = folder.labels.iter().map(|&l| l as i64).collect();
         tensors.push(("labels".into(), Tensor::new(labels, &candle_core::Device::Cpu)?));
+        // The names of the labels' values; `densenet_zoo.classes` names the model's outputs.
         metadata.insert(
-            "densenet_zoo.classes".into(),
+            "densenet_zoo.label_names".into(),
             serde_json::to_string(&folder.classes)?,
         );
     }

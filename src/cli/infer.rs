@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{
-    batch, eval_transform, load_with, open_image, preprocess_image, top_k, LoadOptions,
+    batch, eval_transform, load_with, open_image, preprocess_image, probabilities, top_k_of, LoadOptions,
 };
 use densenet_zoo::CamMethod;
 use image::DynamicImage;
@@ -179,13 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => (Some(model.forward_t(&x, false)?), None),
             }
         };
-        let (predictions, probs) = match &logits {
-            Some(l) => (
-                top_k(l, &loaded.classes, topk)?,
-                candle_nn::ops::softmax(&l.to_dtype(candle_core::DType::F32)?, 1)?.to_vec2::<f32>()?,
-            ),
-            None => (Vec::new(), Vec::new()),
+        let probs = match &logits {
+            Some(l) => probabilities(l)?,
+            None => Vec::new(),
         };
+        let predictions = top_k_of(&probs, &loaded.classes, topk);
         let mut predictions = predictions.into_iter();
         // The position among the images that were read, in the logits and maps.
         let mut index = 0;
@@ -202,6 +200,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     Ok((image, _)) => image,
                 };
                 let top = predictions.next().expect("one prediction per prepared image");
+                if probs[index].iter().any(|p| !p.is_finite()) {
+                    // A diverged model: no class stands out, and none is made up.
+                    failed += 1;
+                    index += 1;
+                    let why = "the model's outputs for it are not finite (NaN or infinite): its \
+                               weights overflow on this image";
+                    report_error(path, why, args.json)?;
+                    continue;
+                }
                 let cam_path = match (&mut cam, &maps, image) {
                     (Some((writer, _, level)), Some((maps, classes)), Some(image)) => {
                         let class = classes[index];

@@ -38,13 +38,15 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// True once a command has said it stops cleanly on [`STOP`].
 static STOPS_CLEANLY: AtomicBool = AtomicBool::new(false);
 
-/// Ctrl-C, SIGTERM and SIGHUP: a command that stops cleanly ([`stop_flag`]) is asked to, once;
-/// any other command (and a second signal) ends at once, with status 130, after removing the
-/// temporary file of any write under way, so that an interrupt leaves no hidden
-/// `.NAME.tmp-PID` behind and every earlier output intact.
+/// Ctrl-C, SIGTERM and SIGHUP: a command that stops cleanly ([`stop_flag`]) is asked to,
+/// and finishes its batch and its save whatever more signals come (launchers such as `timeout`
+/// and `mpirun` send one to the process and one to its group); any other command ends at once,
+/// with status 130, after removing the temporary file of any write under way, so that an
+/// interrupt leaves no hidden `.NAME.tmp-PID` behind and every earlier output intact.
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(|| {
-        if STOPS_CLEANLY.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+        if STOPS_CLEANLY.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
             return;
         }
         densenet_zoo::output::remove_unfinished_writes();
@@ -53,7 +55,7 @@ pub fn handle_interrupts() {
 }
 
 /// The flag an interrupt sets from now on instead of ending the process: for a command that
-/// checks it and stops cleanly (a second interrupt still ends it at once).
+/// checks it and stops cleanly.
 pub fn stop_flag() -> &'static AtomicBool {
     STOPS_CLEANLY.store(true, Ordering::SeqCst);
     &STOP
@@ -112,6 +114,7 @@ enum Command {
 pub fn at_least_one(text: &str) -> Result<usize, String> {
     match text.trim().parse::<i128>() {
         Ok(n) if (1..=usize::MAX as i128).contains(&n) => Ok(n as usize),
+        Ok(n) if n > 0 => Err(format!("must be at most {}", usize::MAX)),
         Ok(_) => Err("must be at least 1".into()),
         Err(_) => Err("not a whole number".into()),
     }
@@ -122,6 +125,7 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
 pub fn zero_or_more(text: &str) -> Result<usize, String> {
     match text.trim().parse::<i128>() {
         Ok(n) if (0..=usize::MAX as i128).contains(&n) => Ok(n as usize),
+        Ok(n) if n > 0 => Err(format!("must be at most {}", usize::MAX)),
         Ok(_) => Err("must be 0 or more".into()),
         Err(_) => Err("not a whole number".into()),
     }
@@ -147,6 +151,7 @@ pub fn positive(text: &str) -> Result<f64, String> {
 
 /// The library's settings, as its messages name them (in backticks), and their flags.
 const FLAGS: &[(&str, &str)] = &[
+    ("batch", "--batch"),
     ("batch_size", "--batch-size"),
     ("categorical", "--categorical"),
     ("class_names", "--labels"),

@@ -20,6 +20,9 @@ pub struct Evaluation {
     pub top5: f64,
     /// Samples seen.
     pub samples: usize,
+    /// Samples whose logits were not all finite (NaN or infinite: a diverged model); they
+    /// count as misses, and make the loss NaN.
+    pub non_finite: usize,
 }
 
 /// Evaluates `model` in inference mode ([`DenseNet::for_inference`]) on every sample of
@@ -39,7 +42,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let model = model.for_inference();
     let order: Vec<usize> = (0..dataset.len()).collect();
-    let (mut loss_sum, mut top1, mut top5, mut seen) = (0f64, 0usize, 0usize, 0usize);
+    let (mut loss_sum, mut top1, mut top5, mut seen, mut non_finite) = (0f64, 0usize, 0usize, 0usize, 0usize);
     let size = transform.size;
     let options = LoaderOptions {
         skip_bad_images,
@@ -63,6 +66,7 @@ pub fn evaluate(
         top1 += c1;
         top5 += c5;
         seen += n;
+        non_finite += non_finite_rows(&logits)?;
     }
     let n = seen.max(1) as f64;
     Ok(Evaluation {
@@ -70,14 +74,28 @@ pub fn evaluate(
         top1: top1 as f64 / n,
         top5: top5 as f64 / n,
         samples: seen,
+        non_finite,
     })
 }
 
-/// Counts samples whose label is the top class, and among the top five.
+/// How many rows of `logits` hold a NaN or an infinity.
+pub fn non_finite_rows(logits: &Tensor) -> Result<usize> {
+    let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .count())
+}
+
+/// Counts samples whose label is the top class, and among the top five; a row with a NaN or
+/// an infinity ranks nothing, and is a miss.
 pub fn top_k_hits(logits: &Tensor, labels: &[u32]) -> Result<(usize, usize)> {
     let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
     let (mut top1, mut top5) = (0, 0);
     for (row, &label) in rows.iter().zip(labels) {
+        if row.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
         let target = row[label as usize];
         // Rank = how many classes score strictly higher than the label's.
         let rank = row.iter().filter(|&&v| v > target).count();

@@ -16,7 +16,7 @@ mod schedule;
 mod trainer;
 
 pub use config::{Outcome, Start, TrainConfig};
-pub use evaluate::{evaluate, top_k_hits, Evaluation};
+pub use evaluate::{evaluate, non_finite_rows, top_k_hits, Evaluation};
 pub use init::seeded_varmap;
 pub use loss::cross_entropy;
 pub use metrics::EpochMetrics;

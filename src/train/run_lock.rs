@@ -29,14 +29,25 @@ pub struct RunLock {
     path: PathBuf,
     /// The folder, canonical: its entry in [`held`].
     folder: PathBuf,
+    /// The folder and the outermost folder above it that [`RunLock::acquire`] made.
+    created: Option<(PathBuf, PathBuf)>,
 }
 
 impl Drop for RunLock {
     /// Removes the lock file, then (as the file is closed) releases the lock: a run that ends
-    /// cleanly leaves its folder as it found it. A killed one leaves the file, unlocked, and
-    /// the next run takes it.
+    /// cleanly leaves its folder as it found it, and folders the lock made that nothing was
+    /// written to are removed. A killed one leaves the file, unlocked, and the next run takes
+    /// it.
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some((dir, outermost)) = &self.created {
+            // Only empty folders go: the first that holds anything stops the walk.
+            for folder in dir.ancestors() {
+                if std::fs::remove_dir(folder).is_err() || folder == outermost {
+                    break;
+                }
+            }
+        }
         let mut held = held();
         if let Some(i) = held.iter().position(|f| *f == self.folder) {
             held.swap_remove(i);
@@ -58,6 +69,13 @@ impl RunLock {
     /// [`Error::Io`] when the folder or its lock file cannot be made; [`Error::Training`] when
     /// the folder is in use.
     pub fn acquire(dir: &Path) -> Result<Self> {
+        // The outermost of the folders about to be made: removed again if the run leaves them
+        // empty (a run refused before its first write).
+        let created = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(Path::to_path_buf);
         crate::output::prepare_folder(dir)?;
         let path = dir.join(LOCK_FILE);
         let io = |source| Error::Io {
@@ -108,6 +126,7 @@ impl RunLock {
             _file: file,
             path,
             folder,
+            created: created.map(|outermost| (dir.to_path_buf(), outermost)),
         })
     }
 
@@ -206,9 +225,18 @@ mod tests {
         assert!(RunLock::acquire_unless_held(&dir).unwrap().is_none());
         drop(first);
         assert!(
-            !dir.join(LOCK_FILE).exists(),
-            "a clean release removes the lock file"
+            !dir.exists(),
+            "a lock that made its folder, and wrote nothing, removes it"
         );
+        // Folders made above it that stay empty go too; ones that hold files stay.
+        let deep = dir.join("a/b");
+        drop(RunLock::acquire(&deep).unwrap());
+        assert!(!dir.exists());
+        std::fs::create_dir_all(&dir).unwrap();
+        let kept = RunLock::acquire(&dir).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), b"{}").unwrap();
+        drop(kept);
+        assert!(dir.join("metrics.jsonl").exists() && !dir.join(LOCK_FILE).exists());
         let again = RunLock::acquire(&dir).unwrap();
         assert!(again.path().ends_with(LOCK_FILE));
         drop(again);

@@ -157,6 +157,9 @@ impl Trainer {
             false => None,
         });
         let (parameters, buffers) = sorted_variables(&initial.varmap, &|name| model.is_frozen(name));
+        if let Some(level) = model.frozen_level() {
+            observer.note(&frozen_note(&model, level, &initial.varmap));
+        }
         let frozen_counts = frozen_batch_counts(spec, &model, initial.counts)?;
         // Every rank trains rank 0's model, whatever each read or drew.
         broadcast_tensors(&*collective, &parameters, 0)?;
@@ -373,10 +376,10 @@ impl Trainer {
             device,
         )?;
         let y = Tensor::from_vec(batch.labels.clone(), n, device)?;
-        let progress = &mut self.progress;
-        let epoch = progress.epoch;
-        *lr = self.schedule.lr(epoch as f64
-            + progress.batch as f64 / self.train_set.len().div_ceil(config.recipe.batch_size) as f64);
+        let (epoch, number) = (self.progress.epoch, self.progress.batch);
+        *lr = self
+            .schedule
+            .lr(epoch as f64 + number as f64 / self.batches_per_epoch() as f64);
         let logits = self.model.forward_t(&x, true)?;
         let loss = cross_entropy(&logits, &y, config.recipe.label_smoothing)?;
         let hits = top_k_hits(&logits.detach(), &batch.labels)?.0;
@@ -385,12 +388,11 @@ impl Trainer {
         if !batch_loss.is_finite() {
             observer.epoch_abandoned();
             return Err(Error::Training(format!(
-                "the loss is {} at epoch {}, batch {}: stopped; the last good checkpoint is {} (a \
-                 lower learning rate may do)",
+                "the loss is {} at epoch {}, batch {}: stopped, and {} (a lower learning rate may do)",
                 batch_loss / total,
                 epoch + 1,
-                progress.batch + 1,
-                last_checkpoint(self.run_dir.path()).display()
+                number + 1,
+                self.last_good()
             )));
         }
         // Each rank's mean weighted by its share of the batch: the average of the ranks'
@@ -402,13 +404,13 @@ impl Trainer {
         let mut grads = loss.backward()?;
         average_gradients(collective, &self.parameters, &mut grads)?;
         self.optimizer.step(&grads, *lr)?;
-        progress.steps += 1;
+        self.progress.steps += 1;
         let (loss_sum, correct, seen, train_s) = partial;
         *loss_sum += batch_loss;
         *correct += batch_hits as usize;
         *seen += total as usize;
         *train_s += step_start.elapsed().as_secs_f64();
-        progress.batch += 1;
+        self.progress.batch += 1;
         observer.batch_done(*loss_sum / *seen as f64, *seen as f64 / *train_s);
         Ok(Step::Trained)
     }
@@ -444,14 +446,24 @@ impl Trainer {
             &mut |path, message| observer.note(&format!("skipped {}: {message}", path.display())),
             self.shard(),
         )?;
-        let [_, hits, samples] = sum_over_ranks(
+        let [hits, samples, non_finite] = sum_over_ranks(
             collective,
             [
-                test.loss * test.samples as f64,
                 test.top1 * test.samples as f64,
                 test.samples as f64,
+                test.non_finite as f64,
             ],
         )?;
+        if non_finite > 0.0 {
+            observer.epoch_abandoned();
+            return Err(Error::Training(format!(
+                "after epoch {}, the model's outputs are not finite (NaN or infinite) for {non_finite} \
+                 of the {samples} test images: training diverged; stopped, and {} (a lower learning \
+                 rate may do)",
+                self.progress.epoch + 1,
+                self.last_good()
+            )));
+        }
         Ok(hits.round() / samples.max(1.0))
     }
 
@@ -485,6 +497,15 @@ impl Trainer {
             .save(&weights, &self.progress, Some(&self.optimizer))?;
         self.run_dir.write_curves(&self.progress.metrics)?;
         Ok(metrics)
+    }
+
+    /// Where the last good state is, for a run stopped by a non-finite loss or output.
+    fn last_good(&self) -> String {
+        let last = last_checkpoint(self.run_dir.path());
+        match last.exists() {
+            true => format!("the last good checkpoint is {}", last.display()),
+            false => "no checkpoint was written".into(),
+        }
     }
 
     fn weights(&self) -> Weights<'_> {
@@ -547,6 +568,36 @@ fn start_weights(
         progress: Progress::default(),
         counts,
     })
+}
+
+/// What freezing up to `level` keeps: "frozen up to block2 (stem, block1, block2 and the
+/// transitions between them): 1,234,567 of 7,978,856 weights stay as loaded, ...".
+fn frozen_note(model: &DenseNet, level: usize, varmap: &VarMap) -> String {
+    let (mut frozen, mut all) = (0usize, 0usize);
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        if crate::checkpoint::is_buffer(name) {
+            continue;
+        }
+        all += var.elem_count();
+        if model.is_frozen(name) {
+            frozen += var.elem_count();
+        }
+    }
+    let levels: Vec<&str> = model.feature_info()[..=level]
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    format!(
+        "frozen up to {} ({}{}): {frozen} of {all} weights stay as loaded, and their batch norms \
+         normalise with the running statistics; the rest trains",
+        levels.last().expect("a level"),
+        levels.join(", "),
+        if level > 1 {
+            " and the transitions between them"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Why batch `number` of `total` images over `world` processes is left out: a last batch of

@@ -220,6 +220,10 @@ fn train_images(
         !(args.resume && args.weights.is_some()),
         "--resume continues from OUT/last.safetensors; --weights starts a new run: pass one of them"
     );
+    anyhow::ensure!(
+        args.weights.is_some() || (!args.state_dict.use_ema && args.state_dict.weights_key.is_none()),
+        "--use-ema and --weights-key choose what --weights reads: pass --weights"
+    );
     // Rank 0 writes --out: held from here, before any input is read (resuming, a folder that
     // exists: a missing one has nothing to resume, and is not made).
     let rank = collective.rank();
@@ -243,11 +247,21 @@ fn train_images(
     };
     let world = collective.world_size();
     let mut trainer =
-        train::Trainer::with_collective(&config, &args.out, &start, &device, collective, observer)?;
+        match train::Trainer::with_collective(&config, &args.out, &start, &device, collective, observer) {
+            // The names came from the file of --labels: it is named.
+            Err(densenet_zoo::Error::Setting { field, message, .. }) if field == "class_names" => {
+                let file = args.labels.as_deref().unwrap_or(std::path::Path::new("?"));
+                anyhow::bail!("--labels {}: {message}", file.display())
+            }
+            trainer => trainer?,
+        };
     if rank == 0 {
         show::announce(trainer.config(), &device, world);
     }
     let outcome = trainer.run(stop, observer)?;
+    // The folder is let go before the process ends, whichever way.
+    drop(trainer);
+    drop(_lock);
     if let Some(e) = shown.write_error {
         return Err(e);
     }
