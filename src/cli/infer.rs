@@ -334,10 +334,8 @@ fn infer_tabular(args: &Args, device: &candle_core::Device) -> anyhow::Result<()
     let image = |p: &std::path::Path| {
         p.is_dir()
             || p.extension().is_some_and(|e| {
-                let e = e.to_ascii_lowercase();
-                ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "pnm"]
-                    .iter()
-                    .any(|x| e == *x)
+                let e = e.to_string_lossy().to_ascii_lowercase();
+                densenet_zoo::data::IMAGE_EXTENSIONS.contains(&e.as_str())
             })
     };
     if let Some(other) = args.images.iter().find(|p| image(p)) {

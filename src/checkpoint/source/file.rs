@@ -6,7 +6,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{foreign, pth, Metadata, StateDictKey};
+use super::{foreign, pth, StateDictKey};
+use crate::checkpoint::{Metadata, ModelKind};
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
 
@@ -18,7 +19,7 @@ fn bad(path: &Path, message: impl std::fmt::Display) -> Error {
 }
 
 /// What a checkpoint file holds, before renaming.
-pub(super) struct RawCheckpoint {
+pub(in crate::checkpoint) struct RawCheckpoint {
     /// Tensors in the file's own names, in file order.
     pub tensors: Vec<(String, Tensor)>,
     /// The `__metadata__` of a safetensors file, where it has one.
@@ -29,7 +30,7 @@ pub(super) struct RawCheckpoint {
 
 /// Reads a checkpoint file, its format decided by its bytes (never by its extension):
 /// PyTorch's zip container, PyTorch's legacy stream, or safetensors.
-pub(super) fn read(path: &Path, device: &Device, key: &StateDictKey) -> Result<RawCheckpoint> {
+pub(in crate::checkpoint) fn read(path: &Path, device: &Device, key: &StateDictKey) -> Result<RawCheckpoint> {
     if path.is_dir() {
         return Err(bad(path, foreign::describe_folder(path)));
     }
@@ -77,7 +78,7 @@ pub(super) fn read(path: &Path, device: &Device, key: &StateDictKey) -> Result<R
 
 /// Parses safetensors bytes; `path` names them in errors, and a tensor that cannot be read
 /// (a dtype candle lacks, such as BOOL) is named too.
-pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<RawCheckpoint> {
+pub(in crate::checkpoint) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<RawCheckpoint> {
     if bytes.len() < 8 {
         return Err(bad(
             path,
@@ -105,7 +106,7 @@ pub(super) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> R
 
 /// The kind of model in the file at `path`, from its safetensors header alone (the tensors are
 /// not read); `None` for a file that is not safetensors, or cannot be read.
-pub fn kind_of_file(path: &Path) -> Option<super::ModelKind> {
+pub fn kind_of_file(path: &Path) -> Option<ModelKind> {
     let read = || -> std::io::Result<Option<HashMap<String, String>>> {
         use std::io::Read;
         let mut file = std::fs::File::open(path)?;
@@ -120,8 +121,8 @@ pub fn kind_of_file(path: &Path) -> Option<super::ModelKind> {
         Ok(serde_json::from_value(metadata).ok())
     };
     match read() {
-        Ok(Some(metadata)) => Some(super::ModelKind::of(&metadata)),
-        Ok(None) => Some(super::ModelKind::Image),
+        Ok(Some(metadata)) => Some(ModelKind::of(&metadata)),
+        Ok(None) => Some(ModelKind::Image),
         Err(_) => None,
     }
 }
