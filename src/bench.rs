@@ -124,7 +124,7 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
     sized.set_input_size(config.size);
     sized.validate().map_err(|message| Error::Spec {
         origin: spec.name.clone(),
-        message,
+        message: message.to_string(),
     })?;
     let summary = summarize(spec, config.size)?;
     check_memory(spec, config, &summary)?;

@@ -79,6 +79,16 @@ pub enum Error {
         message: String,
     },
 
+    /// An image that cannot be used: not an image, more pixels than PIL opens, empty, or a
+    /// region or map that does not fit it.
+    #[error("{}{message}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Image {
+        /// The image's file, where it came from one.
+        path: Option<PathBuf>,
+        /// What is wrong, with the sizes found.
+        message: String,
+    },
+
     /// A data set file or folder is malformed.
     #[error("data {}: {message}", path.display())]
     Data {
@@ -151,3 +161,52 @@ pub enum Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// One field of a spec, a recipe or a checkpoint's metadata that breaks its rule, or the tensor
+/// that does not fit one; what `validate` methods return, and what the callers that know where
+/// the spec came from put in an [`Error::Spec`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    /// The field as the JSON names it (`growth_rate`, `recipe.lr`, `block_config[2]`,
+    /// `densenet_zoo.classes`), or the tensor's name.
+    pub field: String,
+    /// The whole sentence: the field, the value found and the rule it breaks.
+    pub message: String,
+}
+
+impl FieldError {
+    /// The error said by `message`, which starts with the field it is about
+    /// (`growth_rate is 1000000000, ...`): the field is its first word.
+    pub(crate) fn said(message: String) -> Self {
+        let field: String = message
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+            .collect();
+        Self { field, message }
+    }
+
+    /// The same error of a field inside `parent` (`recipe`): `recipe.lr must be ...`.
+    pub fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            message: format!("{parent}.{}", self.message),
+        }
+    }
+
+    /// The error of `field`, said by `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An [`Error::Image`] with no file: an image held in memory.
+pub(crate) fn image_error(message: impl Into<String>) -> Error {
+    Error::Image {
+        path: None,
+        message: message.into(),
+    }
+}

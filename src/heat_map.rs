@@ -7,7 +7,7 @@ use std::path::Path;
 
 use image::{imageops, DynamicImage, RgbImage};
 
-use crate::error::{Error, Result};
+use crate::error::{image_error, Error, Result};
 
 /// The heat map's weight in the blend; the image keeps the rest.
 pub const HEAT_WEIGHT: f32 = 0.5;
@@ -62,15 +62,14 @@ pub const MAX_SIDE: u32 = 1024;
 /// The pixels of `image` (`width`×`height`) that the box `region` = [left, top, width,
 /// height] covers, rounded: (left, top, width, height), at least 1×1, inside the image. The
 /// message says why a region cannot be used (not finite, empty, outside the image).
-pub fn crop_pixels(
-    (width, height): (u32, u32),
-    region: [f64; 4],
-) -> std::result::Result<(u32, u32, u32, u32), String> {
+pub fn crop_pixels((width, height): (u32, u32), region: [f64; 4]) -> Result<(u32, u32, u32, u32)> {
     if width == 0 || height == 0 {
-        return Err(format!("the image is empty ({width}×{height})"));
+        return Err(image_error(format!("the image is empty ({width}×{height})")));
     }
     if region.iter().any(|v| !v.is_finite()) || region[2] <= 0.0 || region[3] <= 0.0 {
-        return Err(format!("the region {region:?} is not a box of positive size"));
+        return Err(image_error(format!(
+            "the region {region:?} is not a box of positive size"
+        )));
     }
     let (x0, y0) = (region[0].round().max(0.0), region[1].round().max(0.0));
     let (x1, y1) = (
@@ -78,9 +77,9 @@ pub fn crop_pixels(
         (region[1] + region[3]).round().min(height as f64),
     );
     if x0 >= x1 || y0 >= y1 {
-        return Err(format!(
+        return Err(image_error(format!(
             "the region {region:?} lies outside the {width}×{height} image"
-        ));
+        )));
     }
     Ok((x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32))
 }
@@ -100,12 +99,12 @@ pub fn overlay(
     region: [f64; 4],
     map: &[f32],
     (h, w): (usize, usize),
-) -> std::result::Result<RgbImage, String> {
+) -> Result<RgbImage> {
     if h == 0 || w == 0 || map.len() != h * w {
-        return Err(format!("{} values for a {h}×{w} map", map.len()));
+        return Err(image_error(format!("{} values for a {h}×{w} map", map.len())));
     }
     if let Some(v) = map.iter().find(|v| !v.is_finite()) {
-        return Err(format!("the map holds {v}"));
+        return Err(image_error(format!("the map holds {v}")));
     }
     let (left, top, width, height) = crop_pixels((image.width(), image.height()), region)?;
     let mut view = image.crop_imm(left, top, width, height).to_rgb8();
@@ -166,7 +165,7 @@ mod tests {
     fn bad_maps_and_regions_are_refused_with_the_reason() {
         let image = DynamicImage::ImageRgb8(RgbImage::new(40, 30));
         let whole = [0.0, 0.0, 40.0, 30.0];
-        let err = |r: std::result::Result<RgbImage, String>| r.unwrap_err();
+        let err = |r: Result<RgbImage>| r.unwrap_err().to_string();
         assert!(err(overlay(&image, whole, &[0.0; 3], (2, 2))).contains("3 values for a 2×2 map"));
         assert!(err(overlay(&image, whole, &[f32::NAN; 4], (2, 2))).contains("NaN"));
         assert!(err(overlay(&image, [f64::NAN, 0.0, 4.0, 4.0], &[0.0; 4], (2, 2))).contains("positive size"));

@@ -16,12 +16,12 @@ const MAX_ALLOC: u64 = MAX_PIXELS * 16;
 
 /// Opens and decodes an image, refusing files that are not images and images of more than
 /// [`MAX_PIXELS`] pixels; the message says which, with the size and the limit.
-pub fn open_image(path: &Path) -> Result<DynamicImage, String> {
+pub(crate) fn open_image(path: &Path) -> Result<DynamicImage, String> {
     decode_image(std::fs::read(path).map_err(|e| e.to_string())?)
 }
 
 /// [`open_image`] on bytes held in memory.
-pub fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
+pub(crate) fn decode_image(bytes: Vec<u8>) -> Result<DynamicImage, String> {
     if bytes.is_empty() {
         return Err("not an image: the file is empty (0 bytes)".into());
     }

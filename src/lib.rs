@@ -58,7 +58,7 @@ pub mod summary;
 pub mod tabular;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use error::{Error, FieldError, Result};
 pub use model::{
     CamClass, CamMethod, ClassActivationMaps, DenseBlock, DenseLayer, DenseNet, FeatureInfo, Stage, Stem,
     Transition,

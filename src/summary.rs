@@ -46,7 +46,7 @@ pub fn summarize(spec: &VariantSpec, input_size: usize) -> Result<Summary> {
         .stage_sizes(input_size)
         .map_err(|message| Error::Spec {
             origin: spec.name.clone(),
-            message,
+            message: message.to_string(),
         })?;
     let model = DenseNet::new(spec, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
     let tensors = expected_tensors(spec)?;

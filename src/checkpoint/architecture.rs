@@ -6,12 +6,20 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
+use crate::error::FieldError;
 use crate::spec::{Architecture, LayerKind, StemKind, VariantSpec};
 
 /// The spec whose tensors these are (canonical names), with the preprocessing, input size and
 /// recipe of the nearest built-in variant. `Err` says which tensor describes no DenseNet, and
 /// what was expected and found. Dropout is not in the tensors: the spec has none.
-pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpec, String> {
+///
+/// # Errors
+/// A [`FieldError`] of the field `tensors`.
+pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpec, FieldError> {
+    derive_spec(tensors).map_err(|message| FieldError::new("tensors", message))
+}
+
+fn derive_spec(tensors: &HashMap<String, Tensor>) -> Result<VariantSpec, String> {
     let dims = |name: &str, rank: usize| -> Result<Vec<usize>, String> {
         let t = tensors.get(name).ok_or_else(|| format!("no tensor {name}"))?;
         if t.rank() == rank {
@@ -132,7 +140,7 @@ pub fn spec_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VariantSpe
         recipe: nearest.recipe.clone(),
     };
     fit_preprocess_channels(&mut spec);
-    spec.validate()?;
+    spec.validate().map_err(|e| e.message)?;
     Ok(spec)
 }
 

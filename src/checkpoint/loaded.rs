@@ -9,8 +9,8 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::state_dict::{check_tensors, without_counters};
 use super::{
-    adapt, architecture_differences, nearest_builtin, preprocessing_source, source,
-    spec_from_tensors, to_canonical, Metadata, ModelKind, NamingScheme, StateDictKey,
+    adapt, architecture_differences, nearest_builtin, preprocessing_source, source, spec_from_tensors,
+    to_canonical, Metadata, ModelKind, NamingScheme, StateDictKey,
 };
 use crate::error::{Error, Result};
 use crate::model::DenseNet;

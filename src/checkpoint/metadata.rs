@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FieldError;
 use crate::spec::VariantSpec;
 
 const SPEC: &str = "densenet_zoo.spec";
@@ -119,7 +120,14 @@ impl Metadata {
     }
 
     /// Reads our metadata back; `Ok(None)` when the file has none (e.g. a timm or torch file).
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Option<Self>, String> {
+    ///
+    /// # Errors
+    /// A [`FieldError`] naming the metadata key that does not parse or fit.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Option<Self>, FieldError> {
+        Self::parse(map).map_err(FieldError::said)
+    }
+
+    fn parse(map: &HashMap<String, String>) -> Result<Option<Self>, String> {
         let Some(spec_json) = map.get(SPEC) else {
             return Ok(None);
         };

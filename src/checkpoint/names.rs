@@ -17,6 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::error::FieldError;
+
 /// A family of tensor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamingScheme {
@@ -259,7 +261,7 @@ fn rename(names: &[&str]) -> (NamingScheme, Vec<String>) {
 /// Renames canonical tensors to the names of the book's current-edition `DenseNet` class
 /// (`net.0.0.weight`, `net.dense_blk1.net.0.0.weight`, ..., `net.last.4.bias`): the inverse of
 /// reading that scheme. The error names the first tensor that has no place in it.
-pub fn canonical_to_d2l_current<T>(tensors: Vec<(String, T)>) -> Result<Vec<(String, T)>, String> {
+pub fn canonical_to_d2l_current<T>(tensors: Vec<(String, T)>) -> Result<Vec<(String, T)>, FieldError> {
     tensors
         .into_iter()
         .map(|(n, t)| {
@@ -286,8 +288,9 @@ pub fn canonical_to_d2l_current<T>(tensors: Vec<(String, T)>) -> Result<Vec<(Str
             };
             match book {
                 Some(b) => Ok((format!("net.{b}.{leaf}"), t)),
-                None => Err(format!(
-                    "tensor {n} has no place in the book's current DenseNet class"
+                None => Err(FieldError::new(
+                    n.clone(),
+                    format!("tensor {n} has no place in the book's current DenseNet class"),
                 )),
             }
         })
@@ -299,7 +302,7 @@ pub fn canonical_to_d2l_current<T>(tensors: Vec<(String, T)>) -> Result<Vec<(Str
 pub fn canonical_to_d2l<T>(
     tensors: Vec<(String, T)>,
     block_config: &[usize],
-) -> Result<Vec<(String, T)>, String> {
+) -> Result<Vec<(String, T)>, FieldError> {
     let reverse: BTreeMap<String, String> =
         d2l_table(block_config).into_iter().map(|(d, c)| (c, d)).collect();
     tensors
@@ -308,8 +311,9 @@ pub fn canonical_to_d2l<T>(
             let (module, leaf) = split_leaf(&n);
             match reverse.get(module) {
                 Some(d) => Ok((format!("{d}.{leaf}"), t)),
-                None => Err(format!(
-                    "tensor {n} has no place in the book's nn.Sequential layout"
+                None => Err(FieldError::new(
+                    n.clone(),
+                    format!("tensor {n} has no place in the book's nn.Sequential layout"),
                 )),
             }
         })

@@ -135,8 +135,10 @@ pub fn export_state_dict(
         NamingScheme::D2l | NamingScheme::D2lCurrent if !book => Err(refuse(
             "the book's names need its layout (plain layers, ImageNet stem, conv biases)".into(),
         )),
-        NamingScheme::D2l => canonical_to_d2l(canonical, &spec.architecture.block_config).map_err(refuse),
-        NamingScheme::D2lCurrent => canonical_to_d2l_current(canonical).map_err(refuse),
+        NamingScheme::D2l => {
+            canonical_to_d2l(canonical, &spec.architecture.block_config).map_err(|e| refuse(e.message))
+        }
+        NamingScheme::D2lCurrent => canonical_to_d2l_current(canonical).map_err(|e| refuse(e.message)),
     }
 }
 

@@ -207,7 +207,7 @@ impl OverlayWriter {
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| anyhow::anyhow!("--cam {}: {e}", self.dir.display()))?;
         }
-        let fail = |e: String| anyhow::anyhow!("{}: {e}", input.display());
+        let fail = |e| anyhow::anyhow!("{}: {}", input.display(), super::images::image_problem(e));
         let overlay = heat_map::overlay(image, region, map.0, map.1).map_err(fail)?;
         let (_, _, cw, ch) = heat_map::crop_pixels((image.width(), image.height()), region).map_err(fail)?;
         let method = match self.method {

@@ -11,7 +11,7 @@ use densenet_zoo::infer::{batch, eval_transform, load_with, preprocess_file, Loa
 use densenet_zoo::{CamClass, CamMethod, FeatureInfo};
 
 use super::cam::CamTarget;
-use super::images::expand_inputs;
+use super::images::{expand_inputs, image_problem};
 
 /// What `--layer` names: the pooled embedding (N, F) before the classifier, the logits
 /// (N, classes), a `features_only` level by its `feature_info` name (`stem`, the stem before
@@ -167,7 +167,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for chunk in files.chunks(args.batch_size) {
         let images = chunk
             .iter()
-            .map(|p| preprocess_file(p, &transform).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+            .map(|p| {
+                preprocess_file(p, &transform)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), image_problem(e)))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let x = batch(&images, &transform, &device)?;
         let levels = model.features_only(&x, false)?;

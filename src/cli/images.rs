@@ -4,6 +4,14 @@ use std::path::PathBuf;
 
 use densenet_zoo::data::images_under;
 
+/// What is wrong with an image, for a line that names its file already.
+pub fn image_problem(error: densenet_zoo::Error) -> String {
+    match error {
+        densenet_zoo::Error::Image { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 /// Files as given (whatever their extension), and folders expanded to every image under them
 /// at any depth, as torchvision's `ImageFolder` finds them (its extensions, its order, hidden
 /// files and folders skipped). Arguments that cannot be read come back as failures with the

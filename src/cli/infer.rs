@@ -11,7 +11,7 @@ use densenet_zoo::CamMethod;
 use image::DynamicImage;
 
 use super::cam::{CamTarget, OverlayWriter, Shown};
-use super::images::expand_inputs;
+use super::images::{expand_inputs, image_problem};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -153,8 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let prepared: Vec<Prepared> = chunk
             .iter()
             .map(|path| {
-                let image = open_image(path)?;
-                let pixels = preprocess_image(&image, &transform)?;
+                let image = open_image(path).map_err(image_problem)?;
+                let pixels = preprocess_image(&image, &transform).map_err(image_problem)?;
                 let shown = match gray {
                     true => DynamicImage::ImageLuma8(image.to_luma8()),
                     false => image,

@@ -283,13 +283,13 @@ fn sample(dataset: &Dataset, i: usize, t: &Transform, rng: &mut rand::rngs::StdR
                 rng,
                 &mut out,
             )
-            .map_err(|m| (PathBuf::from(format!("sample {i}")), m))?;
+            .map_err(|e| (PathBuf::from(format!("sample {i}")), e.to_string()))?;
         }
         Samples::Files(files) => {
             let path = &files[i];
             let image = crate::image_io::open_image(path).map_err(|m| (path.clone(), m))?;
             t.image_sample(&image, rng, &mut out)
-                .map_err(|m| (path.clone(), m))?;
+                .map_err(|e| (path.clone(), e.to_string()))?;
         }
     }
     Ok(out)

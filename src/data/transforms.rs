@@ -4,6 +4,7 @@ use image::{imageops, imageops::FilterType, DynamicImage, GenericImageView};
 use rand::Rng;
 
 use super::augment::{random_resized_crop_box, Augment, ColorNoise, CropBox};
+use crate::error::{image_error, Result};
 use crate::spec::VariantSpec;
 
 /// Padding of the CIFAR recipe's random crop, in pixels.
@@ -34,19 +35,14 @@ impl Transform {
     /// resized crop of the whole image ([`random_resized_crop_box`], then a bilinear resize to
     /// `size`), a flip and for `Fb` the colour noise; otherwise [`Transform::fit_image`] then
     /// [`Transform::apply_planar`]. The message says why an image cannot be used.
-    pub fn image_sample(
-        &self,
-        image: &DynamicImage,
-        rng: &mut impl Rng,
-        out: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    pub fn image_sample(&self, image: &DynamicImage, rng: &mut impl Rng, out: &mut Vec<f32>) -> Result<()> {
         if !self.augment.resizes_crops() {
             self.apply_planar(&self.fit_image(image)?, rng, out);
             return Ok(());
         }
         let (w, h) = image.dimensions();
         if w == 0 || h == 0 {
-            return Err(format!("the image is empty ({w}×{h})"));
+            return Err(image_error(format!("the image is empty ({w}×{h})")));
         }
         let image = self.to_channels(image);
         let b = random_resized_crop_box(w, h, rng);
@@ -66,7 +62,7 @@ impl Transform {
         (channels, height, width): (usize, usize, usize),
         rng: &mut impl Rng,
         out: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         if self.augment.resizes_crops() {
             return self.image_sample(&planar_image(pixels, channels, height, width)?, rng, out);
         }
@@ -147,7 +143,7 @@ impl Transform {
     ///
     /// Refuses an empty image, and one so elongated that the resized image would have more
     /// pixels than PIL opens (178,956,970).
-    pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>, String> {
+    pub fn fit_image(&self, image: &DynamicImage) -> Result<Vec<u8>> {
         let (w, h) = image.dimensions();
         let fit = self.fit(w, h)?;
         let image = self.to_channels(image);
@@ -164,7 +160,7 @@ impl Transform {
     /// Where [`Transform::fit_image`] takes its `size`×`size` crop from a `w`×`h` image, in the
     /// image's own pixels: (left, top, width, height), fractional. A heat map over the crop
     /// the network saw is drawn over this box.
-    pub fn eval_crop_box(&self, w: u32, h: u32) -> Result<[f64; 4], String> {
+    pub fn eval_crop_box(&self, w: u32, h: u32) -> Result<[f64; 4]> {
         let fit = self.fit(w, h)?;
         let (sx, sy) = (w as f64 / fit.resized.0 as f64, h as f64 / fit.resized.1 as f64);
         let (left, top) = fit.crop_origin;
@@ -175,11 +171,11 @@ impl Transform {
     /// The geometry of [`Transform::fit_image`] for a `w`×`h` image: the shorter side resized
     /// to `max(resize, size)`, then a centre crop, its offsets rounded as torchvision's
     /// `CenterCrop`.
-    fn fit(&self, w: u32, h: u32) -> Result<Fit, String> {
+    fn fit(&self, w: u32, h: u32) -> Result<Fit> {
         let target = self.resize.max(self.size) as u64;
         let (short, long) = (w.min(h) as u64, w.max(h) as u64);
         if short == 0 {
-            return Err(format!("the image is empty ({w}×{h})"));
+            return Err(image_error(format!("the image is empty ({w}×{h})")));
         }
         let long_new = (target * long / short).max(target);
         let (nw, nh) = if w <= h {
@@ -188,10 +184,10 @@ impl Transform {
             (long_new, target)
         };
         if let Some(why) = crate::image_io::too_many_pixels(nw, nh) {
-            return Err(format!(
+            return Err(image_error(format!(
                 "a {w}×{h} image is too elongated: resizing its shorter side to {target} would make \
                  it {nw}×{nh}, {why}"
-            ));
+            )));
         }
         // Within PIL's limit, both sides fit in a u32.
         let (nw, nh) = (nw as u32, nh as u32);
@@ -215,7 +211,7 @@ struct Fit {
 /// (`fast_image_resize`'s convolution, SIMD). Luma or RGB images;
 /// others are converted to RGB first. The box must lie inside the image; the message says why
 /// a resize failed.
-pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> Result<DynamicImage, String> {
+pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> Result<DynamicImage> {
     use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
     // Cut first, as PIL does: the filter then clamps at the box's edges instead of reading
     // the pixels beyond them.
@@ -229,10 +225,10 @@ pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> Result<Dynam
     let mut out = Image::new(size, size, pixels);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new().resize(&crop, &mut out, &options).map_err(|e| {
-        format!(
+        image_error(format!(
             "cannot resize a {}×{} crop to {size}×{size}: {e}",
             b.width, b.height
-        )
+        ))
     })?;
     let raw = out.into_vec();
     let image = if gray {
@@ -240,7 +236,7 @@ pub fn resized_crop(image: &DynamicImage, b: CropBox, size: u32) -> Result<Dynam
     } else {
         image::RgbImage::from_raw(size, size, raw).map(DynamicImage::ImageRgb8)
     };
-    image.ok_or_else(|| format!("the resize did not give {size}×{size} pixels"))
+    image.ok_or_else(|| image_error(format!("the resize did not give {size}×{size} pixels")))
 }
 
 /// PIL's `convert("L")`: L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16 (ITU-R 601-2 luma);
@@ -291,7 +287,7 @@ pub fn resize_planar(pixels: &[u8], channels: usize, height: usize, width: usize
 }
 
 /// Planar pixels (1 or 3 channels) as an image, for the crops that work on images.
-fn planar_image(pixels: &[u8], channels: usize, height: usize, width: usize) -> Result<DynamicImage, String> {
+fn planar_image(pixels: &[u8], channels: usize, height: usize, width: usize) -> Result<DynamicImage> {
     let n = height * width;
     let (w, h) = (width as u32, height as u32);
     let image = match channels {
@@ -304,7 +300,11 @@ fn planar_image(pixels: &[u8], channels: usize, height: usize, width: usize) -> 
         }
         _ => None,
     };
-    image.ok_or_else(|| format!("{channels} channels of {width}×{height} pixels are not an image"))
+    image.ok_or_else(|| {
+        image_error(format!(
+            "{channels} channels of {width}×{height} pixels are not an image"
+        ))
+    })
 }
 
 /// Planar pixels from `from` to `to` channels: gray repeated to RGB, or RGB averaged (ITU-R 601

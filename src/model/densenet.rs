@@ -90,7 +90,7 @@ impl DenseNet {
     pub fn new(spec: &VariantSpec, vb: VarBuilder) -> Result<Self> {
         spec.validate().map_err(|message| Error::Spec {
             origin: spec.name.clone(),
-            message,
+            message: message.to_string(),
         })?;
         let features = vb.pp("features");
         let stem = Stem::new(
@@ -427,7 +427,10 @@ impl DenseNet {
                 self.spec.architecture.in_channels
             )));
         }
-        self.spec.architecture.check_input_size(h.min(w)).map_err(bad)?;
+        self.spec
+            .architecture
+            .check_input_size(h.min(w))
+            .map_err(|e| bad(e.message))?;
         Ok(if self.inference { x.detach() } else { x.clone() })
     }
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FieldError;
+
 /// How the network begins, before the first dense block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,8 +103,12 @@ pub struct Architecture {
 }
 
 impl Architecture {
-    /// Checks that the architecture can be built; the message names the field and the value.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the architecture can be built; the error names the field and the value.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.problems().map_err(FieldError::said)
+    }
+
+    fn problems(&self) -> Result<(), String> {
         let sizes = [
             ("in_channels", self.in_channels),
             ("num_classes", self.num_classes),
@@ -171,8 +177,13 @@ impl Architecture {
     }
 
     /// Spatial side after the stem and after each dense block, for a square input of
-    /// `size` pixels; an error says which stage would be empty.
-    pub fn stage_sizes(&self, size: usize) -> Result<Vec<usize>, String> {
+    /// `size` pixels; an error (of the field `input_size`) says which stage would be empty.
+    pub fn stage_sizes(&self, size: usize) -> Result<Vec<usize>, FieldError> {
+        self.sides(size)
+            .map_err(|message| FieldError::new("input_size", message))
+    }
+
+    fn sides(&self, size: usize) -> Result<Vec<usize>, String> {
         // Output side of a k×k/s convolution or pool with padding p: floor((n + 2p - k)/s) + 1.
         let window = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).checked_sub(k).map(|m| m / s + 1);
         let stem = match self.stem {
@@ -201,7 +212,7 @@ impl Architecture {
     }
 
     /// Checks that a square input of `size` pixels survives every downsampling stage.
-    pub fn check_input_size(&self, size: usize) -> Result<(), String> {
+    pub fn check_input_size(&self, size: usize) -> Result<(), FieldError> {
         self.stage_sizes(size).map(|_| ())
     }
 

@@ -81,7 +81,7 @@ impl TryFrom<SpecFile> for VariantSpec {
             let crop = spec.input_size();
             if size != crop {
                 // A size the net cannot take is the first thing to say.
-                spec.architecture.check_input_size(size)?;
+                spec.architecture.check_input_size(size).map_err(|e| e.message)?;
                 return Err(format!(
                     "input_size {size} disagrees with preprocess.crop {crop}: the crop is the \
                      input size (leave input_size out, or make them equal)"

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldError, Result};
 
 mod architecture;
 mod file;
@@ -81,9 +81,9 @@ impl VariantSpec {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        spec.validate().map_err(|message| Error::Spec {
+        spec.validate().map_err(|e| Error::Spec {
             origin: origin.to_string(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(spec)
     }
@@ -131,11 +131,11 @@ impl VariantSpec {
     }
 
     /// Checks that the spec describes a network that can be built, with preprocessing that
-    /// fits it; the message says why not.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// fits it; the error names the field.
+    pub fn validate(&self) -> std::result::Result<(), FieldError> {
         self.architecture.validate()?;
         self.pretrained_cfg.validate(self.architecture.in_channels)?;
-        self.recipe.validate().map_err(|m| format!("recipe.{m}"))?;
+        self.recipe.validate().map_err(|e| e.within("recipe"))?;
         self.architecture.check_input_size(self.input_size())
     }
 
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn the_books_net_is_too_deep_for_28_pixels() {
         let spec = VariantSpec::resolve("d2l").unwrap();
-        let err = spec.architecture.check_input_size(28).unwrap_err();
+        let err = spec.architecture.check_input_size(28).unwrap_err().to_string();
         assert!(err.contains("input size 28 is too small"), "{err}");
         assert!(err.contains("at least 29"), "{err}");
         assert_eq!(spec.architecture.min_input_size(), 29);

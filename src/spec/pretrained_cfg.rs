@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::architecture::check_sizes;
+use crate::error::FieldError;
 
 /// How an image becomes the network's input: torchvision's `Resize(resize)`,
 /// `CenterCrop(crop)`, `ToTensor()`, `Normalize(mean, std)`.
@@ -54,8 +55,12 @@ impl PretrainedCfg {
         self.preprocess.crop
     }
 
-    /// Checks the configuration for a net of `in_channels` inputs; the message names the field.
-    pub fn validate(&self, in_channels: usize) -> Result<(), String> {
+    /// Checks the configuration for a net of `in_channels` inputs; the error names the field.
+    pub fn validate(&self, in_channels: usize) -> Result<(), FieldError> {
+        self.problems(in_channels).map_err(FieldError::said)
+    }
+
+    fn problems(&self, in_channels: usize) -> Result<(), String> {
         let p = &self.preprocess;
         check_sizes(&[("preprocess.resize", p.resize), ("preprocess.crop", p.crop)])?;
         if let Some(list) = &self.labels {

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FieldError;
+
 /// The training recipe `densenet-zoo train` defaults to for the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +46,11 @@ impl Recipe {
     /// Checks that the recipe can run: at least one epoch of batches of at least one image, a
     /// positive finite learning rate, momentum in [0, 1), a finite non-negative weight decay,
     /// milestones within the run. The message names the field and the value found.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.problems().map_err(FieldError::said)
+    }
+
+    fn problems(&self) -> Result<(), String> {
         if self.batch_size == 0 {
             return Err("batch_size must be at least 1, found 0".into());
         }

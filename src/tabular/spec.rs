@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldError, Result};
 use crate::spec::{check_sizes, Recipe};
 
 /// The tabular specs that ship with the crate, as `(file name, JSON text)`.
@@ -80,7 +80,7 @@ impl MlpSpec {
         })?;
         spec.validate().map_err(|message| Error::Spec {
             origin: origin.to_string(),
-            message,
+            message: message.to_string(),
         })?;
         Ok(spec)
     }
@@ -127,8 +127,12 @@ impl MlpSpec {
         Self::from_json(&text, &path.display().to_string()).map(Some)
     }
 
-    /// Checks that the spec can be built and trained; the message names the field and value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks that the spec can be built and trained; the error names the field and value.
+    pub fn validate(&self) -> std::result::Result<(), FieldError> {
+        self.problems().map_err(FieldError::said)
+    }
+
+    fn problems(&self) -> std::result::Result<(), String> {
         match &self.connectivity {
             Connectivity::Dense {
                 stem_width,
@@ -174,7 +178,7 @@ impl MlpSpec {
                 }
             }
         }
-        self.recipe.validate().map_err(|m| format!("recipe.{m}"))?;
+        self.recipe.validate().map_err(|e| e.within("recipe").message)?;
         if self.recipe.epochs > MAX_EPOCHS {
             return Err(format!(
                 "recipe.epochs is {}, more than the limit of {MAX_EPOCHS}",

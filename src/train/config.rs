@@ -105,7 +105,7 @@ impl TrainConfig {
     /// the processes, synchronised batch norm off the CPU, freezing new weights, a warmup as
     /// long as the run.
     pub fn checked(&self, start_loads_weights: bool, world_size: usize, device: &Device) -> Result<Self> {
-        self.recipe.validate().map_err(Error::Training)?;
+        self.recipe.validate().map_err(|e| Error::Training(e.message))?;
         let mut config = self.clone();
         config.spec.set_input_size(config.image_size);
         let labels = config.spec.pretrained_cfg.labels.as_deref();
@@ -117,9 +117,9 @@ impl TrainConfig {
         let spec = &config.spec;
         spec.architecture
             .check_input_size(config.image_size)
-            .map_err(|message| Error::Spec {
+            .map_err(|e| Error::Spec {
                 origin: spec.name.clone(),
-                message,
+                message: e.message,
             })?;
         config.check_world(world_size, device)?;
         if let (Some(level), false) = (&config.freeze, start_loads_weights) {

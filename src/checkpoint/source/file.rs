@@ -78,7 +78,11 @@ pub(in crate::checkpoint) fn read(path: &Path, device: &Device, key: &StateDictK
 
 /// Parses safetensors bytes; `path` names them in errors, and a tensor that cannot be read
 /// (a dtype candle lacks, such as BOOL) is named too.
-pub(in crate::checkpoint) fn parse_safetensors(bytes: &[u8], path: &Path, device: &Device) -> Result<RawCheckpoint> {
+pub(in crate::checkpoint) fn parse_safetensors(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<RawCheckpoint> {
     if bytes.len() < 8 {
         return Err(bad(
             path,

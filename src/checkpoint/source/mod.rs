@@ -9,6 +9,6 @@ pub mod hub;
 mod pth;
 mod pth_guard;
 
-pub(super) use file::{parse_safetensors, read, RawCheckpoint};
 pub use file::{kind_of_file, write_safetensors, write_safetensors_with};
+pub(super) use file::{parse_safetensors, read, RawCheckpoint};
 pub use pth::StateDictKey;
