@@ -71,7 +71,7 @@ pub enum Error {
     /// so, in backticks, and a command line maps them to its flags.
     #[error("`{field}`{} {message}", if value.is_empty() { String::new() } else { format!(" {value}") })]
     Setting {
-        /// The field, as in [`crate::train::TrainConfig`] and its recipe.
+        /// The field, as a run's configuration and its recipe name it.
         field: String,
         /// Its value, as given; empty for a switch.
         value: String,

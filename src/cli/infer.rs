@@ -12,6 +12,7 @@ use image::DynamicImage;
 
 use super::cam::{CamTarget, OverlayWriter, Shown};
 use super::images::{expand_inputs, image_problem};
+use super::results::{json_line, report_error};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -279,48 +280,6 @@ fn plane(map: &Tensor) -> anyhow::Result<Vec<f32>> {
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?)
-}
-
-/// `{"path": "...", "top": [{"index": 3, "label": "Dress", "prob": 0.91}, ...]}`: the contracted
-/// form, its keys in this order and spaced like it.
-/// With a class activation map, `"cam": "PATH"` follows `top`.
-fn json_line(
-    path: &std::path::Path,
-    top: &[densenet_zoo::infer::Prediction],
-    cam: Option<&std::path::Path>,
-) -> String {
-    let items: Vec<String> = top
-        .iter()
-        .map(|p| {
-            let prob = serde_json::to_string(&p.prob).unwrap_or_else(|_| "null".into());
-            format!(
-                "{{\"index\": {}, \"label\": {}, \"prob\": {prob}}}",
-                p.index,
-                json_string(&p.label)
-            )
-        })
-        .collect();
-    let path = json_string(&path.display().to_string());
-    let cam = cam.map_or(String::new(), |c| {
-        format!(", \"cam\": {}", json_string(&c.display().to_string()))
-    });
-    format!("{{\"path\": {path}, \"top\": [{}]{cam}}}", items.join(", "))
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialise")
-}
-
-/// An input that could not be classified: a JSON line on stdout with `--json`, else a line on
-/// stderr.
-fn report_error(path: &std::path::Path, error: &str, json: bool) -> anyhow::Result<()> {
-    if json {
-        let (path, error) = (json_string(&path.display().to_string()), json_string(error));
-        out!("{{\"path\": {path}, \"error\": {error}}}")?;
-    } else {
-        say!("{}: {error}", path.display());
-    }
-    Ok(())
 }
 
 /// Predicts CSV files' rows with a tabular checkpoint (`--weights`, checked by the caller);

@@ -70,6 +70,7 @@ mod features;
 mod images;
 mod infer;
 mod progress;
+mod results;
 mod summary;
 mod tabular;
 mod train;

@@ -1,6 +1,6 @@
 //! The kernels the model calls, and the only place they live: convolution (with bias),
-//! batch norm fused with its ReLU, pooling, concatenation, and the ReLU with torch's gradient. The model code in `crate::model`
-//! calls nothing else, so faster kernels can replace these without touching it.
+//! batch norm fused with its ReLU, pooling, concatenation, and the ReLU with torch's gradient.
+//! The model calls nothing else, so faster kernels can replace these without touching it.
 //!
 //! On the CPU in f32 and f64 they are our own kernels with their own backward, in `cpu/`
 //! (convolution forward and backward, batch norm + ReLU, channel ops, the max pool,

@@ -62,7 +62,7 @@ impl Float for f64 {}
 /// A vector of `len` elements left unwritten, for a kernel that writes every one of them
 /// before anything reads it (a GEMM that overwrites its output, a copy, an elementwise map):
 /// it saves the pass that zeroing would cost, which the allocator cannot skip once it
-/// recycles freed memory (see `crate::allocator`).
+/// recycles freed memory (the allocator setting of training programs).
 ///
 /// # Safety
 /// The caller writes every element before it reads any or lets the vector leave the kernel.
