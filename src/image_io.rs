@@ -60,7 +60,7 @@ pub fn too_many_pixels(w: u64, h: u64) -> Option<String> {
 }
 
 /// 178956970 → "178,956,970".
-fn grouped(n: u64) -> String {
+pub fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

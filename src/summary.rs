@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
 
+/// A count with its thousands grouped: 7978856 → "7,978,856".
+pub use crate::image_io::grouped;
+
 /// One stage of the network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageSummary {

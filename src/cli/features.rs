@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
 use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{batch, eval_transform, load_with, preprocess_file, LoadOptions};
+use densenet_zoo::infer::{batch, eval_transform, load_with, preprocess_file};
 use densenet_zoo::{CamClass, CamMethod, FeatureInfo};
 
 use super::cam::CamTarget;
@@ -69,12 +69,8 @@ pub struct Args {
     /// Checkpoint: a path or hf:OWNER/REPO[:FILE] [default: as for infer].
     #[arg(long)]
     weights: Option<String>,
-    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
-    /// checkpoint's]; their count must be the classifier's.
-    #[arg(long, value_name = "FILE")]
-    labels: Option<PathBuf>,
     #[command(flatten)]
-    state_dict: super::weights::StateDictArgs,
+    read: super::weights::ReadArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_parser = super::at_least_one, allow_negative_numbers = true)]
     batch_size: usize,
@@ -114,15 +110,11 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
 pub fn run(args: Args) -> anyhow::Result<()> {
     densenet_zoo::output::check_file(&args.out)?;
     let device = parse_device(&args.device)?;
-    let options = LoadOptions {
-        state_dict: args.state_dict.key(),
-        labels: args.labels.clone(),
-    };
     let loaded = load_with(
         args.weights.as_deref(),
         args.variant.as_deref(),
         &device,
-        &options,
+        &args.read.options(),
     )?;
     let model = &loaded.model;
     let mut names: Vec<String> = Vec::new();

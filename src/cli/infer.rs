@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::{
-    batch, eval_transform, load_with, open_image, preprocess_image, probabilities, top_k_of, LoadOptions,
+    batch, eval_transform, load_with, open_image, preprocess_image, probabilities, top_k_of,
 };
 use densenet_zoo::CamMethod;
 use image::DynamicImage;
@@ -26,12 +26,8 @@ pub struct Args {
     /// the embedded Fashion-MNIST model].
     #[arg(long)]
     weights: Option<String>,
-    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
-    /// checkpoint's]; their count must be the classifier's.
-    #[arg(long, value_name = "FILE")]
-    labels: Option<PathBuf>,
     #[command(flatten)]
-    state_dict: super::weights::StateDictArgs,
+    read: super::weights::ReadArgs,
     /// How many classes to show per image [default: 5, or all when the model has fewer].
     #[arg(long, value_parser = super::at_least_one, allow_negative_numbers = true)]
     topk: Option<usize>,
@@ -93,15 +89,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let method = args.cam_method.unwrap_or_default();
-    let options = LoadOptions {
-        state_dict: args.state_dict.key(),
-        labels: args.labels.clone(),
-    };
     let loaded = load_with(
         args.weights.as_deref(),
         args.variant.as_deref(),
         &device,
-        &options,
+        &args.read.options(),
     )?;
     for notice in &loaded.notices {
         say!("note: {notice}");

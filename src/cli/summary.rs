@@ -1,6 +1,7 @@
 //! `densenet-zoo summary`: shapes, parameters and multiply-adds per stage.
 
-use densenet_zoo::{summary::summarize, Variant};
+use densenet_zoo::summary::{grouped, summarize};
+use densenet_zoo::Variant;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,29 +55,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{:<14} {:>18} {:>14} {:>18}",
             stage.name,
             shape,
-            group(stage.params),
-            group(stage.macs)
+            grouped(stage.params),
+            grouped(stage.macs)
         )?;
     }
     out!(
         "{:<14} {:>18} {:>14} {:>18}",
         "total",
         "",
-        group(summary.params),
-        group(summary.macs)
+        grouped(summary.params),
+        grouped(summary.macs)
     )?;
     Ok(())
-}
-
-/// 7978856 → "7,978,856".
-fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -1,7 +1,10 @@
 //! The flags that choose what to read from a checkpoint, shared by every command that takes
 //! `--weights`.
 
+use std::path::PathBuf;
+
 use densenet_zoo::checkpoint::StateDictKey;
+use densenet_zoo::infer::LoadOptions;
 
 /// Which state dict of a training checkpoint to read.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +26,27 @@ impl StateDictArgs {
             (Some(key), _) => StateDictKey::Key(key.clone()),
             (None, true) => StateDictKey::Ema,
             (None, false) => StateDictKey::Model,
+        }
+    }
+}
+
+/// What `infer` and `features` read from a checkpoint, and how they name its outputs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadArgs {
+    /// Class names, one per line (or JSON), for a checkpoint that records none [default: the
+    /// checkpoint's]; their count must be the classifier's.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    #[command(flatten)]
+    pub state_dict: StateDictArgs,
+}
+
+impl ReadArgs {
+    /// The library's options for these flags.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            state_dict: self.state_dict.key(),
+            labels: self.labels.clone(),
         }
     }
 }
