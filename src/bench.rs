@@ -122,9 +122,10 @@ pub fn bench(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resul
     }
     let mut sized = spec.clone();
     sized.set_input_size(config.size);
-    sized.validate().map_err(|message| Error::Spec {
-        origin: spec.name.clone(),
-        message: message.to_string(),
+    sized.validate().map_err(|e| Error::Setting {
+        field: "size".into(),
+        value: config.size.to_string(),
+        message: format!("is more than {} can take: {e}", spec.name),
     })?;
     let summary = summarize(spec, config.size)?;
     check_memory(spec, config, &summary)?;

@@ -116,6 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &device,
         &args.read.options(),
     )?;
+    for notice in &loaded.notices {
+        say!("note: {notice}");
+    }
     let model = &loaded.model;
     let mut names: Vec<String> = Vec::new();
     for name in &args.layers {

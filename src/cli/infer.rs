@@ -252,13 +252,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if writer.replaced == 1 { "" } else { "s" }
         );
     }
-    if let (Some(dir), false) = (&args.cam, args.json) {
-        say!(
+    match (&args.cam, args.json, written) {
+        (Some(_), false, 0) => say!("no class activation map was drawn: no input was classified"),
+        (Some(dir), false, _) => say!(
             "wrote {written} class activation map{} ({}) to {}",
             if written == 1 { "" } else { "s" },
             method.name(),
             dir.display()
-        );
+        ),
+        _ => {}
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {total} inputs could not be classified");

@@ -162,6 +162,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("image_size", "--image-size"),
     ("lr", "--lr"),
     ("num_classes", "--num-classes"),
+    ("size", "--size"),
     ("sync_batch_norm", "--sync-bn"),
     ("transition_pool", "--transition-pool"),
     ("warmup_epochs", "--warmup-epochs"),

@@ -210,7 +210,9 @@ impl TrainConfig {
                 .labels
                 .as_deref()
                 .and_then(crate::labels::builtin);
-            if let (Some(list), Some(names)) = (spec.pretrained_cfg.labels.as_deref(), builtin) {
+            if let (Some(list), Some(names), None) =
+                (spec.pretrained_cfg.labels.as_deref(), builtin, &self.class_names)
+            {
                 if names.len() == found.len() && names != *found {
                     observer.note(&format!(
                         "the checkpoint names {}'s classes ({}), not {list}'s ({}); IDX files are read \

@@ -208,14 +208,13 @@ impl RunDir {
                 progress.world_size,
             ));
         }
-        let at_batch = match progress.batch {
-            0 => String::new(),
-            b => format!(", batch {b}"),
+        let at = match progress.batch {
+            0 => format!("after epoch {}", progress.epoch),
+            b => format!("at epoch {}, after batch {b}", progress.epoch + 1),
         };
         observer.note(&format!(
-            "resuming from {} after epoch {}{at_batch}",
-            last_checkpoint(&self.out).display(),
-            progress.epoch
+            "resuming from {} {at}",
+            last_checkpoint(&self.out).display()
         ));
         Ok((ckpt, progress))
     }

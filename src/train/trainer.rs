@@ -143,7 +143,7 @@ impl Trainer {
         let classes = config.fit_classes(&train_set, start.resume, observer)?;
         let initial = match start.resume {
             true => resume(&run_dir, &config, collective.world_size(), device, observer)?,
-            false => start_weights(&run_dir, &config, start, device, observer)?,
+            false => start_weights(&run_dir, &config, start, &classes, device, observer)?,
         };
         let spec = &config.spec;
         let model = DenseNet::new(
@@ -545,6 +545,7 @@ fn start_weights(
     run_dir: &RunDir,
     config: &TrainConfig,
     start: &Start,
+    classes: &[String],
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<Initial> {
@@ -552,6 +553,21 @@ fn start_weights(
         Some(weights) => {
             let mut ckpt = Checkpoint::open_with(weights, device, &start.state_dict)?;
             let counts = batch_counts(&ckpt);
+            let own = ckpt
+                .metadata
+                .as_ref()
+                .map(|m| m.classes.clone())
+                .unwrap_or_default();
+            if own.len() == classes.len() && own != classes {
+                // The classifier is kept: its outputs now stand for the run's classes.
+                let first = |names: &[String]| names.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                observer.note(&format!(
+                    "the classifier of {weights} is kept, its outputs named anew: {} (the checkpoint \
+                     named them {})",
+                    first(classes),
+                    first(&own)
+                ));
+            }
             for notice in ckpt.adapt(&config.spec, true)? {
                 observer.note(&notice);
             }
@@ -588,12 +604,17 @@ fn frozen_note(model: &DenseNet, level: usize, varmap: &VarMap) -> String {
         .map(|l| l.name.as_str())
         .collect();
     format!(
-        "frozen up to {} ({}{}): {frozen} of {all} weights stay as loaded, and their batch norms \
+        "frozen up to {} ({}{}{}): {frozen} of {all} weights stay as loaded, and their batch norms \
          normalise with the running statistics; the rest trains",
         levels.last().expect("a level"),
         levels.join(", "),
         if level > 1 {
             " and the transitions between them"
+        } else {
+            ""
+        },
+        if level + 1 == model.feature_info().len() {
+            ", and norm5"
         } else {
             ""
         }

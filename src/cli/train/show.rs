@@ -88,32 +88,33 @@ impl Observer for Shown {
 pub fn announce(config: &TrainConfig, device: &candle_core::Device, world: usize) {
     let r = &config.recipe;
     say!(
-        "training {} on {} at {}×{} for {} epoch{}: {:?} lr {} (schedule {:?}), batch {}, momentum {}{}, \
-         weight decay {}, augment {}{}, seed {}, device {:?}{}",
+        "training {} on {} at {}×{} for {} epoch{}: {} lr {} (schedule {}), batch {}, momentum {}{}, \
+         weight decay {}, augment {}{}, seed {}, device {}{}",
         config.spec.name,
         config.data.display(),
         config.image_size,
         config.image_size,
         r.epochs,
         if r.epochs == 1 { "" } else { "s" },
-        r.optimizer,
+        name(r.optimizer),
         r.lr,
-        r.schedule,
+        name(r.schedule),
         r.batch_size,
         r.momentum,
         if r.nesterov { " (Nesterov)" } else { "" },
         r.weight_decay,
-        serde_json::to_value(r.augment)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        name(r.augment),
         if r.label_smoothing > 0.0 {
             format!(", label smoothing {}", r.label_smoothing)
         } else {
             String::new()
         },
         config.seed,
-        device,
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        },
         match (config.memory_efficient, &config.freeze) {
             (true, _) => ", memory-efficient".to_string(),
             (false, Some(level)) => format!(", frozen up to {level}"),
@@ -146,4 +147,12 @@ pub fn announce(config: &TrainConfig, device: &candle_core::Device, world: usize
             pool.name()
         );
     }
+}
+
+/// A setting as the flags and the recipe files write it (`sgd`, `step`, `crop-flip`).
+fn name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
