@@ -50,7 +50,7 @@ pub mod infer;
 pub mod labels;
 mod model;
 pub mod ops;
-pub mod output;
+mod output;
 mod plan;
 mod registry;
 pub mod spec;

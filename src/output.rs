@@ -2,7 +2,7 @@
 //! atomic writes, and no temporary file left behind by an interrupt or a killed process.
 //!
 //! ```no_run
-//! use densenet_zoo::output;
+//! use densenet_zoo::checkpoint as output;
 //! let out = std::path::Path::new("embeddings/feats.safetensors");
 //! output::check_file(out)?;              // before any image is read
 //! // ... the work ...
@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A program that stops on a signal calls [`remove_unfinished_writes`] from its handler
-//! before it exits; the library itself installs no handler.
+//! before it exits; the library itself installs no handler. Its functions are public as
+//! [`crate::checkpoint`]'s, beside the safetensors writers that use them.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};

@@ -15,7 +15,8 @@ const VERSION: &str = "densenet_zoo.version";
 const TRAINING: &str = "densenet_zoo.training";
 /// Which kind of model a file holds: `image` or `tabular`.
 const KIND: &str = "densenet_zoo.kind";
-/// The spec of a tabular net; before [`KIND`] was written, its presence marked such a file.
+/// The spec of a tabular net; before `densenet_zoo.kind` was written, its presence marked such
+/// a file.
 pub const TABULAR_SPEC: &str = "densenet_zoo.tabular_spec";
 
 /// The kind of model a checkpoint written by this crate holds, as its metadata says.

@@ -24,7 +24,9 @@ mod names;
 mod source;
 mod state_dict;
 
-pub use crate::output::{is_temporary, write_atomic};
+pub use crate::output::{
+    check_file, check_folder, is_temporary, prepare_folder, remove_unfinished_writes, write_atomic,
+};
 pub use adapt::{adapt, adapt_input_conv};
 pub use architecture::{architecture_differences, nearest_builtin, preprocessing_source, spec_from_tensors};
 pub(crate) use expected::record_tensors;

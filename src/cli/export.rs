@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    densenet_zoo::output::check_file(&args.out)?;
+    densenet_zoo::checkpoint::check_file(&args.out)?;
     // A tabular net is refused as such before the file is read.
     if let Some(v) = &args.variant {
         densenet_zoo::Variant::resolve_image(v)?;

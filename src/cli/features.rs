@@ -108,7 +108,7 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    densenet_zoo::output::check_file(&args.out)?;
+    densenet_zoo::checkpoint::check_file(&args.out)?;
     let device = parse_device(&args.device)?;
     let loaded = load_with(
         args.weights.as_deref(),

@@ -63,7 +63,7 @@ fn shipped_examples() -> Vec<PathBuf> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.cam {
-        densenet_zoo::output::check_folder(dir)?;
+        densenet_zoo::checkpoint::check_folder(dir)?;
     }
     let device = parse_device(&args.device)?;
     // A tabular model reads every input as CSV, whatever its name; otherwise a `.csv` asks

@@ -49,7 +49,7 @@ pub fn handle_interrupts() {
             STOP.store(true, Ordering::SeqCst);
             return;
         }
-        densenet_zoo::output::remove_unfinished_writes();
+        densenet_zoo::checkpoint::remove_unfinished_writes();
         std::process::exit(130);
     });
 }
