@@ -9,8 +9,11 @@
 //! removes it at no cost in peak memory: the peak is what is alive at once either way.
 
 /// Tells glibc to serve allocations up to 1 GiB from its heap and to keep freed memory for
-/// reuse instead of returning it to the kernel. Call it once, first thing in `main`; the
-/// `densenet-zoo` binary does. Does nothing on other platforms and allocators.
+/// reuse instead of returning it to the kernel, all threads from one heap: the ops run on
+/// rayon's workers ([`crate::ops::on_workers`]), and a heap per thread kept each one's freed
+/// tensors from the others (the book's net at 32×32, batch 256: 577 MiB peak against 299 with
+/// one heap, at the same speed). Call it once, first thing in `main`; the `densenet-zoo`
+/// binary does. Does nothing on other platforms and allocators.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before any
@@ -19,5 +22,6 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -310,6 +310,10 @@ impl DenseNet {
     /// With frozen levels ([`DenseNet::with_frozen`]), those run on their running statistics
     /// in training too.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        ops::on_workers(|| self.forward_features_here(x, train))
+    }
+
+    fn forward_features_here(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mode = self.mode(train);
         let x = self.checked_input(x)?;
         let (mut x, first) = match &self.frozen {
@@ -353,9 +357,11 @@ impl DenseNet {
     /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
     /// its pool, then every dense block's output (the last one after `norm5` and ReLU).
     pub fn features_only(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut levels = Vec::with_capacity(self.feature_info.len());
-        self.walk_levels(x, self.mode(train), self.stages.len(), |level| levels.push(level))?;
-        Ok(levels)
+        ops::on_workers(|| {
+            let mut levels = Vec::with_capacity(self.feature_info.len());
+            self.walk_levels(x, self.mode(train), self.stages.len(), |level| levels.push(level))?;
+            Ok(levels)
+        })
     }
 
     /// Level `level`'s map of [`DenseNet::features_only`] for images `x`, without computing

@@ -8,7 +8,7 @@
 //! candle's ops; [`KernelPath`] is the one decision between them. [`FeatureStore`] chooses how a
 //! dense block holds its feature maps: shared storage for memory-efficient training, one
 //! buffer at inference, a concatenation otherwise. [`Mode`] says which mode a forward pass
-//! runs in.
+//! runs in, and [`on_workers`] where.
 
 mod batch_norm;
 mod batch_norm_group;
@@ -18,6 +18,7 @@ mod feature_store;
 mod mode;
 mod pool;
 mod relu;
+mod workers;
 
 pub use batch_norm::BatchNorm2d;
 pub use batch_norm_group::BatchNormGroup;
@@ -26,3 +27,4 @@ pub use feature_store::FeatureStore;
 pub use mode::{cpu_kernels, fused_inference, KernelPath, Mode};
 pub use pool::{avg_pool2x2, global_avg_pool, max_pool2d};
 pub use relu::relu;
+pub use workers::on_workers;
