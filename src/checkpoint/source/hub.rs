@@ -1,6 +1,6 @@
-//! Weights from the Hugging Face hub, through the `hf-hub` crate and the standard cache that
-//! Python's `huggingface_hub` shares: `hf:OWNER/REPO[:FILE]`, `FILE` defaulting to
-//! `model.safetensors`.
+//! Weights from the Hugging Face hub, in the standard cache that Python's `huggingface_hub`
+//! shares, downloaded through the `hf-hub` crate (feature `hub`) when missing:
+//! `hf:OWNER/REPO[:FILE]`, `FILE` defaulting to `model.safetensors`.
 //!
 //! Where the cache is, which server, whether to go online and which token to send are read from
 //! the environment exactly as Python's `huggingface_hub` reads them ([`HubSettings`]), so that
@@ -48,41 +48,65 @@ impl HubFile {
         }
     }
 
-    /// The file's path in the local cache, downloading it first unless it is there.
+    /// The file's path in the local cache, downloading it first unless it is there (with the
+    /// crate's `hub` feature, on by default; without it, the cache alone is read).
     pub fn fetch(&self) -> Result<PathBuf> {
         let fail = |message: String| Error::Checkpoint {
             path: self.to_string(),
             message,
         };
         let settings = HubSettings::from_env();
-        let cache = hf_hub::Cache::new(settings.cache.clone());
-        if let Some(path) = cache.model(self.repo.clone()).get(&self.file) {
+        if let Some(path) = self.cached(&settings.cache) {
             return Ok(path);
         }
         if settings.offline {
             return Err(fail(format!(
                 "not in the cache at {} and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)",
-                cache.path().display()
+                settings.cache.display()
             )));
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+        self.download(settings).map_err(fail)
+    }
+
+    /// The file in the cache at `cache`, as Python's `huggingface_hub` lays it out: the
+    /// snapshot of the commit that `models--OWNER--REPO/refs/main` names.
+    pub fn cached(&self, cache: &Path) -> Option<PathBuf> {
+        let folder = cache.join(format!("models--{}", self.repo.replace('/', "--")));
+        let commit = std::fs::read_to_string(folder.join("refs").join("main")).ok()?;
+        let path = folder.join("snapshots").join(commit.trim()).join(&self.file);
+        path.exists().then_some(path)
+    }
+
+    #[cfg(feature = "hub")]
+    fn download(&self, settings: HubSettings) -> std::result::Result<PathBuf, String> {
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(settings.cache))
             .with_endpoint(settings.endpoint)
             .with_token(settings.token)
             .with_progress(true)
             .build()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let path = api
             .model(self.repo.clone())
             .get(&self.file)
-            .map_err(|e| fail(download_failure(&e)))?;
-        verify_download(&path).map_err(fail)?;
+            .map_err(|e| download_failure(&e))?;
+        verify_download(&path)?;
         remove_lock_file(&path);
         Ok(path)
+    }
+
+    #[cfg(not(feature = "hub"))]
+    fn download(&self, settings: HubSettings) -> std::result::Result<PathBuf, String> {
+        Err(format!(
+            "not in the cache at {}, and this build does not download: enable densenet-zoo's \
+             `hub` feature (on by default), or put the file in the cache",
+            settings.cache.display()
+        ))
     }
 }
 
 /// Why a download failed, and what to do: the server's refusals (401, 403, 404) are not worth
 /// retrying; anything else (a connection cut) is, and resumes where it stopped.
+#[cfg(feature = "hub")]
 fn download_failure(error: &hf_hub::api::sync::ApiError) -> String {
     let text = error.to_string();
     // hf-hub keeps the HTTP status only in its message ("status code 404").
@@ -102,6 +126,7 @@ fn download_failure(error: &hf_hub::api::sync::ApiError) -> String {
 
 /// Removes the empty `BLOB.lock` that hf-hub leaves beside a downloaded blob: Python's client
 /// keeps its locks in `.locks/`, and counts every file in `blobs/` as a blob.
+#[cfg(feature = "hub")]
 fn remove_lock_file(pointer: &std::path::Path) {
     if let Ok(blob) = std::fs::canonicalize(pointer) {
         let mut lock = blob.into_os_string();
@@ -117,6 +142,7 @@ fn remove_lock_file(pointer: &std::path::Path) {
 /// LFS file, which names its blob in the cache). hf-hub keeps a body that ended early without
 /// an error when the server sent no length; such a file is removed from the cache here, so
 /// that the next run downloads it again instead of reading a corrupt file.
+#[cfg(feature = "hub")]
 fn verify_download(pointer: &std::path::Path) -> std::result::Result<(), String> {
     use sha2::{Digest, Sha256};
     let blob = std::fs::canonicalize(pointer).map_err(|e| format!("{}: {e}", pointer.display()))?;
@@ -255,4 +281,53 @@ fn expand_vars(path: &str, var: &impl Fn(&str) -> Option<String>) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache laid out as `huggingface_hub` writes it, holding `file` of `repo` at commit
+    /// `abc123` (the blob and its symlink are one file here: the lookup reads paths only).
+    fn cache_with(name: &str, repo: &str, file: &str) -> PathBuf {
+        let cache = std::env::temp_dir().join(format!("zoo-hub-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
+        let snapshot = folder.join("snapshots").join("abc123");
+        std::fs::create_dir_all(snapshot.join(Path::new(file).parent().unwrap())).unwrap();
+        std::fs::write(snapshot.join(file), b"weights").unwrap();
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::write(folder.join("refs").join("main"), "abc123\n").unwrap();
+        cache
+    }
+
+    #[test]
+    fn the_cache_is_read_as_python_lays_it_out() {
+        let cache = cache_with("layout", "timm/densenet121.tv_in1k", "sub/model.safetensors");
+        let file = HubFile::parse("hf:timm/densenet121.tv_in1k:sub/model.safetensors")
+            .unwrap()
+            .unwrap();
+        let expected = cache.join("models--timm--densenet121.tv_in1k/snapshots/abc123/sub/model.safetensors");
+        assert_eq!(file.cached(&cache), Some(expected));
+        let other = HubFile::parse("hf:timm/densenet121.tv_in1k:model.safetensors")
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.cached(&cache), None);
+        let elsewhere = HubFile::parse("hf:timm/densenet169.tv_in1k").unwrap().unwrap();
+        assert_eq!(elsewhere.cached(&cache), None);
+        std::fs::remove_dir_all(cache).unwrap();
+    }
+
+    /// Without the `hub` feature, a file missing from the cache is refused with the cache's
+    /// place and the feature to enable (CI runs this with `--no-default-features`).
+    #[cfg(not(feature = "hub"))]
+    #[test]
+    fn without_the_hub_feature_a_missing_file_names_the_feature() {
+        let file = HubFile::parse("hf:me/absent").unwrap().unwrap();
+        let settings =
+            HubSettings::from_vars(|name| (name == "HF_HUB_CACHE").then(|| "/nonexistent/cache".into()));
+        let message = file.download(settings).unwrap_err();
+        assert!(message.contains("/nonexistent/cache"), "{message}");
+        assert!(message.contains("`hub` feature"), "{message}");
+    }
 }
