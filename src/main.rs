@@ -8,6 +8,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     end_quietly_when_the_reader_goes();
     densenet_zoo::allocator::keep_freed_memory();
+    spin_briefly_in_candles_pool();
     let args = cli::Cli::parse();
     cli::handle_interrupts();
     match cli::run(args) {
@@ -47,5 +48,18 @@ fn end_quietly_when_the_reader_goes() {
     // disposition for SIGPIPE and no handler of ours is replaced.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// candle runs its element-wise ops on a thread pool of its own, whose threads spin 25,000
+/// times after each op before they sleep: on the cores that our kernels' threads then need.
+/// At 1,000 (unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set), training ran 5–17 % faster
+/// (the book's net at 32×32, DenseNet-121 and DenseNet-BC-100; AMD EPYC, 2 cores).
+fn spin_briefly_in_candles_pool() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        // Called first thing in main, before any other thread exists, and before candle
+        // reads it (when its pool starts, at the first element-wise op).
+        std::env::set_var(VAR, "1000");
     }
 }
