@@ -45,6 +45,7 @@ CPU_ROWS = [
     ("book net training, 96x96, batch 64", "d2l", "train", 64, 96, ["torch"]),
     ("book net training, 96x96, batch 256", "d2l", "train", 256, 96, ["torch"]),
     ("book net training, 32x32, batch 256", "d2l", "train", 256, 32, ["torch"]),
+    ("DenseNet-BC-100 (k=12) training, 32x32, batch 64", "bc-100-12", "train", 64, 32, ["torch"]),
 ] + [
     # Reported without a goal: the other ImageNet variants at inference.
     (f"DenseNet-{v} inference, batch {b}, 224", v, "infer", b, 224, ["ort"])
@@ -77,6 +78,9 @@ def torch_model(variant, memory_efficient):
     if variant == "264":  # the paper's Table 1; torchvision has no builder for it
         return torchvision.models.DenseNet(32, (6, 12, 64, 48), 64, memory_efficient=memory_efficient), 3, 1000
     sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    if variant == "bc-100-12":  # the paper's CIFAR stem, from torchvision's own parts
+        from make_fixtures import CifarDenseNet
+        return CifarDenseNet(12, (16, 16, 16), 24, 4, 10), 3, 10
     from make_fixtures import book_densenet  # the book's own nn.Sequential
     return book_densenet(), 1, 10
 
