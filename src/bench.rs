@@ -187,7 +187,7 @@ fn time_model(spec: &VariantSpec, config: &BenchConfig, device: &Device) -> Resu
         for i in 0..config.warmup + config.iters {
             time(i, &mut || {
                 let loss = candle_nn::loss::cross_entropy(&model.forward_t(&x, true)?, &y)?;
-                crate::ops::on_workers(|| opt.step(&loss.backward()?, 0.01))?;
+                model.run(|| opt.step(&loss.backward()?, 0.01))?;
                 loss.to_scalar::<f32>()?;
                 Ok(())
             })?;

@@ -82,6 +82,9 @@ pub struct DenseNet {
     inference: bool,
     /// The first levels, kept as loaded ([`DenseNet::with_frozen`]).
     frozen: Option<FrozenPrefix>,
+    /// Its batch norms communicate with other processes in training
+    /// ([`DenseNet::with_sync_batch_norm`]), from the thread that runs it.
+    synchronised: bool,
 }
 
 impl DenseNet {
@@ -158,6 +161,7 @@ impl DenseNet {
             feature_info,
             inference: false,
             frozen: None,
+            synchronised: false,
         })
     }
 
@@ -194,6 +198,8 @@ impl DenseNet {
             feature_info: self.feature_info.clone(),
             inference: true,
             frozen: None,
+            // Inference normalises with running statistics: nothing to communicate.
+            synchronised: false,
         }
     }
 
@@ -283,6 +289,7 @@ impl DenseNet {
     /// `group` hold parts of (see [`BatchNorm2d::set_group`]); `None` restores each process's
     /// own. Training with a group runs on the CPU kernels only (f32, f64 on the CPU).
     pub fn with_sync_batch_norm(mut self, group: Option<Arc<dyn BatchNormGroup>>) -> Self {
+        self.synchronised = group.is_some();
         let mut set = |norm: &mut BatchNorm2d| norm.set_group(group.clone());
         self.stem.for_each_batch_norm(&mut set);
         for stage in &mut self.stages {
@@ -290,6 +297,17 @@ impl DenseNet {
         }
         set(&mut self.norm5);
         self
+    }
+
+    /// Runs `f`, a pass through the model (forward, backward, an optimiser step), where its
+    /// ops run best: on rayon's workers ([`ops::on_workers`]), or on this thread when its
+    /// batch norms are synchronised, since MPI communicates only from the thread that started
+    /// it.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self.synchronised {
+            true => f(),
+            false => ops::on_workers(f),
+        }
     }
 
     /// The spec the model was built from.
@@ -310,7 +328,7 @@ impl DenseNet {
     /// With frozen levels ([`DenseNet::with_frozen`]), those run on their running statistics
     /// in training too.
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        ops::on_workers(|| self.forward_features_here(x, train))
+        self.run(|| self.forward_features_here(x, train))
     }
 
     fn forward_features_here(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -357,7 +375,7 @@ impl DenseNet {
     /// Multi-scale feature maps, one per entry of [`DenseNet::feature_info`]: the stem before
     /// its pool, then every dense block's output (the last one after `norm5` and ReLU).
     pub fn features_only(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        ops::on_workers(|| {
+        self.run(|| {
             let mut levels = Vec::with_capacity(self.feature_info.len());
             self.walk_levels(x, self.mode(train), self.stages.len(), |level| levels.push(level))?;
             Ok(levels)

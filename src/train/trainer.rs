@@ -29,7 +29,6 @@ use crate::distributed::{
 };
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
-use crate::ops;
 
 /// A training run: the data, the model and its optimiser, the schedule and the progress,
 /// checkpointed in `out` after every epoch (`last.safetensors`, `best.safetensors`,
@@ -402,10 +401,10 @@ impl Trainer {
             1 => loss,
             _ => loss.affine((n * world) as f64 / total, 0.0)?,
         };
-        let mut grads = ops::on_workers(|| loss.backward())?;
+        let mut grads = self.model.run(|| loss.backward())?;
         average_gradients(collective, &self.parameters, &mut grads)?;
-        let optimizer = &mut self.optimizer;
-        ops::on_workers(|| optimizer.step(&grads, *lr))?;
+        let (model, optimizer) = (&self.model, &mut self.optimizer);
+        model.run(|| optimizer.step(&grads, *lr))?;
         self.progress.steps += 1;
         let (loss_sum, correct, seen, train_s) = partial;
         *loss_sum += batch_loss;
