@@ -69,11 +69,14 @@ def torchvision_root(data: pathlib.Path, scratch: pathlib.Path) -> pathlib.Path:
 
 
 def timed(command) -> float:
+    """The command's wall time; its last line of output is shown, to see that it trained."""
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"{command[0]} failed:\n{result.stderr[-2000:]}")
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    print(f"  {pathlib.Path(command[0]).name}: {lines[-1] if lines else '(no output)'}")
     return elapsed
 
 

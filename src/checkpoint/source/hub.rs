@@ -98,7 +98,8 @@ impl HubFile {
     fn download(&self, settings: HubSettings) -> std::result::Result<PathBuf, String> {
         Err(format!(
             "not in the cache at {}, and this build does not download: enable densenet-zoo's \
-             `hub` feature (on by default), or put the file in the cache",
+             `hub` feature (on by default; `features = [\"hub\"]` in Cargo.toml), or put the \
+             file in the cache (Python's `hf download OWNER/REPO FILE` does)",
             settings.cache.display()
         ))
     }
