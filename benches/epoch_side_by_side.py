@@ -75,7 +75,7 @@ def timed(command) -> float:
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"{command[0]} failed:\n{result.stderr[-2000:]}")
-    lines = (result.stdout + result.stderr).strip().splitlines()
+    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
     print(f"  {pathlib.Path(command[0]).name}: {lines[-1] if lines else '(no output)'}")
     return elapsed
 
