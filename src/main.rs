@@ -53,7 +53,7 @@ fn end_quietly_when_the_reader_goes() {
 
 /// candle runs its element-wise ops on a thread pool of its own, whose threads spin 25,000
 /// times after each op before they sleep: on the cores that our kernels' threads then need.
-/// At 1,000 (unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set), training ran 5–17 % faster
+/// At 1,000 (unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set), training ran 5–16 % faster
 /// (the book's net at 32×32, DenseNet-121 and DenseNet-BC-100; AMD EPYC, 2 cores).
 fn spin_briefly_in_candles_pool() {
     const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";

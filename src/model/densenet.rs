@@ -82,9 +82,6 @@ pub struct DenseNet {
     inference: bool,
     /// The first levels, kept as loaded ([`DenseNet::with_frozen`]).
     frozen: Option<FrozenPrefix>,
-    /// Its batch norms communicate with other processes in training
-    /// ([`DenseNet::with_sync_batch_norm`]), from the thread that runs it.
-    synchronised: bool,
 }
 
 impl DenseNet {
@@ -161,7 +158,6 @@ impl DenseNet {
             feature_info,
             inference: false,
             frozen: None,
-            synchronised: false,
         })
     }
 
@@ -198,8 +194,6 @@ impl DenseNet {
             feature_info: self.feature_info.clone(),
             inference: true,
             frozen: None,
-            // Inference normalises with running statistics: nothing to communicate.
-            synchronised: false,
         }
     }
 
@@ -289,7 +283,6 @@ impl DenseNet {
     /// `group` hold parts of (see [`BatchNorm2d::set_group`]); `None` restores each process's
     /// own. Training with a group runs on the CPU kernels only (f32, f64 on the CPU).
     pub fn with_sync_batch_norm(mut self, group: Option<Arc<dyn BatchNormGroup>>) -> Self {
-        self.synchronised = group.is_some();
         let mut set = |norm: &mut BatchNorm2d| norm.set_group(group.clone());
         self.stem.for_each_batch_norm(&mut set);
         for stage in &mut self.stages {
@@ -301,10 +294,11 @@ impl DenseNet {
 
     /// Runs `f`, a pass through the model (forward, backward, an optimiser step), where its
     /// ops run best: on rayon's workers ([`ops::on_workers`]), or on this thread when its
-    /// batch norms are synchronised, since MPI communicates only from the thread that started
-    /// it.
+    /// batch norms are synchronised in training ([`DenseNet::with_sync_batch_norm`]), since
+    /// MPI communicates only from the thread that started it. Inference normalises with the
+    /// running statistics and communicates nothing.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self.synchronised {
+        match self.norm5.group().is_some() && !self.inference {
             true => f(),
             false => ops::on_workers(f),
         }
