@@ -26,7 +26,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use densenet_zoo::distributed::{average_gradients, broadcast_tensors, shard, Buffer, Collective, Mpi};
+use densenet_zoo::train::distributed::{
+    average_gradients, broadcast_tensors, shard, Buffer, Collective, Mpi,
+};
 use densenet_zoo::train::{cross_entropy, seeded_varmap, Optimizer, OptimizerKind};
 use densenet_zoo::{DenseNet, VariantSpec};
 

@@ -52,7 +52,7 @@ pub fn spec(data: &[u8]) {
     let _ = spec.architecture.stage_sizes(spec.input_size());
     let _ = spec.architecture.num_features();
     let _ = expected_tensors(&spec);
-    let _ = densenet_zoo::summary::summarize(&spec, spec.architecture.min_input_size());
+    let _ = densenet_zoo::tools::summary::summarize(&spec, spec.architecture.min_input_size());
 }
 
 /// An IDX file, gzipped or not, read as images (3 dimensions) and as labels (1).

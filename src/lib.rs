@@ -19,43 +19,50 @@
 //! # Ok::<(), densenet_zoo::Error>(())
 //! ```
 //!
+//! Open a pretrained model in one call with [`infer::Pretrained`]:
+//!
+//! ```no_run
+//! let model = densenet_zoo::infer::Pretrained::open("hf:timm/densenet121.tv_in1k")?;
+//! let top5 = model.classify(["cat.jpg"], 5)?; // labels and probabilities
+//! let embedding = model.embed(["cat.jpg"])?; // (1, 1024)
+//! # Ok::<(), densenet_zoo::Error>(())
+//! ```
+//!
 //! What is where:
+//! - [`infer`]: [`infer::Pretrained`], the façade (open by name, file or `hf:`; classify, embed,
+//!   feature maps, class activation maps, a fine-tuning run), its preprocessing and top-k, and
+//!   [`infer::heat_map`] overlays.
 //! - [`spec`]: [`VariantSpec`], its [`spec::Architecture`], [`spec::PretrainedCfg`] and
-//!   [`spec::Recipe`]; the built-in variants.
+//!   [`spec::Recipe`]; the built-in variants and class-name lists ([`spec::labels`]).
 //! - [`DenseNet`] and its parts ([`Stem`], [`Stage`], [`DenseBlock`], [`DenseLayer`],
-//!   [`Transition`]), built from the plan [`VariantSpec`]'s architecture gives ([`StagePlan`]).
-//! - [`ops`]: the kernels the model calls, the forward [`ops::Mode`] and [`ops::FeatureStore`].
+//!   [`Transition`]), built from the plan [`VariantSpec`]'s architecture gives ([`StagePlan`]);
+//!   [`DenseNet::class_activation_maps`] (Grad-CAM and CAM).
 //! - [`checkpoint`]: safetensors, `.pth` and hub weights in, torchvision's and the book's names out.
-//! - [`data`], [`train`]: data sets and loaders; the [`train::Trainer`] and its [`train::Observer`].
-//! - [`infer`], [`labels`]: preprocessing, prediction and class names.
-//! - [`DenseNet::class_activation_maps`] (Grad-CAM and CAM) and [`heat_map`]: what the net
-//!   looked at, and the overlays that show it.
+//! - [`data`], [`train`]: data sets and loaders; the [`train::Trainer`], its [`train::Observer`],
+//!   and data-parallel training ([`train::distributed`]).
+//! - [`ops`]: the kernels the model calls, the forward [`ops::Mode`] and [`ops::FeatureStore`].
 //! - [`tabular`] and its [`DenseMlp`]: CSV files, the book's preprocessing, dense connectivity for
 //!   fully connected layers, k-fold log-RMSE (the house-price task).
-//! - [`bench`](mod@bench), [`summary`], [`device`], [`device_check`], [`allocator`]: what the command
-//!   line's `bench`, `summary`, `--device` and `check-device` run on, and the allocator setting
-//!   for training programs.
+//!
+//! Everything a multi-threaded service shares ([`infer::Pretrained`], [`DenseNet`]) is
+//! `Send + Sync`, asserted at compile time.
 
-pub mod allocator;
-pub mod bench;
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
-pub mod device;
-pub mod device_check;
-pub mod distributed;
 mod error;
-pub mod heat_map;
 mod image_io;
 pub mod infer;
-pub mod labels;
 mod model;
 pub mod ops;
 mod output;
 mod plan;
 mod registry;
 pub mod spec;
-pub mod summary;
 pub mod tabular;
+#[doc(hidden)]
+pub mod tools;
 pub mod train;
 
 pub use error::{Error, FieldError, Result};

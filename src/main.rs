@@ -7,7 +7,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     end_quietly_when_the_reader_goes();
-    densenet_zoo::allocator::keep_freed_memory();
+    densenet_zoo::train::keep_freed_memory();
     spin_briefly_in_candles_pool();
     let args = cli::Cli::parse();
     cli::handle_interrupts();

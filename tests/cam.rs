@@ -257,7 +257,7 @@ fn a_net_trained_to_find_a_bright_square_looks_at_the_square() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let heat = densenet_zoo::heat_map::upsample(&map, (h, w), (SIZE as u32, SIZE as u32));
+        let heat = densenet_zoo::infer::heat_map::upsample(&map, (h, w), (SIZE as u32, SIZE as u32));
         let peak = (0..heat.len())
             .max_by(|&a, &b| heat[a].total_cmp(&heat[b]))
             .unwrap();

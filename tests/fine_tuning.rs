@@ -7,31 +7,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures_dir, metrics, slice_of_fashion_mnist, stderr, zoo};
+use common::{fixtures_dir, image_folder, metrics, slice_of_fashion_mnist, stderr, zoo};
 use densenet_zoo::checkpoint::Checkpoint;
 
 fn temp(name: &str) -> PathBuf {
     common::temp("fine-tuning", name)
-}
-
-/// An ImageFolder of `side`×`side` RGB PNGs: `per_class` training and 2 validation images
-/// of each class in `classes`, each class a shade.
-fn image_folder(dir: &Path, classes: &[&str], per_class: u32, side: u32) {
-    for (c, class) in classes.iter().enumerate() {
-        for (split, n) in [("train", per_class), ("val", 2)] {
-            for i in 0..n {
-                let path = dir.join(format!("{split}/{class}/{i:02}.png"));
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                let shade = 40 + 70 * c as u32;
-                image::RgbImage::from_fn(side, side, |x, y| {
-                    let noise = (x * 7 + y * 13 + i * 31) % 40;
-                    image::Rgb([(shade + noise) as u8, shade as u8, (shade + 40 - noise) as u8])
-                })
-                .save(&path)
-                .unwrap();
-            }
-        }
-    }
 }
 
 /// Every tensor of a checkpoint by name, as f64 values (integers too), with its dtype.

@@ -399,7 +399,7 @@ fn train_refuses_to_run_as_one_of_many_launched_processes() {
         );
     }
     assert_eq!(
-        densenet_zoo::distributed::launched_world_size(),
+        densenet_zoo::train::distributed::launched_world_size(),
         None,
         "the tests run under no launcher"
     );

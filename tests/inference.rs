@@ -247,9 +247,11 @@ fn features_writes_one_row_per_image_per_level() {
         serde_json::from_str(&header.metadata().as_ref().unwrap()["densenet_zoo.files"]).unwrap();
     assert_eq!(files, images);
     // The rows are the library's: logits for the second image match its own forward pass.
-    let loaded = densenet_zoo::infer::load(None, None, &Device::Cpu).unwrap();
-    let x = preprocessed(loaded.model.spec(), &[PathBuf::from(images[1])]);
-    let logits = loaded.model.forward_t(&x, false).unwrap();
+    let model =
+        densenet_zoo::infer::Pretrained::open_with(densenet_zoo::infer::Source::Embedded, Default::default())
+            .unwrap();
+    let x = preprocessed(model.spec(), &[PathBuf::from(images[1])]);
+    let logits = model.net().forward_t(&x, false).unwrap();
     assert_close(
         &feats["logits"].narrow(0, 1, 1).unwrap(),
         &logits,

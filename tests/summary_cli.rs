@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use densenet_zoo::summary::summarize;
+use densenet_zoo::tools::summary::summarize;
 use densenet_zoo::VariantSpec;
 
 /// torchvision's `sum(p.numel() for p in model.parameters())` for its nets; the same count for

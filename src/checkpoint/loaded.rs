@@ -155,7 +155,7 @@ impl Checkpoint {
     pub fn class_names(&self, spec: &VariantSpec) -> Vec<String> {
         match &self.metadata {
             Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
-            _ => crate::labels::for_classes(
+            _ => crate::spec::labels::for_classes(
                 spec.pretrained_cfg.labels.as_deref(),
                 spec.architecture.num_classes,
             ),

@@ -83,7 +83,7 @@ impl Metadata {
     pub fn for_spec(spec: &VariantSpec) -> Self {
         Self {
             spec: spec.clone(),
-            classes: crate::labels::for_classes(
+            classes: crate::spec::labels::for_classes(
                 spec.pretrained_cfg.labels.as_deref(),
                 spec.architecture.num_classes,
             ),
@@ -135,7 +135,7 @@ impl Metadata {
         let spec = VariantSpec::from_json(spec_json, SPEC).map_err(|e| e.to_string())?;
         let classes: Vec<String> = match map.get(CLASSES) {
             Some(text) => serde_json::from_str(text).map_err(|e| format!("{CLASSES}: {e}"))?,
-            None => crate::labels::for_classes(
+            None => crate::spec::labels::for_classes(
                 spec.pretrained_cfg.labels.as_deref(),
                 spec.architecture.num_classes,
             ),

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use densenet_zoo::bench::{bench, BenchConfig, BenchMode, DataBench};
 use densenet_zoo::data::Augment;
-use densenet_zoo::device::parse_device;
+use densenet_zoo::tools::bench::{bench, BenchConfig, BenchMode, DataBench};
+use densenet_zoo::tools::device::parse_device;
 use densenet_zoo::Variant;
 
 #[derive(Debug, clap::Args)]

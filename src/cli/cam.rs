@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use densenet_zoo::{heat_map, CamClass, CamMethod, DenseNet};
+use densenet_zoo::infer::heat_map;
+use densenet_zoo::{CamClass, CamMethod, DenseNet};
 use image::DynamicImage;
 
 /// A final map with a side below this is too coarse to show where: Grad-CAM's default level

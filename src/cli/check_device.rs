@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use densenet_zoo::device::parse_device;
-use densenet_zoo::device_check::{check_fixture, Comparison};
+use densenet_zoo::tools::device::parse_device;
+use densenet_zoo::tools::device_check::{check_fixture, Comparison};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

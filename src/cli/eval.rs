@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use densenet_zoo::checkpoint::Checkpoint;
 use densenet_zoo::data::{self, Split, DEFAULT_DATA};
-use densenet_zoo::device::parse_device;
 use densenet_zoo::infer::eval_transform;
-use densenet_zoo::labels;
+use densenet_zoo::spec::labels;
+use densenet_zoo::tools::device::parse_device;
 use densenet_zoo::train::evaluate;
 
 #[derive(Debug, clap::Args)]

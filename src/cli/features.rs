@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use densenet_zoo::checkpoint::{write_safetensors_with, Metadata};
 use densenet_zoo::data::{self, Dataset, Samples};
-use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{batch, eval_transform, load_with, preprocess_file};
+use densenet_zoo::infer::Pretrained;
+use densenet_zoo::tools::device::parse_device;
 use densenet_zoo::{CamClass, CamMethod, FeatureInfo};
 
 use super::cam::CamTarget;
-use super::images::{expand_inputs, image_problem};
+use super::images::expand_inputs;
 
 /// What `--layer` names: the pooled embedding (N, F) before the classifier, the logits
 /// (N, classes), a `features_only` level by its `feature_info` name (`stem`, the stem before
@@ -110,16 +110,14 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
 pub fn run(args: Args) -> anyhow::Result<()> {
     densenet_zoo::checkpoint::check_file(&args.out)?;
     let device = parse_device(&args.device)?;
-    let loaded = load_with(
-        args.weights.as_deref(),
-        args.variant.as_deref(),
-        &device,
-        &args.read.options(),
+    let pretrained = Pretrained::open_with(
+        super::weights::source(args.weights.as_deref(), args.variant.as_deref()),
+        args.read.options(args.variant.as_deref(), &device),
     )?;
-    for notice in &loaded.notices {
+    for notice in pretrained.notices() {
         say!("note: {notice}");
     }
-    let model = &loaded.model;
+    let model = pretrained.net();
     let mut names: Vec<String> = Vec::new();
     for name in &args.layers {
         // A level named twice is written once.
@@ -155,38 +153,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let mut cam_classes: HashMap<Layer, Vec<i64>> = HashMap::new();
-    let transform = eval_transform(model.spec());
     let (files, labelled) = list_images(&args.images)?;
     let mut rows: HashMap<Layer, Vec<Tensor>> = HashMap::new();
     let bar = super::progress::images_bar(files.len(), "embedding");
-    for chunk in files.chunks(args.batch_size) {
-        let images = chunk
-            .iter()
-            .map(|p| {
-                preprocess_file(p, &transform)
-                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), image_problem(e)))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let x = batch(&images, &transform, &device)?;
-        let levels = model.features_only(&x, false)?;
-        let last = levels.last().expect("at least one level").clone();
-        for &layer in &layers {
-            let t = match layer {
-                Layer::Pooled => model.forward_head(&last, true)?,
-                Layer::Logits => model.forward_head(&last, false)?,
-                Layer::Level(i) => levels[i].clone(),
-                Layer::Cam(method) => {
-                    let (class, level) = &targets[&method];
-                    let maps = model.class_activation_maps(&x, method, class, *level)?;
-                    let classes = cam_classes.entry(layer).or_default();
-                    classes.extend(maps.classes.iter().map(|&c| c as i64));
-                    maps.maps
-                }
-            };
-            rows.entry(layer).or_default().push(t);
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    pretrained
+        .batches(args.batch_size)
+        .on_batch(|p| bar.set_position(p.done as u64))
+        .for_each(&files, |_, x| {
+            let levels = pretrained.features(x)?;
+            let last = levels.last().expect("at least one level").clone();
+            for &layer in &layers {
+                let t = match layer {
+                    Layer::Pooled => model.forward_head(&last, true)?,
+                    Layer::Logits => model.forward_head(&last, false)?,
+                    Layer::Level(i) => levels[i].clone(),
+                    Layer::Cam(method) => {
+                        let (class, level) = &targets[&method];
+                        let maps = model.class_activation_maps(x, method, class, *level)?;
+                        let classes = cam_classes.entry(layer).or_default();
+                        classes.extend(maps.classes.iter().map(|&c| c as i64));
+                        maps.maps
+                    }
+                };
+                rows.entry(layer).or_default().push(t);
+            }
+            Ok(())
+        })?;
     bar.finish_and_clear();
     let mut tensors = Vec::new();
     for (name, layer) in names.iter().zip(&layers) {
@@ -202,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     // The names of the model's outputs (the logits' columns): the checkpoint's, or --labels.
     let mut record = Metadata::for_spec(model.spec());
-    record.classes = loaded.classes.clone();
+    record.classes = pretrained.classes().to_vec();
     let mut metadata = record.to_map();
     if let Some(folder) = labelled {
         let labels: Vec<i64> = folder.labels.iter().map(|&l| l as i64).collect();
@@ -215,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     metadata.insert("densenet_zoo.files".into(), serde_json::to_string(&names)?);
-    metadata.insert("densenet_zoo.weights".into(), loaded.origin.clone());
+    metadata.insert("densenet_zoo.weights".into(), pretrained.origin().to_string());
     if !targets.is_empty() {
         // {"gradcam": {"level": "block4", "class": "top1"}, ...}
         let maps: serde_json::Map<String, serde_json::Value> = targets

@@ -3,10 +3,8 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use densenet_zoo::device::parse_device;
-use densenet_zoo::infer::{
-    batch, eval_transform, load_with, open_image, preprocess_image, probabilities, top_k_of,
-};
+use densenet_zoo::infer::{open_image, probabilities, top_k_of, Pretrained};
+use densenet_zoo::tools::device::parse_device;
 use densenet_zoo::CamMethod;
 use image::DynamicImage;
 
@@ -89,26 +87,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let method = args.cam_method.unwrap_or_default();
-    let loaded = load_with(
-        args.weights.as_deref(),
-        args.variant.as_deref(),
-        &device,
-        &args.read.options(),
+    let pretrained = Pretrained::open_with(
+        super::weights::source(args.weights.as_deref(), args.variant.as_deref()),
+        args.read.options(args.variant.as_deref(), &device),
     )?;
-    for notice in &loaded.notices {
+    for notice in pretrained.notices() {
         say!("note: {notice}");
     }
-    let model = &loaded.model;
+    let model = pretrained.net();
     let spec = model.spec().clone();
     let classes = spec.architecture.num_classes;
     if let Some(k) = args.topk.filter(|&k| k > classes) {
         say!(
             "note: --topk {k}: {} has {classes} classes; all {classes} are shown",
-            loaded.origin
+            pretrained.origin()
         );
     }
     let topk = args.topk.unwrap_or(5);
-    let transform = eval_transform(&spec);
+    let transform = pretrained.transform();
     let target = match &args.cam {
         Some(_) => {
             let (class, level, note) = args.cam_target.resolve(model, method)?;
@@ -127,7 +123,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (files, arg_failures) = expand_inputs(&inputs);
     let mut cam = match (&args.cam, target) {
         (Some(dir), Some((class, level))) => {
-            let writer = OverlayWriter::new(dir, (&inputs, &files), method, model, level, &loaded.origin)?;
+            let writer =
+                OverlayWriter::new(dir, (&inputs, &files), method, model, level, pretrained.origin())?;
             Some((writer, class, level))
         }
         _ => None,
@@ -147,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|path| {
                 let image = open_image(path).map_err(image_problem)?;
-                let pixels = preprocess_image(&image, &transform).map_err(image_problem)?;
+                let pixels = pretrained.prepare(&image).map_err(image_problem)?;
                 let shown = match gray {
                     true => DynamicImage::ImageLuma8(image.to_luma8()),
                     false => image,
@@ -163,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (logits, maps) = if images.is_empty() {
             (None, None)
         } else {
-            let x = batch(&images, &transform, &device)?;
+            let x = pretrained.batch(&images)?;
             match &cam {
                 Some((_, class, level)) => {
                     let m = model.class_activation_maps(&x, method, class, *level)?;
@@ -176,7 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(l) => probabilities(l)?,
             None => Vec::new(),
         };
-        let predictions = top_k_of(&probs, &loaded.classes, topk);
+        let predictions = top_k_of(&probs, pretrained.classes(), topk);
         let mut predictions = predictions.into_iter();
         // The position among the images that were read, in the logits and maps.
         let mut index = 0;
@@ -205,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let cam_path = match (&mut cam, &maps, image) {
                     (Some((writer, _, level)), Some((maps, classes)), Some(image)) => {
                         let class = classes[index];
-                        let label = loaded.classes.get(class).map_or("class", String::as_str);
+                        let label = pretrained.classes().get(class).map_or("class", String::as_str);
                         let shown = Shown {
                             class,
                             label,

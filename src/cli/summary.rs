@@ -1,6 +1,6 @@
 //! `densenet-zoo summary`: shapes, parameters and multiply-adds per stage.
 
-use densenet_zoo::summary::{grouped, summarize};
+use densenet_zoo::tools::summary::{grouped, summarize};
 use densenet_zoo::Variant;
 
 #[derive(Debug, clap::Args)]

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
+use candle_core::Device;
 use densenet_zoo::checkpoint::StateDictKey;
-use densenet_zoo::infer::LoadOptions;
+use densenet_zoo::infer::{OpenOptions, Source};
 
 /// Which state dict of a training checkpoint to read.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,11 +43,23 @@ pub struct ReadArgs {
 }
 
 impl ReadArgs {
-    /// The library's options for these flags.
-    pub fn options(&self) -> LoadOptions {
-        LoadOptions {
+    /// The library's options for these flags, `--variant` and the device.
+    pub fn options(&self, variant: Option<&str>, device: &Device) -> OpenOptions {
+        OpenOptions {
+            variant: variant.map(str::to_string),
             state_dict: self.state_dict.key(),
             labels: self.labels.clone(),
+            device: device.clone(),
         }
+    }
+}
+
+/// What `--weights` and `--variant` ask for: a checkpoint (with `--variant` saying which net
+/// it holds), else the variant's published weights, else the embedded default.
+pub fn source(weights: Option<&str>, variant: Option<&str>) -> Source {
+    match (weights, variant) {
+        (Some(w), _) => Source::Checkpoint(w.to_string()),
+        (None, Some(v)) => Source::Variant(v.to_string()),
+        (None, None) => Source::Embedded,
     }
 }

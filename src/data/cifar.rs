@@ -43,7 +43,7 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
         pixels.extend(p);
     }
     let classes = if num_classes == 10 {
-        crate::labels::builtin("cifar-10").expect("built-in list")
+        crate::spec::labels::builtin("cifar-10").expect("built-in list")
     } else {
         (0..num_classes).map(|i| format!("class{i}")).collect()
     };

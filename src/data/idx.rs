@@ -57,7 +57,7 @@ pub fn open(dir: &Path, split: Split) -> Result<Dataset> {
     }
     let fashion = dir.to_string_lossy().to_ascii_lowercase().contains("fashion");
     let classes = if fashion {
-        crate::labels::builtin("fashion-mnist").expect("built-in list")
+        crate::spec::labels::builtin("fashion-mnist").expect("built-in list")
     } else {
         (0..10).map(|d| d.to_string()).collect()
     };

@@ -211,29 +211,35 @@ impl DenseNet {
         self.frozen = match level {
             None => None,
             Some(name) => {
-                let last = self.feature_info.len() - 1;
-                let index = match name {
-                    "features" => last,
-                    _ => self
-                        .feature_info
-                        .iter()
-                        .position(|l| l.name == name)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> =
-                                self.feature_info.iter().map(|l| l.name.as_str()).collect();
-                            Error::Freeze {
-                                variant: self.spec.name.clone(),
-                                message: format!(
-                                    "no level `{name}`: the levels are {}, and features (the whole backbone)",
-                                    names.join(", ")
-                                ),
-                            }
-                        })?,
-                };
+                let index = self.freeze_index(name)?;
                 Some(FrozenPrefix::new(index, &self.stem, &self.stages, &self.norm5))
             }
         };
         Ok(self)
+    }
+
+    /// The [`DenseNet::feature_info`] index that freezing up to `name` ends at: a level's
+    /// name, or `features` for the last.
+    ///
+    /// # Errors
+    /// [`Error::Freeze`] for a level the model does not have, listing those it has.
+    pub(crate) fn freeze_index(&self, name: &str) -> Result<usize> {
+        if name == "features" {
+            return Ok(self.feature_info.len() - 1);
+        }
+        self.feature_info
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.feature_info.iter().map(|l| l.name.as_str()).collect();
+                Error::Freeze {
+                    variant: self.spec.name.clone(),
+                    message: format!(
+                        "no level `{name}`: the levels are {}, and features (the whole backbone)",
+                        names.join(", ")
+                    ),
+                }
+            })
     }
 
     /// The last frozen [`DenseNet::feature_info`] level, if any ([`DenseNet::with_frozen`]).

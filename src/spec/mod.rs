@@ -13,6 +13,7 @@ use crate::error::{Error, FieldError, Result};
 
 mod architecture;
 mod file;
+pub mod labels;
 mod pretrained_cfg;
 mod recipe;
 mod vocabulary;

@@ -64,10 +64,10 @@ impl PretrainedCfg {
         let p = &self.preprocess;
         check_sizes(&[("preprocess.resize", p.resize), ("preprocess.crop", p.crop)])?;
         if let Some(list) = &self.labels {
-            if crate::labels::builtin(list).is_none() {
+            if crate::spec::labels::builtin(list).is_none() {
                 return Err(format!(
                     "labels `{list}` is not a built-in list ({})",
-                    crate::labels::names().join(", ")
+                    crate::spec::labels::names().join(", ")
                 ));
             }
         }

@@ -109,7 +109,7 @@ impl TrainConfig {
         let mut config = self.clone();
         config.spec.set_input_size(config.image_size);
         let labels = config.spec.pretrained_cfg.labels.as_deref();
-        if labels.and_then(crate::labels::builtin).map(|l| l.len())
+        if labels.and_then(crate::spec::labels::builtin).map(|l| l.len())
             != Some(config.spec.architecture.num_classes)
         {
             config.spec.pretrained_cfg.labels = None;
@@ -209,7 +209,7 @@ impl TrainConfig {
                 .pretrained_cfg
                 .labels
                 .as_deref()
-                .and_then(crate::labels::builtin);
+                .and_then(crate::spec::labels::builtin);
             if let (Some(list), Some(names), None) =
                 (spec.pretrained_cfg.labels.as_deref(), builtin, &self.class_names)
             {

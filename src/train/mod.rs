@@ -2,7 +2,9 @@
 //! initialisation, the loop and its observer, the run folder, evaluation, metrics and the
 //! book's plot.
 
+mod allocator;
 mod config;
+pub mod distributed;
 mod evaluate;
 pub(crate) mod init;
 mod loss;
@@ -15,6 +17,7 @@ mod run_lock;
 mod schedule;
 mod trainer;
 
+pub use allocator::keep_freed_memory;
 pub use config::{Outcome, Start, TrainConfig};
 pub use evaluate::{evaluate, non_finite_rows, top_k_hits, Evaluation};
 pub use init::seeded_varmap;

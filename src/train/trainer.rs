@@ -23,12 +23,12 @@ use super::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::data::{self, Batch, Dataset, Loader, LoaderOptions, Shard, Split};
-use crate::distributed::{
+use crate::error::{Error, Result};
+use crate::model::DenseNet;
+use crate::train::distributed::{
     average_gradients, broadcast_tensors, check_same_weights, sorted_variables, sum_over_ranks, Collective,
     SingleProcess,
 };
-use crate::error::{Error, Result};
-use crate::model::DenseNet;
 
 /// A training run: the data, the model and its optimiser, the schedule and the progress,
 /// checkpointed in `out` after every epoch (`last.safetensors`, `best.safetensors`,

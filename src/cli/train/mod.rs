@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use densenet_zoo::data::{Augment, DEFAULT_DATA};
-use densenet_zoo::device::parse_device;
-use densenet_zoo::distributed::{launched_world_size, Collective, SingleProcess};
 use densenet_zoo::spec::TransitionPool;
+use densenet_zoo::tools::device::parse_device;
+use densenet_zoo::train::distributed::{launched_world_size, Collective, SingleProcess};
 use densenet_zoo::train::{self, saved_config, Observer, OptimizerKind, Outcome, ScheduleKind, TrainConfig};
 use densenet_zoo::Variant;
 
@@ -247,7 +247,7 @@ fn image_config(args: &Args) -> anyhow::Result<TrainConfig> {
     }
     override_with(&mut config, args);
     if let Some(file) = &args.labels {
-        config.class_names = Some(densenet_zoo::labels::read_file(file)?);
+        config.class_names = Some(densenet_zoo::spec::labels::read_file(file)?);
     }
     Ok(config)
 }

@@ -7,7 +7,7 @@ use super::Args;
 #[cfg(feature = "mpi")]
 use super::{parse_device, train_images};
 #[cfg(feature = "mpi")]
-use densenet_zoo::distributed::Collective;
+use densenet_zoo::train::distributed::Collective;
 
 /// One rank of a data-parallel run under `mpirun`/`srun`: rank 0 shows the run and writes
 /// `--out`; an error on any rank ends every rank (`MPI_Abort`), since the others would wait for
@@ -15,7 +15,7 @@ use densenet_zoo::distributed::Collective;
 #[cfg(feature = "mpi")]
 pub fn train_on_ranks(args: Args, processes: usize) -> anyhow::Result<()> {
     share_cores_between_local_ranks();
-    let mpi = Rc::new(densenet_zoo::distributed::Mpi::init()?);
+    let mpi = Rc::new(densenet_zoo::train::distributed::Mpi::init()?);
     let (rank, world) = (mpi.rank(), mpi.world_size());
     anyhow::ensure!(
         world == processes,
@@ -51,7 +51,7 @@ pub fn train_on_ranks(_args: Args, processes: usize) -> anyhow::Result<()> {
 /// called before any other thread exists.
 #[cfg(feature = "mpi")]
 fn share_cores_between_local_ranks() {
-    let Some(local) = densenet_zoo::distributed::local_world_size().filter(|&n| n > 1) else {
+    let Some(local) = densenet_zoo::train::distributed::local_world_size().filter(|&n| n > 1) else {
         return;
     };
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -65,7 +65,7 @@ fn share_cores_between_local_ranks() {
 #[cfg(feature = "mpi")]
 fn rank_device(name: &str, rank: usize) -> anyhow::Result<candle_core::Device> {
     if matches!(name, "auto" | "cuda") && candle_core::utils::cuda_is_available() {
-        let gpu = densenet_zoo::distributed::local_rank().unwrap_or(rank);
+        let gpu = densenet_zoo::train::distributed::local_rank().unwrap_or(rank);
         return Ok(parse_device(&format!("cuda:{gpu}"))?);
     }
     Ok(parse_device(name)?)

@@ -1,7 +1,7 @@
 //! `train` of a tabular variant: the flags that only tabular runs take, and those they refuse.
 
-use densenet_zoo::device::parse_device;
 use densenet_zoo::tabular::{ColumnOptions, MlpSpec};
+use densenet_zoo::tools::device::parse_device;
 use densenet_zoo::Variant;
 
 use super::{override_recipe, Args};

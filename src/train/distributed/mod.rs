@@ -1,6 +1,6 @@
 //! Data-parallel training across processes: the [`Collective`] operations a trainer needs
 //! (sum across ranks, broadcast from one, barrier), one process ([`SingleProcess`]) or many
-//! under `mpirun`/`srun` ([`Mpi`], feature `mpi`), and what DDP does with them: every rank
+//! under `mpirun`/`srun` (`Mpi`, with the feature `mpi`), and what DDP does with them: every rank
 //! starts from rank 0's weights ([`broadcast_tensors`]), takes its shard of each global batch
 //! ([`shard`]), and averages the gradients in one flat buffer per step ([`average_gradients`]).
 //!

@@ -13,7 +13,7 @@ use crate::data::{Augment, Loader, LoaderOptions, Split, Transform};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::spec::VariantSpec;
-use crate::summary::summarize;
+use crate::tools::summary::summarize;
 use crate::train::{seeded_varmap, Optimizer, OptimizerKind};
 
 /// What to time.
@@ -259,7 +259,11 @@ fn time_loader(spec: &VariantSpec, config: &BenchConfig, data: &DataBench) -> Re
 /// The process's peak resident set in MiB (Linux `VmHWM`), or 0 where unknown.
 /// Refuses a benchmark whose input and stage outputs alone, a lower bound of what it holds,
 /// pass the machine's memory: an allocation that large would abort the process.
-fn check_memory(spec: &VariantSpec, config: &BenchConfig, summary: &crate::summary::Summary) -> Result<()> {
+fn check_memory(
+    spec: &VariantSpec,
+    config: &BenchConfig,
+    summary: &crate::tools::summary::Summary,
+) -> Result<()> {
     let Some(total) = memory_bytes() else {
         return Ok(());
     };

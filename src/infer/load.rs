@@ -1,0 +1,127 @@
+//! Which model to run: a checkpoint (path or `hf:`), a variant's published weights, or the
+//! embedded default, with its class names.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+
+use crate::checkpoint::{Checkpoint, StateDictKey};
+use crate::error::{Error, Result};
+use crate::model::DenseNet;
+use crate::registry::Variant;
+
+/// The embedded default: the book's net trained on Fashion-MNIST at 32×32 by this crate.
+pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../weights/d2l-fashion-mnist.safetensors");
+/// How the embedded default is named in messages.
+pub const DEFAULT_WEIGHTS_NAME: &str = "weights/d2l-fashion-mnist.safetensors (embedded)";
+
+/// A model ready for inference, with its preprocessing and class names.
+pub struct Loaded {
+    /// The model, built from plain tensors: no autograd graph is ever recorded.
+    pub model: DenseNet,
+    /// Class name per output.
+    pub classes: Vec<String>,
+    /// Where the weights came from.
+    pub origin: String,
+    /// Notices for the user (adapted tensors, ...).
+    pub notices: Vec<String>,
+}
+
+/// How [`load_with`] reads a model, beyond where its weights are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Which state dict of a training checkpoint to read (its EMA copy, another key).
+    pub state_dict: StateDictKey,
+    /// A file of class names ([`crate::spec::labels::read_file`]) that replaces the checkpoint's:
+    /// a torchvision fine-tune saved as `.pth` knows none. Its count must be the classifier's.
+    pub labels: Option<PathBuf>,
+}
+
+/// Loads what `weights` and `variant` ask for: a checkpoint (path or `hf:`), else the
+/// variant's published checkpoint, else, with neither (or the variant `d2l`), the embedded
+/// default; reads the state dict and names the classes as `options` say. A variant without a
+/// published checkpoint is refused with a plain message.
+///
+/// # Errors
+/// [`Error::Checkpoint`] when the state dict asked for is not in the file (or
+/// the file holds only one, as a safetensors file and the embedded default do);
+/// [`Error::Labels`] when the class names cannot be read or their count is not the
+/// classifier's.
+pub fn load_with(
+    weights: Option<&str>,
+    variant: Option<&str>,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    let key = &options.state_dict;
+    let embedded = || -> Result<Checkpoint> {
+        if *key != StateDictKey::Model {
+            return Err(Error::Checkpoint {
+                path: DEFAULT_WEIGHTS_NAME.into(),
+                message: "holds one state dict: an EMA copy or another key is chosen only in a \
+                          training checkpoint given as the weights"
+                    .into(),
+            });
+        }
+        Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)
+    };
+    let mut ckpt = match (weights, variant) {
+        (Some(w), v) => {
+            if let Some(v) = v {
+                // A tabular net is refused as such before the file is read.
+                Variant::resolve_image(v)?;
+            }
+            Checkpoint::open_with(w, device, key)?
+        }
+        (None, None) => embedded()?,
+        (None, Some(v)) => {
+            let spec = Variant::resolve_image(v)?;
+            match &spec.pretrained_cfg.hf_hub_id {
+                Some(repo) => Checkpoint::open_with(&format!("hf:{repo}"), device, key)?,
+                None if spec.name == "d2l" => embedded()?,
+                None => {
+                    return Err(Error::Checkpoint {
+                        path: spec.name.clone(),
+                        message: "has no published pretrained weights: pass `weights`".into(),
+                    })
+                }
+            }
+        }
+    };
+    let spec = ckpt.spec(if weights.is_some() { variant } else { None })?;
+    let adapted = ckpt.adapt(&spec, false)?;
+    let mut notices = std::mem::take(&mut ckpt.notices);
+    notices.extend(adapted);
+    let classes = match &options.labels {
+        Some(file) => {
+            let names = crate::spec::labels::fit(
+                crate::spec::labels::read_file(file)?,
+                spec.architecture.num_classes,
+                file,
+            )?;
+            if let Some(own) = ckpt
+                .metadata
+                .as_ref()
+                .map(|m| &m.classes)
+                .filter(|c| **c != names)
+            {
+                let shown: Vec<&str> = own.iter().take(4).map(String::as_str).collect();
+                notices.push(format!(
+                    "the class names of {} replace the checkpoint's own ({}{})",
+                    file.display(),
+                    shown.join(", "),
+                    if own.len() > 4 { ", ..." } else { "" }
+                ));
+            }
+            names
+        }
+        None => ckpt.class_names(&spec),
+    };
+    let origin = ckpt.origin.clone();
+    Ok(Loaded {
+        model: ckpt.into_model(&spec, device)?,
+        classes,
+        origin,
+        notices,
+    })
+}
