@@ -12,7 +12,19 @@
 use std::sync::atomic::AtomicBool;
 
 use densenet_zoo::infer::Pretrained;
-use densenet_zoo::train::{saved_config, Start, Trainer};
+use densenet_zoo::train::{saved_config, EpochMetrics, Observer, Start, Trainer};
+
+/// What the run reports: its notes (the frozen levels, a new classifier) and each epoch.
+struct Print;
+
+impl Observer for Print {
+    fn note(&mut self, message: &str) {
+        eprintln!("note: {message}");
+    }
+    fn epoch_done(&mut self, metrics: &EpochMetrics) {
+        println!("{}", metrics.line());
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -52,12 +64,8 @@ fn main() -> anyhow::Result<()> {
             (config, start)
         }
     };
-    let mut trainer = Trainer::new(&config, out.as_ref(), &start, &device, &mut ())?;
-    while !trainer.is_finished() {
-        if let Some(metrics) = trainer.run_epoch(&AtomicBool::new(false), &mut ())? {
-            println!("{}", metrics.line());
-        }
-    }
+    let mut trainer = Trainer::new(&config, out.as_ref(), &start, &device, &mut Print)?;
+    trainer.run(&AtomicBool::new(false), &mut Print)?;
     println!("classes: {}", trainer.classes().join(", "));
     Ok(())
 }

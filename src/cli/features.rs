@@ -87,7 +87,7 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Option<Datas
         if data::is_image_folder(dir) {
             let folder = data::image_folder(dir)?;
             say!(
-                "note: {} read as an ImageFolder: {} images of {} classes (written as `labels`, their \
+                "note: {} read as an ImageFolder: {} images of {} classes (written as the tensor labels, their \
                  names as densenet_zoo.label_names)",
                 dir.display(),
                 folder.len(),

@@ -160,6 +160,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("freeze", "--freeze"),
     ("id_column", "--id-column"),
     ("image_size", "--image-size"),
+    ("labels", "--labels"),
     ("lr", "--lr"),
     ("num_classes", "--num-classes"),
     ("size", "--size"),

@@ -115,7 +115,25 @@ pub fn load_with(
             }
             names
         }
-        None => ckpt.class_names(&spec),
+        None => {
+            let names = ckpt.class_names(&spec);
+            let recorded = ckpt
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.classes.len() == spec.architecture.num_classes);
+            let list = spec.pretrained_cfg.labels.as_deref();
+            if let (Some(w), false, Some(list)) = (weights, recorded, list) {
+                if names.first().is_some_and(|n| n != "class0") {
+                    notices.push(format!(
+                        "{w} records no class names: its {} outputs are named by the built-in list `{list}` \
+                         of {}; `labels` names them otherwise",
+                        names.len(),
+                        spec.name
+                    ));
+                }
+            }
+            names
+        }
     };
     let origin = ckpt.origin.clone();
     Ok(Loaded {

@@ -15,6 +15,8 @@ mod preprocess;
 mod pretrained;
 
 pub use crate::data::eval_transform;
+/// The decoded image [`Pretrained`] also takes, re-exported: no `image` dependency needed.
+pub use image::DynamicImage;
 pub use load::{DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME};
 pub use predict::{probabilities, top_k, top_k_of, Prediction};
 pub use preprocess::{batch, open_image, preprocess_bytes, preprocess_file, preprocess_image};

@@ -116,6 +116,20 @@ impl<'a> From<&'a String> for ImageInput<'a> {
     }
 }
 
+impl<'a> From<&'a [u8]> for ImageInput<'a> {
+    /// An encoded image file's bytes.
+    fn from(bytes: &'a [u8]) -> Self {
+        Self::Encoded(bytes)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for ImageInput<'a> {
+    /// An encoded image file's bytes.
+    fn from(bytes: &'a Vec<u8>) -> Self {
+        Self::Encoded(bytes)
+    }
+}
+
 impl<'a> From<&'a DynamicImage> for ImageInput<'a> {
     fn from(image: &'a DynamicImage) -> Self {
         Self::Image(image)
@@ -173,10 +187,20 @@ impl Pretrained {
     /// `hub` feature off, `hf:` reads only the local Hugging Face cache.
     ///
     /// # Errors
-    /// [`Error::UnknownVariant`], [`Error::Checkpoint`] (missing, unreadable, or not a
-    /// DenseNet, every strict-load problem listed), [`Error::Io`].
+    /// [`Error::UnknownVariant`] for a bare name that is neither a variant nor a file
+    /// (`densenet12`); [`Error::Checkpoint`] (unreadable, or not a DenseNet, every strict-load
+    /// problem listed); [`Error::Io`] for a checkpoint file that cannot be opened.
     pub fn open(name: &str) -> Result<Self> {
-        Self::open_with(Source::parse(name), OpenOptions::default())
+        let source = Source::parse(name);
+        let bare = !name.starts_with("hf:") && !name.contains(['/', '\\', '.']);
+        if source == Source::Checkpoint(name.to_string()) && bare && !Path::new(name).exists() {
+            // Neither a variant nor a file: most likely a variant's name mistyped.
+            return Err(Error::UnknownVariant {
+                name: name.to_string(),
+                known: VariantSpec::builtin().into_iter().map(|s| s.name).collect(),
+            });
+        }
+        Self::open_with(source, OpenOptions::default())
     }
 
     /// Opens `source` as `options` say.
@@ -254,10 +278,14 @@ impl Pretrained {
     /// One image as the network takes it: (C, S, S) floats after the evaluation transform.
     ///
     /// # Errors
-    /// [`Error::Image`] naming the file when it cannot be read, is not an image, is empty or
-    /// too large.
+    /// [`Error::Image`] naming the file when it cannot be read, is a folder, is not an image,
+    /// is empty or too large.
     pub fn prepare<'a>(&self, image: impl Into<ImageInput<'a>>) -> Result<Vec<f32>> {
         match image.into() {
+            ImageInput::File(path) if path.is_dir() => Err(Error::Image {
+                path: Some(path.to_path_buf()),
+                message: "is a folder, not an image: `data::images_under` lists the images under it".into(),
+            }),
             ImageInput::File(path) => {
                 preprocess_image(&open_image(path)?, &self.transform).map_err(|e| match e {
                     Error::Image { path: None, message } => Error::Image {
@@ -288,10 +316,13 @@ impl Pretrained {
     }
 
     /// The `k` most probable classes of each image, most probable first, with their labels and
-    /// softmax probabilities; batches of [`DEFAULT_BATCH_SIZE`].
+    /// softmax probabilities (every class when the model has `k` or fewer); batches of
+    /// [`DEFAULT_BATCH_SIZE`]. Image files are read as given: list a folder's images with
+    /// [`data::images_under`](crate::data::images_under).
     ///
     /// # Errors
-    /// [`Error::Image`] naming the first image that cannot be read; candle's errors.
+    /// [`Error::Setting`] for `k` = 0; [`Error::Image`] naming the first image that cannot be
+    /// read; candle's errors.
     pub fn classify<'a, I: Into<ImageInput<'a>>>(
         &self,
         images: impl IntoIterator<Item = I>,
@@ -303,8 +334,9 @@ impl Pretrained {
     /// [`Pretrained::classify`] on a batch already prepared (N, C, S, S).
     ///
     /// # Errors
-    /// [`Error::BadInput`] for a tensor of the wrong shape.
+    /// [`Error::Setting`] for `k` = 0; [`Error::BadInput`] for a tensor of the wrong shape.
     pub fn classify_tensor(&self, images: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+        check_k(k)?;
         top_k(&self.net.forward_t(images, false)?, &self.classes, k)
     }
 
@@ -375,9 +407,17 @@ impl Pretrained {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Freeze`] for a level the model does not have; [`Error::Setting`] for the
-    /// embedded default, which is loaded from memory, not from a file a run can start from.
+    /// [`Error::Data`] when `data` is not a folder; [`Error::Freeze`] for a level the model
+    /// does not have; [`Error::Setting`] for the embedded default, which is loaded from memory, not from a file a run can start from.
     pub fn fine_tune(&self, data: impl Into<PathBuf>, freeze: Option<&str>) -> Result<(TrainConfig, Start)> {
+        let data = data.into();
+        if !data.is_dir() {
+            return Err(Error::Data {
+                path: data,
+                message: "no such folder: the data set is a folder (an ImageFolder, IDX or CIFAR files)"
+                    .into(),
+            });
+        }
         if let Some(level) = freeze {
             self.net.freeze_index(level)?;
         }
@@ -397,6 +437,18 @@ impl Pretrained {
             state_dict: self.options.state_dict.clone(),
         };
         Ok((config, start))
+    }
+}
+
+/// Refuses a top-k of no class.
+fn check_k(k: usize) -> Result<()> {
+    match k {
+        0 => Err(Error::Setting {
+            field: "k".into(),
+            value: "0".into(),
+            message: "asks for no class: ask for at least 1".into(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -465,6 +517,7 @@ impl<'m, 'f> Batches<'m, 'f> {
         images: impl IntoIterator<Item = I>,
         k: usize,
     ) -> Result<Vec<Vec<Prediction>>> {
+        check_k(k)?;
         let model = self.model;
         let mut out = Vec::new();
         self.for_each(images, |_, x| {
