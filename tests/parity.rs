@@ -264,3 +264,37 @@ fn features_only_levels_have_timms_channels_and_strides() {
         assert_eq!(level.dims(), &[1, c, 64 / r, 64 / r]);
     }
 }
+
+/// Every built-in variant's fused inference path (batch norm and ReLU applied as the
+/// convolution reads, dense blocks in one buffer, the 3×3 weights stacked by tap once) against
+/// its unfused evaluation path on the same weights, in f32, at batch 1 and 3, at a size that
+/// keeps every block; the generated weights give every batch norm statistics of its own.
+#[test]
+fn every_variant_infers_on_the_fused_path_as_on_the_plain_one_in_f32() {
+    for mut spec in densenet_zoo::VariantSpec::builtin() {
+        spec.set_input_size(spec.input_size().min(64));
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (name, t) in common::generated_state(&spec) {
+                if !name.ends_with("num_batches_tracked") {
+                    data.insert(name, Var::from_tensor(&t).unwrap());
+                }
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = DenseNet::new(&spec, vb).unwrap();
+        let inference = model.for_inference();
+        let (c, size) = (spec.architecture.in_channels, spec.input_size());
+        for n in [1, 3] {
+            let x = Tensor::randn(0f32, 1.0, (n, c, size, size), &Device::Cpu).unwrap();
+            let plain = model.forward_t(&x, false).unwrap();
+            let fused = inference.forward_t(&x, false).unwrap();
+            let what = format!("{} at batch {n}, {size}x{size}", spec.name);
+            assert_close(&fused, &plain, 1e-5, &what);
+            let spread = plain.max_all().unwrap().to_scalar::<f32>().unwrap()
+                - plain.min_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(spread > 1e-3, "{what}: the logits do not differ ({spread})");
+        }
+    }
+}

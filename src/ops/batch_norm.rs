@@ -27,6 +27,9 @@ pub struct BatchNorm2d {
     running_mean: Var,
     running_var: Var,
     group: Option<Arc<dyn BatchNormGroup>>,
+    /// The eval-mode map of an inference copy ([`BatchNorm2d::detached`]), prepared once from
+    /// the running statistics of that moment.
+    prepared: Option<Arc<BnReluEval>>,
 }
 
 impl BatchNorm2d {
@@ -43,6 +46,7 @@ impl BatchNorm2d {
             running_mean: Var::from_tensor(&running_mean)?,
             running_var: Var::from_tensor(&running_var)?,
             group: None,
+            prepared: None,
         })
     }
 
@@ -131,15 +135,20 @@ impl BatchNorm2d {
     }
 
     /// The same norm on detached γ and β (the running statistics shared, no group): a copy
-    /// for inference that records no graph.
+    /// for inference that records no graph. Its eval-mode map (scale and shift per channel) is
+    /// prepared here, from the statistics as they are now: [`Mode::Inference`] normalises with
+    /// them even if training goes on updating the shared statistics; take a new copy then.
     pub fn detached(&self) -> Self {
-        Self {
+        let mut copy = Self {
             weight: self.weight.detach(),
             bias: self.bias.detach(),
             running_mean: self.running_mean.clone(),
             running_var: self.running_var.clone(),
             group: None,
-        }
+            prepared: None,
+        };
+        copy.prepared = copy.eval_map().ok();
+        copy
     }
 
     /// Inference: one pass of the fused eval kernel, which has no backward.
@@ -147,13 +156,16 @@ impl BatchNorm2d {
         let op = self.eval_map()?;
         // A channel range of a wider tensor (a dense block's buffer) is read where it is.
         match image_stride(x.layout()) {
-            Some(_) => x.apply_op1_no_bwd(&op),
-            None => x.contiguous()?.apply_op1_no_bwd(&op),
+            Some(_) => x.apply_op1_no_bwd(&*op),
+            None => x.contiguous()?.apply_op1_no_bwd(&*op),
         }
     }
 
     /// The eval-mode norm and its ReLU as a per-channel map, from the running statistics.
-    pub(super) fn eval_map(&self) -> Result<BnReluEval> {
+    pub(super) fn eval_map(&self) -> Result<Arc<BnReluEval>> {
+        if let Some(prepared) = &self.prepared {
+            return Ok(prepared.clone());
+        }
         let f64s = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
         let (gamma, beta) = (f64s(&self.weight)?, f64s(&self.bias)?);
         let mean = f64s(self.running_mean.as_tensor())?;
@@ -169,7 +181,7 @@ impl BatchNorm2d {
             .zip(&scale)
             .map(|((b, m), s)| b - m * s)
             .collect();
-        Ok(BnReluEval { scale, shift })
+        Ok(Arc::new(BnReluEval { scale, shift }))
     }
 
     /// γ and β, (C) each, and ε.

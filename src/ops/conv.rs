@@ -17,6 +17,9 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: usize,
+    /// An inference copy's weights stacked by tap, when its conv runs by taps on the CPU
+    /// kernels ([`Conv2d::detached`]).
+    by_tap: Option<Tensor>,
 }
 
 impl Conv2d {
@@ -46,6 +49,7 @@ impl Conv2d {
             bias,
             stride,
             padding,
+            by_tap: None,
         })
     }
 
@@ -55,12 +59,28 @@ impl Conv2d {
     }
 
     /// The same convolution on detached weights: a copy for inference that records no graph.
+    /// A stride-1 k×k conv with fewer output than input channels (a dense layer's 3×3) also gets
+    /// its weights stacked by tap here, as its inference kernel multiplies them, once instead of
+    /// at every call: from the weights as they are now, so take a new copy after training them.
     pub fn detached(&self) -> Self {
+        let weight = self.weight.detach();
         Self {
-            weight: self.weight.detach(),
+            by_tap: self.stacked_by_tap(&weight).ok().flatten(),
+            weight,
             bias: self.bias.as_ref().map(Tensor::detach),
             ..*self
         }
+    }
+
+    /// `weight` (Cout, Cin, k, k) stacked by tap, (k·k·Cout, Cin), when the fused inference
+    /// kernel runs this conv by taps; `None` for any other conv or off the CPU.
+    fn stacked_by_tap(&self, weight: &Tensor) -> Result<Option<Tensor>> {
+        let (cout, cin, k, _) = weight.dims4()?;
+        if !weight.device().is_cpu() || !ConvOp(self.window()?).runs_by_taps(cout, cin) {
+            return Ok(None);
+        }
+        let stacked = weight.permute((2, 3, 0, 1))?.reshape((k * k * cout, cin))?;
+        Ok(Some(stacked.contiguous()?))
     }
 
     /// Output side for an input side of `n` pixels.
@@ -115,6 +135,7 @@ pub fn norm_relu_conv(norm: &BatchNorm2d, conv: &Conv2d, x: &Tensor, mode: Mode)
     let op = NormReluConvOp {
         window: conv.window()?,
         norm_relu: norm.eval_map()?,
+        by_tap: conv.by_tap.clone(),
     };
     let y = match image_stride(x.layout()) {
         Some(_) => x.apply_op2_no_bwd(&conv.weight.contiguous()?, &op)?,

@@ -95,6 +95,7 @@ fn grad_sums<T: Float>(x: &[T], y: &[T], dy: &[T], mean: f64) -> (f64, f64) {
 /// channel, with scale = γ/√(running σ² + ε) and shift = β − running μ·scale. No backward.
 /// The training op applies its batch statistics through it too, and the convolution through
 /// it reads its input already normalised (`conv_backward::Images`).
+#[derive(Debug)]
 pub struct BnReluEval {
     pub scale: Vec<f64>,
     pub shift: Vec<f64>,

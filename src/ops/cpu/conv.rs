@@ -15,8 +15,9 @@
 //! them instead.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -333,23 +334,24 @@ impl ConvOp {
     /// channels, whose k·k·Cout × H·W products are smaller than the Cin·k·k × H'·W' columns (a
     /// dense layer's 3×3 conv: 128 channels in, 32 out, in the bottleneck nets).
     pub(super) fn by_taps(&self, d: &Dims) -> Option<Window> {
-        self.adjoint().filter(|_| d.cout < d.cin)
+        self.adjoint().filter(|_| self.runs_by_taps(d.cout, d.cin))
+    }
+
+    /// Whether a forward pass of `cin` channels into `cout` runs by taps ([`ConvOp::by_taps`]):
+    /// then [`stack_by_tap`] prepares its weights.
+    pub(crate) fn runs_by_taps(&self, cout: usize, cin: usize) -> bool {
+        self.adjoint().is_some() && cout < cin
     }
 
     /// y[n] = Σ over taps t of shift_t(W_t · x[n]): one GEMM of the weights stacked by tap
     /// (k·k·Cout × Cin) with the images side by side (Cin × count·H·W), then [`sum_taps`]
     /// for each output plane.
-    fn forward_by_taps<T: Float>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
+    fn forward_by_taps<T: Float>(&self, x: &Images<T>, weight: Weights<T>, d: &Dims) -> Vec<T> {
         let (k2, hw) = (d.kk / d.cin, d.h * d.w);
-        // Tap t's block (Cout × Cin) is every k·k-th weight from the t-th.
-        // SAFETY: each tap's block of Cout·Cin is filled from the weights just below.
-        let mut stacked = unsafe { unwritten_vec(k2 * d.cout * d.cin) };
-        for (tap, block) in stacked.chunks_exact_mut(d.cout * d.cin).enumerate() {
-            block
-                .iter_mut()
-                .zip(weight[tap..].iter().step_by(k2))
-                .for_each(|(o, w)| *o = *w);
-        }
+        let stacked = match weight {
+            Weights::ByTap(stacked) => Cow::Borrowed(stacked),
+            Weights::Torch(weight) => Cow::Owned(stack_by_tap(weight, k2, d.cout, d.cin)),
+        };
         let plan = plan(d.n, hw);
         // SAFETY: `for_each_group` hands every image's outputs to the closure, where
         // `sum_taps` zeroes then sums each plane.
@@ -369,10 +371,12 @@ impl ConvOp {
         y
     }
 
-    pub(crate) fn forward<T: Float>(&self, x: &Images<T>, weight: &[T], d: &Dims) -> Vec<T> {
-        if self.by_taps(d).is_some() {
-            return self.forward_by_taps(x, weight, d);
-        }
+    pub(crate) fn forward<T: Float>(&self, x: &Images<T>, weight: Weights<T>, d: &Dims) -> Vec<T> {
+        let weight = match weight {
+            _ if self.by_taps(d).is_some() => return self.forward_by_taps(x, weight, d),
+            Weights::Torch(weight) => weight,
+            Weights::ByTap(_) => unreachable!("weights are stacked by tap only for a conv that runs by taps"),
+        };
         let plan = plan(d.n, d.l);
         // SAFETY: `for_each_group` hands every image's outputs to `matmul_into_images`, which
         // overwrites them all.
@@ -402,7 +406,7 @@ impl CustomOp2 for ConvOp {
         let d = self.dims(l1, l2)?;
         let plane = d.cin * d.h * d.w;
         let out = float_kernel!(self.name(), [x: s1, l1; w: s2, l2], {
-            self.forward(&Images::contiguous(x, plane), w, &d)
+            self.forward(&Images::contiguous(x, plane), Weights::Torch(w), &d)
         });
         Ok((out, Shape::from((d.n, d.cout, self.0.out(d.h), self.0.out(d.w)))))
     }
@@ -419,12 +423,38 @@ impl CustomOp2 for ConvOp {
     }
 }
 
+/// A convolution's weights as the forward pass reads them.
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a, T> {
+    /// PyTorch's layout, (Cout, Cin, k, k).
+    Torch(&'a [T]),
+    /// Stacked by tap, (k·k·Cout, Cin) ([`stack_by_tap`]), for a conv that runs by taps.
+    ByTap(&'a [T]),
+}
+
+/// Weights (Cout, Cin, k, k) stacked by tap: (k·k, Cout, Cin), tap t's block every k·k-th
+/// weight from the t-th, as [`ConvOp::forward_by_taps`] multiplies them.
+pub(crate) fn stack_by_tap<T: Float>(weight: &[T], k2: usize, cout: usize, cin: usize) -> Vec<T> {
+    // SAFETY: each tap's block of Cout·Cin is filled from the weights just below.
+    let mut stacked = unsafe { unwritten_vec(k2 * cout * cin) };
+    for (tap, block) in stacked.chunks_exact_mut(cout * cin).enumerate() {
+        block
+            .iter_mut()
+            .zip(weight[tap..].iter().step_by(k2))
+            .for_each(|(o, w)| *o = *w);
+    }
+    stacked
+}
+
 /// Inference: (x, W) → conv(max(0, x·scale + shift)), the eval-mode batch norm and ReLU
 /// applied as the convolution reads x, whose images may lie apart (a channel range of a dense
 /// block's buffer). No backward.
 pub(crate) struct NormReluConvOp {
     pub window: Window,
-    pub norm_relu: BnReluEval,
+    pub norm_relu: Arc<BnReluEval>,
+    /// The weights stacked by tap ([`stack_by_tap`]) when the conv runs by taps and they were
+    /// prepared once (an inference copy's [`Conv2d`](crate::ops::Conv2d)); else stacked per call.
+    pub by_tap: Option<Tensor>,
 }
 
 impl CustomOp2 for NormReluConvOp {
@@ -477,7 +507,17 @@ impl NormReluConvOp {
             stride,
             norm_relu: Some(&self.norm_relu),
         };
+        let conv = ConvOp(self.window);
+        if let Some(by_tap) = self.by_tap.as_ref().filter(|_| conv.by_taps(d).is_some()) {
+            let (storage, layout) = by_tap.storage_and_layout();
+            if let Storage::Cpu(storage) = &*storage {
+                let stacked = super::contiguous(storage.as_slice::<T>()?, layout, self.name())?;
+                if stacked.len() == d.kk * d.cout {
+                    return Ok(conv.forward(&x, Weights::ByTap(stacked), d));
+                }
+            }
+        }
         let w = super::contiguous(w, wl, self.name())?;
-        Ok(ConvOp(self.window).forward(&x, w, d))
+        Ok(conv.forward(&x, Weights::Torch(w), d))
     }
 }

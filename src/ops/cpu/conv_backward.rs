@@ -8,7 +8,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::{
-    aligned_width, for_each_group, matmul, matmul_into_images, plan, side_by_side, ConvOp, Dims, Images, Plan,
+    aligned_width, for_each_group, matmul, matmul_into_images, plan, side_by_side, ConvOp, Dims, Images,
+    Plan, Weights,
 };
 use super::im2col::{fold, Window};
 use super::{float_kernel, unwritten_vec, Float};
@@ -73,7 +74,8 @@ impl ConvOp {
     fn input_grad_as_conv<T: Float>(&self, adjoint: Window, dy: &[T], weight: &[T], d: &Dims) -> Vec<T> {
         let flipped = self.flipped_transposed(weight, d);
         let of_dy = self.adjoint_dims(d);
-        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), &flipped, &of_dy)
+        let flipped = Weights::Torch(&flipped);
+        ConvOp(adjoint).forward(&Images::contiguous(dy, d.cout * d.l), flipped, &of_dy)
     }
 
     /// W' (Cin, Cout, k, k) with W'[ci, co, a, b] = W[co, ci, k−1−a, k−1−b]: the weight of

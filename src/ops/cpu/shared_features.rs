@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::bn_relu::{self, BatchStats, BnReluTrain};
-use super::conv::{ConvOp, Images};
+use super::conv::{ConvOp, Images, Weights};
 use super::conv_backward;
 use super::im2col::Window;
 use super::{float_kernel, Float};
@@ -268,7 +268,7 @@ impl FirstUnit {
         drop(x);
         let conv = ConvOp(self.window);
         let dims = conv.dims(&Layout::contiguous((n, c, h, wd)), w)?;
-        Ok(conv.forward(&Images::contiguous(&z, c * hw), weight, &dims))
+        Ok(conv.forward(&Images::contiguous(&z, c * hw), Weights::Torch(weight), &dims))
     }
 }
 
