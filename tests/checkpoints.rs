@@ -309,7 +309,7 @@ fn refusals_name_the_file_and_every_problem() {
         "x.safetensors",
     ]);
     assert!(
-        err.starts_with("error: missing.safetensors: No such file"),
+        err.starts_with("error: checkpoint missing.safetensors: no such file"),
         "{err}"
     );
 }

@@ -122,6 +122,31 @@ fn a_checkpoint_without_class_names_says_whose_names_its_outputs_get() {
         "{:?}",
         model.notices()
     );
+    // Five outputs, no list of five: numbered, and said so.
+    let mut five = VariantSpec::resolve("d2l").unwrap();
+    five.architecture.num_classes = 5;
+    let file5 = dir.join("five.safetensors");
+    let tensors: Vec<(String, Tensor)> = generated_state(&five).into_iter().collect();
+    write_safetensors(&file5, &tensors, None).unwrap();
+    let numbered = Pretrained::open(file5.to_str().unwrap()).unwrap();
+    assert_eq!(
+        numbered.classes(),
+        ["class0", "class1", "class2", "class3", "class4"]
+    );
+    assert!(
+        numbered
+            .notices()
+            .iter()
+            .any(|n| n.contains("named class0 ... class4")),
+        "{:?}",
+        numbered.notices()
+    );
+    // A missing file is named as the checkpoint it was to be.
+    let err = Pretrained::open(dir.join("gone.pth").to_str().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("checkpoint {}: no such file", dir.join("gone.pth").display())
+    );
     // A fine-tuning run from it starts from the same file, frozen up to the level asked for.
     let (config, start) = model.fine_tune(&dir, Some("block3")).unwrap();
     assert_eq!(start.weights.as_deref(), file.to_str());

@@ -65,6 +65,12 @@ impl Checkpoint {
 
     /// [`Checkpoint::read`], reading the state dict `key` names.
     pub fn read_with(path: &Path, device: &Device, key: &StateDictKey) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                message: "no such file".into(),
+            });
+        }
         Self::from_raw(path.display().to_string(), source::read(path, device, key)?)
     }
 

@@ -122,15 +122,21 @@ pub fn load_with(
                 .as_ref()
                 .is_some_and(|m| m.classes.len() == spec.architecture.num_classes);
             let list = spec.pretrained_cfg.labels.as_deref();
-            if let (Some(w), false, Some(list)) = (weights, recorded, list) {
-                if names.first().is_some_and(|n| n != "class0") {
-                    notices.push(format!(
-                        "{w} records no class names: its {} outputs are named by the built-in list `{list}` \
-                         of {}; `labels` names them otherwise",
-                        names.len(),
-                        spec.name
-                    ));
-                }
+            let by_list = names.first().is_some_and(|n| n != "class0");
+            match (weights, recorded, list) {
+                (Some(w), false, Some(list)) if by_list => notices.push(format!(
+                    "{w} records no class names: its {} outputs are named by the built-in list `{list}` \
+                     of {}; `labels` names them otherwise",
+                    names.len(),
+                    spec.name
+                )),
+                (Some(w), false, _) => notices.push(format!(
+                    "{w} records no class names: its {} outputs are named class0 ... class{}; `labels` \
+                     names them",
+                    names.len(),
+                    names.len().saturating_sub(1)
+                )),
+                _ => {}
             }
             names
         }

@@ -163,7 +163,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 16;
 /// ```
 ///
 /// `Pretrained` is `Send + Sync`: one model serves any number of threads, each call with its
-/// own batches. Its weights are plain tensors, so no autograd graph is recorded.
+/// own batches. Its weights are plain tensors, so no autograd graph is recorded. Images are
+/// taken by reference (`&path`, `&bytes`, `&image`). An image's results can differ in the last
+/// bits between batch sizes (the GEMMs group images differently: logits by about 1e-5), never
+/// between threads or runs.
 #[derive(Debug)]
 pub struct Pretrained {
     net: DenseNet,
@@ -391,8 +394,10 @@ impl Pretrained {
     /// IDX or CIFAR folder), for [`Trainer::new`](crate::train::Trainer::new): the classifier
     /// gets one output per class of the data (kept when the counts agree), the images are
     /// resized to the model's input size, and everything up to the `feature_info` level
-    /// `freeze` (`stem`, `block1` ... `blockN`, `features`) stays as loaded; the recipe is
-    /// the variant's own: change the config's fields as needed.
+    /// `freeze` (`stem`, `block1` ... `blockN`, `features`) stays as loaded. The recipe is the
+    /// variant's own, made for training from scratch (DenseNet-121: 90 epochs, batch 256, lr
+    /// 0.1): set `config.recipe`'s epochs, lr and batch size for a fine-tune, as below; the
+    /// data folder's layout is checked by [`Trainer::new`](crate::train::Trainer::new).
     ///
     /// ```no_run
     /// # use std::sync::atomic::AtomicBool;
@@ -400,6 +405,8 @@ impl Pretrained {
     /// let model = Pretrained::open("121")?;
     /// let (mut config, start) = model.fine_tune("flowers/", Some("features"))?; // the head first
     /// config.recipe.epochs = 3;
+    /// config.recipe.lr = 0.01; // not the from-scratch 0.1
+    /// config.recipe.batch_size = 32;
     /// let device = model.device().clone();
     /// let mut trainer = Trainer::new(&config, "runs/flowers".as_ref(), &start, &device, &mut ())?;
     /// trainer.run(&AtomicBool::new(false), &mut ())?;
