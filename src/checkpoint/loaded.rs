@@ -156,11 +156,18 @@ impl Checkpoint {
         })
     }
 
+    /// True when the checkpoint's metadata names one class per output of `spec`'s classifier.
+    pub fn records_class_names(&self, spec: &VariantSpec) -> bool {
+        self.metadata
+            .as_ref()
+            .is_some_and(|m| m.classes.len() == spec.architecture.num_classes)
+    }
+
     /// The class name of each of `spec`'s outputs: the names the file records when their
     /// number fits, else the spec's built-in list, else `class0`, `class1`, ...
     pub fn class_names(&self, spec: &VariantSpec) -> Vec<String> {
         match &self.metadata {
-            Some(m) if m.classes.len() == spec.architecture.num_classes => m.classes.clone(),
+            Some(m) if self.records_class_names(spec) => m.classes.clone(),
             _ => crate::spec::labels::for_classes(
                 spec.pretrained_cfg.labels.as_deref(),
                 spec.architecture.num_classes,

@@ -1,14 +1,12 @@
 //! Which model to run: a checkpoint (path or `hf:`), a variant's published weights, or the
 //! embedded default, with its class names.
 
-use std::path::PathBuf;
-
-use candle_core::Device;
-
+use super::pretrained::{OpenOptions, Source};
 use crate::checkpoint::{Checkpoint, StateDictKey};
 use crate::error::{Error, Result};
 use crate::model::DenseNet;
 use crate::registry::Variant;
+use crate::spec::VariantSpec;
 
 /// The embedded default: the book's net trained on Fashion-MNIST at 32×32 by this crate.
 pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../weights/d2l-fashion-mnist.safetensors");
@@ -27,18 +25,8 @@ pub struct Loaded {
     pub notices: Vec<String>,
 }
 
-/// How [`load_with`] reads a model, beyond where its weights are.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoadOptions {
-    /// Which state dict of a training checkpoint to read (its EMA copy, another key).
-    pub state_dict: StateDictKey,
-    /// A file of class names ([`crate::spec::labels::read_file`]) that replaces the checkpoint's:
-    /// a torchvision fine-tune saved as `.pth` knows none. Its count must be the classifier's.
-    pub labels: Option<PathBuf>,
-}
-
-/// Loads what `weights` and `variant` ask for: a checkpoint (path or `hf:`), else the
-/// variant's published checkpoint, else, with neither (or the variant `d2l`), the embedded
+/// Loads `source`: a checkpoint (path or `hf:`, holding `options.variant` when given), a
+/// variant's published checkpoint (the variant `d2l`: the embedded default), or the embedded
 /// default; reads the state dict and names the classes as `options` say. A variant without a
 /// published checkpoint is refused with a plain message.
 ///
@@ -47,13 +35,12 @@ pub struct LoadOptions {
 /// the file holds only one, as a safetensors file and the embedded default do);
 /// [`Error::Labels`] when the class names cannot be read or their count is not the
 /// classifier's.
-pub fn load_with(
-    weights: Option<&str>,
-    variant: Option<&str>,
-    device: &Device,
-    options: &LoadOptions,
-) -> Result<Loaded> {
-    let key = &options.state_dict;
+pub fn load_with(source: &Source, options: &OpenOptions) -> Result<Loaded> {
+    let (key, device) = (&options.state_dict, &options.device);
+    let weights = match source {
+        Source::Checkpoint(w) => Some(w.as_str()),
+        _ => None,
+    };
     let embedded = || -> Result<Checkpoint> {
         if *key != StateDictKey::Model {
             return Err(Error::Checkpoint {
@@ -65,16 +52,16 @@ pub fn load_with(
         }
         Checkpoint::from_bytes(DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_NAME, device)
     };
-    let mut ckpt = match (weights, variant) {
-        (Some(w), v) => {
-            if let Some(v) = v {
+    let mut ckpt = match source {
+        Source::Checkpoint(w) => {
+            if let Some(v) = &options.variant {
                 // A tabular net is refused as such before the file is read.
                 Variant::resolve_image(v)?;
             }
             Checkpoint::open_with(w, device, key)?
         }
-        (None, None) => embedded()?,
-        (None, Some(v)) => {
+        Source::Embedded => embedded()?,
+        Source::Variant(v) => {
             let spec = Variant::resolve_image(v)?;
             match &spec.pretrained_cfg.hf_hub_id {
                 Some(repo) => Checkpoint::open_with(&format!("hf:{repo}"), device, key)?,
@@ -88,7 +75,7 @@ pub fn load_with(
             }
         }
     };
-    let spec = ckpt.spec(if weights.is_some() { variant } else { None })?;
+    let spec = ckpt.spec(weights.and(options.variant.as_deref()))?;
     let adapted = ckpt.adapt(&spec, false)?;
     let mut notices = std::mem::take(&mut ckpt.notices);
     notices.extend(adapted);
@@ -117,26 +104,8 @@ pub fn load_with(
         }
         None => {
             let names = ckpt.class_names(&spec);
-            let recorded = ckpt
-                .metadata
-                .as_ref()
-                .is_some_and(|m| m.classes.len() == spec.architecture.num_classes);
-            let list = spec.pretrained_cfg.labels.as_deref();
-            let by_list = names.first().is_some_and(|n| n != "class0");
-            match (weights, recorded, list) {
-                (Some(w), false, Some(list)) if by_list => notices.push(format!(
-                    "{w} records no class names: its {} outputs are named by the built-in list `{list}` \
-                     of {}; `labels` names them otherwise",
-                    names.len(),
-                    spec.name
-                )),
-                (Some(w), false, _) => notices.push(format!(
-                    "{w} records no class names: its {} outputs are named class0 ... class{}; `labels` \
-                     names them",
-                    names.len(),
-                    names.len().saturating_sub(1)
-                )),
-                _ => {}
+            if let Some(w) = weights.filter(|_| !ckpt.records_class_names(&spec)) {
+                notices.push(unnamed_classes(w, &spec, &names));
             }
             names
         }
@@ -148,4 +117,22 @@ pub fn load_with(
         origin,
         notices,
     })
+}
+
+/// The note for weights `w` that record no class names: what their outputs are called instead.
+fn unnamed_classes(w: &str, spec: &VariantSpec, names: &[String]) -> String {
+    match spec.pretrained_cfg.labels.as_deref() {
+        Some(list) if names.first().is_some_and(|n| n != "class0") => format!(
+            "{w} records no class names: its {} outputs are named by the built-in list `{list}` of \
+             {}; `labels` names them otherwise",
+            names.len(),
+            spec.name
+        ),
+        _ => format!(
+            "{w} records no class names: its {} outputs are named class0 ... class{}; `labels` \
+             names them",
+            names.len(),
+            names.len().saturating_sub(1)
+        ),
+    }
 }

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use image::DynamicImage;
 
-use super::load::{load_with, LoadOptions};
+use super::load::load_with;
+use super::load::DEFAULT_WEIGHTS_NAME;
 use super::predict::{top_k, Prediction};
-use super::preprocess::{batch, open_image, preprocess_bytes, preprocess_image};
+use super::preprocess::{batch, preprocess_bytes, preprocess_file, preprocess_image};
 use crate::checkpoint::StateDictKey;
 use crate::data::{eval_transform, Transform};
 use crate::error::{Error, Result};
@@ -174,7 +175,6 @@ pub struct Pretrained {
     transform: Transform,
     origin: String,
     notices: Vec<String>,
-    source: Source,
     options: OpenOptions,
 }
 
@@ -196,7 +196,7 @@ impl Pretrained {
     pub fn open(name: &str) -> Result<Self> {
         let source = Source::parse(name);
         let bare = !name.starts_with("hf:") && !name.contains(['/', '\\', '.']);
-        if source == Source::Checkpoint(name.to_string()) && bare && !Path::new(name).exists() {
+        if matches!(source, Source::Checkpoint(_)) && bare && !Path::new(name).exists() {
             // Neither a variant nor a file: most likely a variant's name mistyped.
             return Err(Error::UnknownVariant {
                 name: name.to_string(),
@@ -213,24 +213,13 @@ impl Pretrained {
     /// count is not the classifier's; [`Error::Checkpoint`] when `options.state_dict` is not
     /// in the file.
     pub fn open_with(source: impl Into<Source>, options: OpenOptions) -> Result<Self> {
-        let source = source.into();
-        let (weights, variant) = match &source {
-            Source::Embedded => (None, None),
-            Source::Variant(v) => (None, Some(v.as_str())),
-            Source::Checkpoint(w) => (Some(w.as_str()), options.variant.as_deref()),
-        };
-        let load = LoadOptions {
-            state_dict: options.state_dict.clone(),
-            labels: options.labels.clone(),
-        };
-        let loaded = load_with(weights, variant, &options.device, &load)?;
+        let loaded = load_with(&source.into(), &options)?;
         Ok(Self {
             transform: eval_transform(loaded.model.spec()),
             net: loaded.model,
             classes: loaded.classes,
             origin: loaded.origin,
             notices: loaded.notices,
-            source,
             options,
         })
     }
@@ -289,15 +278,7 @@ impl Pretrained {
                 path: Some(path.to_path_buf()),
                 message: "is a folder, not an image: `data::images_under` lists the images under it".into(),
             }),
-            ImageInput::File(path) => {
-                preprocess_image(&open_image(path)?, &self.transform).map_err(|e| match e {
-                    Error::Image { path: None, message } => Error::Image {
-                        path: Some(path.to_path_buf()),
-                        message,
-                    },
-                    other => other,
-                })
-            }
+            ImageInput::File(path) => preprocess_file(path, &self.transform),
             ImageInput::Encoded(bytes) => preprocess_bytes(bytes.to_vec(), &self.transform),
             ImageInput::Image(image) => preprocess_image(image, &self.transform),
         }
@@ -428,19 +409,16 @@ impl Pretrained {
         if let Some(level) = freeze {
             self.net.freeze_index(level)?;
         }
-        let weights = match &self.source {
-            Source::Checkpoint(w) => w.clone(),
-            Source::Variant(_) => match &self.spec().pretrained_cfg.hf_hub_id {
-                Some(repo) => format!("hf:{repo}"),
-                None => return Err(embedded_start(&self.origin)),
-            },
-            Source::Embedded => return Err(embedded_start(&self.origin)),
-        };
+        // The origin names the file the weights came from (a path, `hf:REPO:FILE`), which a run
+        // opens again; all but the embedded default's.
+        if self.origin == DEFAULT_WEIGHTS_NAME {
+            return Err(embedded_start(&self.origin));
+        }
         let mut config = TrainConfig::new(self.spec().clone(), data);
         config.freeze = freeze.map(str::to_string);
         let start = Start {
             resume: false,
-            weights: Some(weights),
+            weights: Some(self.origin.clone()),
             state_dict: self.options.state_dict.clone(),
         };
         Ok((config, start))
